@@ -1,0 +1,36 @@
+"""Orbax checkpoints: keep the last K, written atomically, restored onto the mesh."""
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  """A thin wrapper around `ocp.CheckpointManager` for one train-state pytree."""
+
+  def __init__(self, directory: str, keep: int = 3):
+    self.directory = os.path.abspath(directory)
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           cleanup_tmp_directories=True,
+                                           enable_async_checkpointing=False)
+    self._mgr = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self):
+    return self._mgr.latest_step()
+
+  def save(self, step: int, state):
+    self._mgr.save(step, args=ocp.args.StandardSave(state), force=True)
+    self._mgr.wait_until_finished()
+
+  def restore_latest(self, like):
+    """Restores the latest checkpoint with the shapes, dtypes and shardings of `like`."""
+    step = self._mgr.latest_step()
+    if step is None:
+      return like
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    return self._mgr.restore(step, args=ocp.args.StandardRestore(abstract))
+
+  def close(self):
+    self._mgr.wait_until_finished()
+    self._mgr.close()

@@ -1,0 +1,82 @@
+"""The shared default config; files in configs/ override it (score_sde style)."""
+
+import ml_collections
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.data = d = ml_collections.ConfigDict()
+  d.dataset = "mnist"
+  d.data_dir = ml_collections.FieldReference(None, field_type=str)
+  d.path = ""
+  d.test_path = ""
+  d.cache_dir = ml_collections.FieldReference(None, field_type=str)
+  d.dequantize = True
+  d.scale = "unit"
+  d.logit_lambda = 1e-6
+  d.name = "ring8"
+  d.dim = 2
+  d.num_train = 50000
+  d.num_test = 5000
+  d.image_size = 32
+  d.crop = 140
+
+  c.model = m = ml_collections.ConfigDict()
+  m.backbone = "made"
+  m.head = "score"
+  m.hidden_sizes = (1024, 1024)
+  m.context_size = 16
+  m.order = "natural"
+  m.order_seed = 0
+  m.head_hidden = (64, 64)
+  m.scale_by_sigma = True
+  m.num_mixtures = 10
+  m.nr_filters = 160
+  m.nr_resnet = 5
+  m.num_scales = 3
+  m.dropout_rate = 0.5
+
+  c.loss = l = ml_collections.ConfigDict()
+  l.name = "csm"
+  l.n_projections = 1
+  l.projection = "gaussian"
+  l.variance_reduced = True
+  l.dsm_sigma = 0.1
+  l.sm_chunk_size = ml_collections.FieldReference(None, field_type=int)
+
+  c.noise = n = ml_collections.ConfigDict()
+  n.enabled = True
+  n.sigma_max = 5.0
+  n.sigma_min = 0.05
+  n.num_scales = 10
+
+  c.optim = o = ml_collections.ConfigDict()
+  o.learning_rate = 1e-3
+  o.warmup_steps = 100
+  o.grad_clip = 1.0
+  o.b1 = 0.9
+  o.b2 = 0.999
+  o.weight_decay = 0.0
+  o.ema_decay = 0.999
+
+  c.training = t = ml_collections.ConfigDict()
+  t.num_steps = 20000
+  t.batch_size = 100
+  t.log_every = 50
+  t.eval_every = 1000
+  t.checkpoint_every = 1000
+  t.keep_checkpoints = 3
+
+  c.eval = e = ml_collections.ConfigDict()
+  e.batch_size = 500
+  e.num_batches = 4  # periodic eval; --mode=eval uses the whole test split
+
+  c.sampling = s = ml_collections.ConfigDict()
+  s.num_samples = 16
+  s.n_steps = 10
+  s.step_lr = 2e-3
+  s.denoise = True
+  s.sigmas = ml_collections.FieldReference(None, field_type=tuple)  # None: the noise schedule
+  return c

@@ -1,0 +1,121 @@
+"""Objectives, all pure: loss_fn(params, x, rng, train) -> (loss, metrics).
+
+CSM is paper Eq. 5; SM is Hyvarinen (2005); SSM is Song et al. (2019); DSM is
+Vincent (2011); MLE is exact maximum likelihood for normalized AR models.
+Build them with `get_loss_fn(config, model)`.
+"""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from csm_jax import derivatives
+from csm_jax import noise as noise_lib
+
+
+def composite_score_matching(s, ds, weight=None):
+  """Per-example CSM objective sum_d w_d [1/2 s_d^2 + d s_d/d x_d] (paper Eq. 5)."""
+  chex.assert_equal_shape([s, ds])
+  per_dim = 0.5 * s ** 2 + ds
+  if weight is not None:
+    per_dim = weight * per_dim
+  return per_dim.sum(axis=-1)
+
+
+def csm_loss(model, sigmas, params, x, rng, train=True):
+  """CSM on an AR model with per-dimension noise annealing and sigma^2 weights.
+
+  x~_d = x_d + sigma_d eps_d, contexts from the clean x; with sigmas=None no noise.
+  """
+  k_sig, k_eps, k_drop = jax.random.split(rng, 3)
+  ctx = model.context(params, x, train, k_drop)
+  if sigmas is None:
+    sigma, xt, weight = jnp.ones_like(x), x, None
+  else:
+    sigma = noise_lib.sample_sigmas(k_sig, x.shape, sigmas)
+    xt, _ = noise_lib.perturb(k_eps, x, sigma)
+    weight = sigma ** 2
+  s, ds = model.score_and_diag(params, ctx, xt, sigma)
+  per_example = composite_score_matching(s, ds, weight)
+  loss = per_example.mean()
+  return loss, {"loss": loss, "score_sq": (0.5 * s ** 2).sum(-1).mean()}
+
+
+def mle_loss(model, params, x, rng, train=True):
+  """Negative log-likelihood -sum_d log q(x_d | x_<d) of a normalized AR model."""
+  ctx = model.context(params, x, train, rng)
+  nll = -model.log_cond(params, ctx, x).sum(axis=-1).mean()
+  return nll, {"loss": nll, "nll": nll}
+
+
+def _score_fn(model, params, rng, train):
+  """x -> s(x) (B, D) for a full score network or an AR model (context recomputed)."""
+  return lambda y: model.full_score(params, y, jnp.ones_like(y), train, rng)
+
+
+def sm_loss(model, params, x, rng, train=True, chunk_size=None):
+  """Exact score matching: 1/2 ||s||^2 + tr(ds/dx), trace by D one-hot jvps."""
+  s, tr = derivatives.jacobian_trace(_score_fn(model, params, rng, train), x, chunk_size)
+  loss = (0.5 * (s ** 2).sum(-1) + tr).mean()
+  return loss, {"loss": loss}
+
+
+def random_projections(rng, shape, distribution):
+  """Gaussian or Rademacher projection vectors v with E[v v^T] = I."""
+  if distribution == "gaussian":
+    return jax.random.normal(rng, shape)
+  if distribution == "rademacher":
+    return jax.random.rademacher(rng, shape).astype(jnp.float32)
+  raise ValueError(f"ssm distribution must be 'gaussian' or 'rademacher', got {distribution!r}")
+
+
+def ssm_loss(model, params, x, rng, train=True, n_projections=1,
+             distribution="gaussian", variance_reduced=True):
+  """Sliced score matching: E_v[1/2 (v^T s)^2 + v^T (ds/dx) v].
+
+  The variance-reduced form replaces 1/2 (v^T s)^2 by its expectation 1/2 ||s||^2.
+  """
+  k_v, k_drop = jax.random.split(rng)
+  v = random_projections(k_v, (n_projections,) + x.shape, distribution)
+  s, f_lin = jax.linearize(_score_fn(model, params, k_drop, train), x)
+  jv = jax.vmap(f_lin)(v)                                   # (M, B, D)
+  vjv = (v * jv).sum(-1).mean(0)                            # (B,)
+  if variance_reduced:
+    first = 0.5 * (s ** 2).sum(-1)
+  else:
+    first = 0.5 * ((v * s[None]).sum(-1) ** 2).mean(0)
+  loss = (first + vjv).mean()
+  return loss, {"loss": loss}
+
+
+def dsm_loss(model, params, x, rng, train=True, sigma=0.1):
+  """Denoising score matching at noise sigma: 1/2 ||s(x~) + (x~ - x)/sigma^2||^2."""
+  k_eps, k_drop = jax.random.split(rng)
+  xt, eps = noise_lib.perturb(k_eps, x, sigma)
+  s = _score_fn(model, params, k_drop, train)(xt)
+  loss = (0.5 * ((s + eps / sigma) ** 2).sum(-1)).mean()
+  return loss, {"loss": loss}
+
+
+def get_loss_fn(config, model):
+  """loss_fn(params, x, rng, train) -> (loss, metrics) for config.loss.name."""
+  name = config.loss.name
+  lc = config.loss
+  if name == "csm":
+    return functools.partial(csm_loss, model, noise_lib.sigmas_from_config(config.get("noise")))
+  if name == "mle":
+    if not getattr(model, "normalized", False):
+      raise ValueError("loss.name='mle' needs a normalized head (gaussian, logistic_mixture); "
+                       f"model.head={config.model.head!r} is an unnormalized score head")
+    return functools.partial(mle_loss, model)
+  if name == "sm":
+    return functools.partial(sm_loss, model, chunk_size=lc.get("sm_chunk_size", None))
+  if name == "ssm":
+    return functools.partial(ssm_loss, model, n_projections=lc.get("n_projections", 1),
+                             distribution=lc.get("projection", "gaussian"),
+                             variance_reduced=lc.get("variance_reduced", True))
+  if name == "dsm":
+    return functools.partial(dsm_loss, model, sigma=lc.get("dsm_sigma", 0.1))
+  raise ValueError(f"unknown loss.name {name!r}; known: csm, mle, sm, ssm, dsm")

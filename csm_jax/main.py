@@ -1,0 +1,82 @@
+"""Command-line entry point.
+
+  python -m csm_jax.main --config=configs/mnist_made.py --workdir=/tmp/w [--mode=train|eval|sample]
+  overrides: --config.training.num_steps=300 --config.training.batch_size=64 ...
+"""
+
+import json
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"], "What to do.")
+flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (TPU pods, multi-node GPU).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _sample(config, workdir):
+  import jax
+  import numpy as np
+  from csm_jax import noise, plotting, sampling, sharding, train
+  env, state = train.restore_for_inference(config, workdir)
+  s = config.sampling
+  sigmas = s.sigmas or noise.sigmas_from_config(config.noise)
+  if sigmas is None:
+    raise ValueError("set sampling.sigmas (e.g. (1.0,)) for a model trained without noise")
+  n = s.num_samples
+  sharding.check_batch_size(n, env["mesh"], "sampling.num_samples")
+  sampler = sampling.make_sampler(env["model"], sigmas, n, s.n_steps, s.step_lr, s.denoise,
+                                  out_sharding=sharding.batch_sharding(env["mesh"]))
+  x = np.asarray(sampler(state.ema_params, jax.random.PRNGKey(config.seed + 20_000)))
+  step = int(state.step)
+  os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+  base = os.path.join(workdir, "samples", f"samples_{step:08d}")
+  np.save(base + ".npy", x)
+  pixels = env["pre"].inverse(x) if env["arrays"].discrete else x
+  if env["arrays"].discrete and config.data.get("scale", "unit") == "symmetric":
+    pixels = (pixels + 1.0) / 2.0
+  plotting.save_samples(base + ".png", pixels, env["arrays"].shape, f"step {step}")
+  logging.info("wrote %s.png", base)
+
+
+def _eval(config, workdir):
+  from csm_jax import train
+  env, state = train.restore_for_inference(config, workdir)
+  bs = config.eval.batch_size
+  nb = max(1, len(env["arrays"].test) // bs)
+  result = train.make_eval_fn(config, env)(state.ema_params, num_batches=nb)
+  result["step"] = int(state.step)
+  path = os.path.join(workdir, f"eval_{int(state.step):08d}.json")
+  with open(path, "w") as f:
+    json.dump(result, f, indent=2)
+  logging.info("eval %s -> %s", json.dumps(result), path)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  import jax
+  if FLAGS.multihost:
+    jax.distributed.initialize()
+  config = FLAGS.config
+  logging.info("JAX %s, backend %s, %d devices (%d local), process %d/%d", jax.__version__,
+               jax.default_backend(), jax.device_count(), jax.local_device_count(),
+               jax.process_index(), jax.process_count())
+  if FLAGS.mode == "train":
+    from csm_jax import train
+    train.train_and_evaluate(config, FLAGS.workdir)
+  elif FLAGS.mode == "eval":
+    _eval(config, FLAGS.workdir)
+  else:
+    _sample(config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)

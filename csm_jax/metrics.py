@@ -1,0 +1,65 @@
+"""Metrics to DIR/metrics.jsonl and TensorBoard (tensorboardX, no TensorFlow); ETA."""
+
+import datetime
+import json
+import os
+import time
+
+
+class MetricWriter:
+  """Appends one JSON object per call; on resume drops rows past the resumed step."""
+
+  def __init__(self, workdir: str, resume_step: int = 0):
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    if os.path.exists(self.path):
+      keep = []
+      with open(self.path) as f:
+        for line in f:
+          try:
+            row = json.loads(line)
+          except json.JSONDecodeError:
+            continue  # a line cut by a kill
+          if row.get("step", 0) <= resume_step:
+            keep.append(line if line.endswith("\n") else line + "\n")
+      with open(self.path + ".tmp", "w") as f:
+        f.writelines(keep)
+      os.replace(self.path + ".tmp", self.path)
+    self._f = open(self.path, "a")
+    try:
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    except ImportError:  # TensorBoard logging is optional
+      self._tb = None
+
+  def write(self, step: int, scalars: dict):
+    row = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
+    self._f.write(json.dumps(row) + "\n")
+    self._f.flush()
+    if self._tb is not None:
+      for k, v in scalars.items():
+        self._tb.add_scalar(k, float(v), int(step))
+
+  def close(self):
+    self._f.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+class Progress:
+  """Steps per second over the last logging window, and the ETA to num_steps."""
+
+  def __init__(self, start_step: int, num_steps: int):
+    self.num_steps = num_steps
+    self._last_step, self._last_time = start_step, time.perf_counter()
+    self.rate = None
+
+  def update(self, step: int) -> dict:
+    now = time.perf_counter()
+    self.rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
+    self._last_step, self._last_time = step, now
+    return {"steps_per_sec": self.rate, "eta_sec": (self.num_steps - step) / max(self.rate, 1e-9)}
+
+  def eta_str(self, step: int) -> str:
+    if not self.rate:
+      return "?"
+    return str(datetime.timedelta(seconds=int((self.num_steps - step) / self.rate)))

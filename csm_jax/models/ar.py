@@ -1,0 +1,97 @@
+"""The AR-CSM interface: a context network plus a head shared over dimensions.
+
+`ARModel` wraps a Flax module into pure functions of `params`, which is what
+`jvp`, `vmap` and the losses want. Every model of this package, normalized or
+not, exposes the same conditional scores s_d(x_<d, x_d) (paper Eq. 4).
+"""
+
+import dataclasses
+from typing import Any, Optional
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class ARNet(nn.Module):
+  """Backbone (x -> context (B, D, C)) and head (context, x[, sigma] -> (B, D))."""
+  backbone: nn.Module
+  head: nn.Module
+
+  def context(self, x, train: bool = False):
+    return self.backbone(x, train=train)
+
+  def head_out(self, ctx, x, sigma=None):
+    if getattr(self.head, "normalized", False):
+      return self.head(ctx, x)
+    return self.head(ctx, x, sigma)
+
+  def __call__(self, x, sigma, train: bool = False):
+    return self.head_out(self.context(x, train), x, sigma)
+
+
+@dataclasses.dataclass(frozen=True)
+class ARModel:
+  """Pure-function view of an `ARNet`.
+
+  Attributes:
+    net: the Flax module.
+    dim: D, the number of conditionals.
+    rank: rank[i] is the position of variable i in the autoregressive order.
+    normalized: True if the head is a normalized log-density (MLE baselines).
+    data_shape: per-example shape of the data (for reshaping samples).
+  """
+  net: ARNet
+  dim: int
+  rank: np.ndarray
+  normalized: bool
+  data_shape: tuple
+  has_dropout: bool = False
+
+  def init(self, rng, batch_size: int = 2):
+    x = jnp.zeros((batch_size, self.dim), jnp.float32)
+    return self.net.init({"params": rng, "dropout": rng}, x, jnp.ones_like(x))
+
+  def context(self, params, x, train: bool = False, rng=None):
+    """Contexts (B, D, C); context[:, d] depends only on x_<d."""
+    chex.assert_shape(x, (None, self.dim))
+    rngs = {"dropout": rng} if (train and self.has_dropout) else None
+    if train and self.has_dropout and rng is None:
+      raise ValueError("this model uses dropout: context(train=True) needs an rng")
+    return self.net.apply(params, x, train, method=ARNet.context, rngs=rngs)
+
+  def log_cond(self, params, ctx, x):
+    """log q(x_d | x_<d) per dimension, (B, D); normalized heads only."""
+    if not self.normalized:
+      raise ValueError("log_cond needs a normalized head; use likelihood.py for AR-CSM")
+    return self.net.apply(params, ctx, x, method=ARNet.head_out)
+
+  def score(self, params, ctx, x, sigma):
+    """Conditional scores s_d given fixed contexts, (B, D)."""
+    if self.normalized:
+      f = lambda y: self.log_cond(params, ctx, y)
+      return jax.jvp(f, (x,), (jnp.ones_like(x),))[1]
+    return self.net.apply(params, ctx, x, sigma, method=ARNet.head_out)
+
+  def score_and_diag(self, params, ctx, x, sigma):
+    """(s, ds/dx_d) for all d in one jvp through the head (the AR-CSM fast path)."""
+    f = lambda y: self.score(params, ctx, y, sigma)
+    return jax.jvp(f, (x,), (jnp.ones_like(x),))
+
+  def full_score(self, params, x, sigma, train: bool = False, rng=None):
+    """s(x) as a function R^D -> R^D (context recomputed from x): for references."""
+    return self.score(params, self.context(params, x, train, rng), x, sigma)
+
+  @property
+  def order(self) -> np.ndarray:
+    """Variable indices in sampling order: order[t] is sampled t-th."""
+    return np.argsort(self.rank)
+
+
+def sigma_like(x, sigma: Optional[Any]):
+  """Broadcasts a noise level (None -> 1) to x's shape."""
+  if sigma is None:
+    return jnp.ones_like(x)
+  return jnp.broadcast_to(jnp.asarray(sigma, x.dtype), x.shape)

@@ -1,0 +1,57 @@
+"""Heads shared across dimensions: map (context_d, x_d[, sigma_d]) to a 1-D conditional.
+
+A head acts elementwise over dimensions: its output at d depends on x only through
+x_d (and on context_d), so d/dx_d of the output is one jvp with an all-ones tangent.
+"""
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class ScoreHead(nn.Module):
+  """AR-CSM head: s_d = MLP([context_d, x_d, log sigma_d]) (optionally / sigma_d).
+
+  Unnormalized: it models d/dx_d log q_sigma(x_d | x_<d) directly (paper Eq. 4-5).
+  """
+  hidden_sizes: Sequence[int] = (64, 64)
+  scale_by_sigma: bool = True
+  normalized = False
+
+  @nn.compact
+  def __call__(self, ctx, x, sigma):
+    feats = jnp.concatenate([ctx, x[..., None], jnp.log(sigma)[..., None]], axis=-1)
+    h = feats
+    for i, width in enumerate(self.hidden_sizes):
+      h = nn.swish(nn.Dense(width, name=f"dense_{i}")(h))
+    s = nn.Dense(1, name="out")(h)[..., 0]
+    return s / sigma if self.scale_by_sigma else s
+
+
+class GaussianHead(nn.Module):
+  """Normalized head: x_d | x_<d ~ N(mu_d, exp(log_scale_d)^2)."""
+  normalized = True
+
+  @nn.compact
+  def __call__(self, ctx, x):
+    p = nn.Dense(2, name="params")(ctx)
+    mu, log_scale = p[..., 0], jnp.clip(p[..., 1], -7.0, 7.0)
+    z = (x - mu) * jnp.exp(-log_scale)
+    return -0.5 * z ** 2 - log_scale - 0.5 * jnp.log(2 * jnp.pi)
+
+
+class LogisticMixtureHead(nn.Module):
+  """Normalized head: x_d | x_<d ~ a mixture of `num_mixtures` logistics."""
+  num_mixtures: int = 10
+  normalized = True
+
+  @nn.compact
+  def __call__(self, ctx, x):
+    k = self.num_mixtures
+    p = nn.Dense(3 * k, name="params")(ctx)
+    logits, means, log_scales = p[..., :k], p[..., k:2 * k], jnp.clip(p[..., 2 * k:], -7.0, 7.0)
+    z = (x[..., None] - means) * jnp.exp(-log_scales)
+    log_pdf = -z - 2.0 * jax.nn.softplus(-z) - log_scales  # log logistic density
+    return jax.nn.logsumexp(jax.nn.log_softmax(logits, axis=-1) + log_pdf, axis=-1)

@@ -1,0 +1,38 @@
+"""PNG output: image grids and 2-D scatter plots (matplotlib, Agg backend)."""
+
+import math
+
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def image_grid(images: np.ndarray, ncols: int = None) -> np.ndarray:
+  """(N, H, W, C) in [0, 1] -> one (rows*H, cols*W, C) mosaic with 1-pixel gaps."""
+  n, h, w, c = images.shape
+  ncols = ncols or int(math.ceil(math.sqrt(n)))
+  nrows = int(math.ceil(n / ncols))
+  grid = np.ones((nrows * (h + 1) + 1, ncols * (w + 1) + 1, c), np.float32)
+  for i in range(n):
+    r, q = divmod(i, ncols)
+    grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = images[i]
+  return grid
+
+
+def save_samples(path: str, samples: np.ndarray, data_shape: tuple, title: str = ""):
+  """Writes samples as an image grid (image data) or a scatter plot (2-D data)."""
+  samples = np.asarray(samples, np.float32)
+  fig = plt.figure(figsize=(6, 6))
+  if len(data_shape) == 3:
+    imgs = np.clip(samples.reshape((-1,) + tuple(data_shape)), 0.0, 1.0)
+    grid = image_grid(imgs)
+    plt.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=1)
+    plt.axis("off")
+  else:
+    flat = samples.reshape(len(samples), -1)
+    plt.scatter(flat[:, 0], flat[:, 1] if flat.shape[1] > 1 else np.zeros(len(flat)), s=2)
+  if title:
+    plt.title(title)
+  fig.savefig(path, dpi=100, bbox_inches="tight")
+  plt.close(fig)
