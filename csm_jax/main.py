@@ -5,6 +5,7 @@
 """
 
 import json
+import logging as logging_std
 import os
 
 from absl import app
@@ -59,9 +60,17 @@ def _eval(config, workdir):
   logging.info("eval %s -> %s", json.dumps(result), path)
 
 
+class _QuietLibraries(logging_std.Filter):
+  """Drops INFO chatter from orbax (and other libraries) from our progress log."""
+
+  def filter(self, record):
+    return record.levelno >= logging_std.WARNING or "orbax" not in record.pathname
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   import jax
   if FLAGS.multihost:
     jax.distributed.initialize()

@@ -53,6 +53,10 @@ def init_state(model, optimizer, rng) -> TrainState:
                     opt_state=optimizer.init(params), bad_step=jnp.full((), -1, jnp.int32))
 
 
+def _global_norm(tree):
+  return jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(tree)))
+
+
 def make_train_step(loss_fn, optimizer, ema_decay):
   """(state, batch, base_rng) -> (state, metrics). Non-finite losses freeze the state."""
 
@@ -64,7 +68,7 @@ def make_train_step(loss_fn, optimizer, ema_decay):
     params = optax.apply_updates(state.params, updates)
     ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
                        state.ema_params, params)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = _global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     ok = finite & (state.bad_step < 0)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)

@@ -6,7 +6,6 @@ not, exposes the same conditional scores s_d(x_<d, x_d) (paper Eq. 4).
 """
 
 import dataclasses
-from typing import Any, Optional
 
 import chex
 import flax.linen as nn
@@ -89,9 +88,3 @@ class ARModel:
     """Variable indices in sampling order: order[t] is sampled t-th."""
     return np.argsort(self.rank)
 
-
-def sigma_like(x, sigma: Optional[Any]):
-  """Broadcasts a noise level (None -> 1) to x's shape."""
-  if sigma is None:
-    return jnp.ones_like(x)
-  return jnp.broadcast_to(jnp.asarray(sigma, x.dtype), x.shape)

@@ -98,7 +98,7 @@ class DownShiftedConv(nn.Module):
 
   Columns are padded symmetrically, so the field is centred horizontally.
   With `transpose=True`, a stride-2 transposed conv for upsampling: low-res
-  row i writes only high-res rows 2i.. 2i+kh-1, then the map is cropped.
+  row i writes only high-res rows 2i..2i+kh-1, then the map is cropped.
   """
 
   features: int
@@ -208,7 +208,7 @@ class ChannelMaskedHead(nn.Module):
     b2 = self.param("bias_2", nn.initializers.zeros, (C, K))
 
     # mask[c_in, c_out] = c_in < c_out: channel c sees channels 0..c-1 only.
-    mask = jnp.tril(jnp.ones((C, C), v_x.dtype), k=-1).T[..., None]
+    mask = jnp.triu(jnp.ones((C, C), v_x.dtype), k=1)[..., None]
     v_x = v_x * mask
     sq = jnp.sum(v_f * v_f, axis=0) + jnp.sum(v_x * v_x, axis=0)  # (C, Hd)
     inv = g1 * jax.lax.rsqrt(sq + 1e-12)

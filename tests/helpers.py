@@ -1,0 +1,67 @@
+"""Small builders shared by tests."""
+
+import contextlib
+
+import jax
+import ml_collections
+
+from csm_jax import models
+from csm_jax.config_base import default_config
+
+
+def tiny_model_config(head="score", hidden=(16, 16), order="natural", context_size=3):
+  c = default_config().model
+  c.backbone = "made"
+  c.head = head
+  c.hidden_sizes = hidden
+  c.order = order
+  c.context_size = context_size
+  c.head_hidden = (8,)
+  c.num_mixtures = 3
+  return c
+
+
+def tiny_model(dim, **kw):
+  return models.get_model(tiny_model_config(**kw), (dim,))
+
+
+@contextlib.contextmanager
+def float64():
+  """Enables x64 for the block and restores the previous setting."""
+  old = jax.config.jax_enable_x64
+  jax.config.update("jax_enable_x64", True)
+  try:
+    yield
+  finally:
+    jax.config.update("jax_enable_x64", old)
+
+
+def to_f64(tree):
+  return jax.tree.map(lambda a: a.astype("float64"), tree)
+
+
+def tiny_train_config(**overrides) -> ml_collections.ConfigDict:
+  c = default_config()
+  c.data.dataset = "gaussian"
+  c.data.dim = 4
+  c.data.num_train = 512
+  c.data.num_test = 256
+  c.model = tiny_model_config()
+  c.training.batch_size = 32
+  c.training.num_steps = 40
+  c.training.log_every = 10
+  c.training.eval_every = 20
+  c.training.checkpoint_every = 20
+  c.eval.batch_size = 128
+  c.eval.num_batches = 2
+  c.optim.warmup_steps = 5
+  c.noise.sigma_max = 1.0
+  c.noise.sigma_min = 0.05
+  c.noise.num_scales = 4
+  for k, v in overrides.items():
+    node = c
+    *path, last = k.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = v
+  return c
