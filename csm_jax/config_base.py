@@ -30,7 +30,7 @@ def default_config() -> ml_collections.ConfigDict:
   m.context_size = 16
   m.order = "natural"
   m.order_seed = 0
-  m.head_hidden = (64, 64)
+  m.head_hidden = (32, 32)
   m.scale_by_sigma = True
   m.num_mixtures = 10
   m.nr_filters = 160
