@@ -62,12 +62,12 @@ def sm_loss(model, params, x, rng, train=True, chunk_size=None):
   return loss, {"loss": loss}
 
 
-def random_projections(rng, shape, distribution):
+def random_projections(rng, shape, distribution, dtype=jnp.float32):
   """Gaussian or Rademacher projection vectors v with E[v v^T] = I."""
   if distribution == "gaussian":
-    return jax.random.normal(rng, shape)
+    return jax.random.normal(rng, shape, dtype)
   if distribution == "rademacher":
-    return jax.random.rademacher(rng, shape).astype(jnp.float32)
+    return jax.random.rademacher(rng, shape).astype(dtype)
   raise ValueError(f"ssm distribution must be 'gaussian' or 'rademacher', got {distribution!r}")
 
 
@@ -78,7 +78,7 @@ def ssm_loss(model, params, x, rng, train=True, n_projections=1,
   The variance-reduced form replaces 1/2 (v^T s)^2 by its expectation 1/2 ||s||^2.
   """
   k_v, k_drop = jax.random.split(rng)
-  v = random_projections(k_v, (n_projections,) + x.shape, distribution)
+  v = random_projections(k_v, (n_projections,) + x.shape, distribution, x.dtype)
   s, f_lin = jax.linearize(_score_fn(model, params, k_drop, train), x)
   jv = jax.vmap(f_lin)(v)                                   # (M, B, D)
   vjv = (v * jv).sum(-1).mean(0)                            # (B,)

@@ -50,8 +50,11 @@ class ARModel:
   has_dropout: bool = False
 
   def init(self, rng, batch_size: int = 2):
-    x = jnp.zeros((batch_size, self.dim), jnp.float32)
-    return self.net.init({"params": rng, "dropout": rng}, x, jnp.ones_like(x))
+    """Parameters; jit-compiled once (eager init compiles every op separately)."""
+    def f(rng):
+      x = jnp.zeros((batch_size, self.dim), jnp.float32)
+      return self.net.init({"params": rng, "dropout": rng}, x, jnp.ones_like(x))
+    return jax.jit(f)(rng)
 
   def context(self, params, x, train: bool = False, rng=None):
     """Contexts (B, D, C); context[:, d] depends only on x_<d."""

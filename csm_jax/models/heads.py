@@ -23,10 +23,10 @@ class ScoreHead(nn.Module):
   @nn.compact
   def __call__(self, ctx, x, sigma):
     feats = jnp.concatenate([ctx, x[..., None], jnp.log(sigma)[..., None]], axis=-1)
-    h = feats
+    h = feats.reshape(-1, feats.shape[-1])  # (B*D, F): 2-D matmuls are faster on CPU
     for i, width in enumerate(self.hidden_sizes):
       h = nn.swish(nn.Dense(width, name=f"dense_{i}")(h))
-    s = nn.Dense(1, name="out")(h)[..., 0]
+    s = nn.Dense(1, name="out")(h)[..., 0].reshape(x.shape)
     return s / sigma if self.scale_by_sigma else s
 
 
