@@ -103,6 +103,10 @@ def get_loss_fn(config, model):
   """loss_fn(params, x, rng, train) -> (loss, metrics) for config.loss.name."""
   name = config.loss.name
   lc = config.loss
+  if name != "mle" and getattr(getattr(getattr(model, "net", None), "head", None), "discrete", False):
+    raise ValueError(f"loss.name={name!r} differentiates the model in x, but the "
+                     "discretized_logistic head is a probability mass: train it with "
+                     "loss.name='mle', or use model.head='score' for score matching")
   if name == "csm":
     return functools.partial(csm_loss, model, noise_lib.sigmas_from_config(config.get("noise")))
   if name == "mle":

@@ -24,6 +24,7 @@ from csm_jax import losses
 from csm_jax import metrics as metrics_lib
 from csm_jax import models
 from csm_jax import sharding as sharding_lib
+from csm_jax.models import discretized
 
 
 @flax.struct.dataclass
@@ -111,6 +112,13 @@ def setup(config, mesh=None):
   arrays = datasets.load_arrays(config.data)
   pre = datasets.get_preprocessor(config.data, arrays)
   model = models.get_model(config.model, arrays.shape)
+  if discretized.is_discrete(model):
+    d = config.data
+    if not arrays.discrete or d.dequantize or d.scale != "symmetric" or d.logit_lambda:
+      raise ValueError(
+          "the discretized_logistic head models 8-bit pixels in [-1, 1]: it needs image data "
+          "with data.dequantize=False, data.scale='symmetric' and data.logit_lambda=0 "
+          "(see configs/*_pixelcnnpp.py:mle)")
   loss_fn = losses.get_loss_fn(config, model)
   optimizer = make_optimizer(config.optim)
   return dict(mesh=mesh, arrays=arrays, pre=pre, model=model, loss_fn=loss_fn,
@@ -124,6 +132,7 @@ def make_eval_fn(config, env):
 
   eval_batch = jax.jit(lambda params, x, rng: loss_fn(params, x, rng, False))
   with_bpd = model.normalized and config.loss.name == "mle" and env["arrays"].discrete
+  discrete_head = discretized.is_discrete(model)
 
   def evaluate(params, num_batches=None, batch_size=None):
     bs = batch_size or config.eval.batch_size
@@ -135,8 +144,11 @@ def make_eval_fn(config, env):
       x = env["batcher"].test(i, bs)
       loss, metrics = eval_batch(params, x, jax.random.fold_in(key, i))
       losses_.append(float(loss))
-      if with_bpd:  # NLL of the dequantized pixels in [0, 256)^D, in bits per dimension
-        nll_pixel = float(metrics["nll"]) - float(np.mean(pre.log_det_jacobian(np.asarray(x))))
+      if with_bpd:
+        if discrete_head:  # probability mass on the 256 bins: no change of variables
+          nll_pixel = float(metrics["nll"])
+        else:  # density of the dequantized pixels in [0, 256)^D
+          nll_pixel = float(metrics["nll"]) - float(np.mean(pre.log_det_jacobian(np.asarray(x))))
         bpds.append(nll_pixel / (model.dim * math.log(2.0)))
     out = {"eval_loss": float(np.mean(losses_))}
     if with_bpd:

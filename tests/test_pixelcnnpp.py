@@ -10,13 +10,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from csm_jax import derivatives
+from csm_jax.models import heads
 from csm_jax.models import pixelcnnpp
+from csm_jax.models.ar import ARModel, ARNet
 from csm_jax.models.pixelcnnpp import PixelCNNPP
 
 SMALL = dict(context_size=3, nr_filters=4, nr_resnet=1, num_scales=2)
 
 
-def _random_params(model, x, seed=0):
+def _random_params(model, x, seed=0, init=None):
   """Random parameters with every entry non-zero (|w| in [0.2, 1], random sign).
 
   Flax init gives zero biases and, after weight norm, structured scales; random
@@ -24,7 +27,7 @@ def _random_params(model, x, seed=0):
   hide behind. Built with numpy from the abstract init: no compilation.
   """
   rng = np.random.default_rng(seed)
-  shapes = jax.eval_shape(model.init, jax.random.key(0), x)
+  shapes = jax.eval_shape(init or model.init, jax.random.key(0), x)
 
   def fill(leaf):
     val = rng.uniform(0.2, 1.0, leaf.shape) * rng.choice([-1.0, 1.0], leaf.shape)
@@ -33,10 +36,19 @@ def _random_params(model, x, seed=0):
   return jax.tree.map(fill, shapes)
 
 
+# These checks are about exact zeros and float64 values, not speed: compiling without
+# XLA's backend optimizations cuts the compile time (most of each test) by more than half.
+_FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+def _jit(fn, **kw):
+  return jax.jit(fn, compiler_options=_FAST_COMPILE, **kw)
+
+
 def _jacobian(model, params, x, **apply_kwargs):
   """d ctx[b, d, k] / d x[b', d'] as an array (B, D, K, B, D)."""
-  fn = lambda z: model.apply(params, z, **apply_kwargs)
-  return np.asarray(jax.jit(jax.jacfwd(fn))(x))
+  fn = lambda p, z: model.apply(p, z, **apply_kwargs)
+  return np.asarray(_jit(jax.jacfwd(fn, argnums=1))(params, x))
 
 
 def _assert_autoregressive(jac):
@@ -80,11 +92,11 @@ def test_autoregressive_property_with_dropout():
     x = jnp.asarray(np.random.default_rng(2).normal(size=(1, 48)))
     params = _random_params(model, x, seed=3)
 
-    @jax.jit
+    @_jit
     def jac_and_out(params, x, key):
       fn = lambda z: model.apply(params, z, train=True,
                                  rngs={"dropout": key})
-      return jax.jacfwd(lambda z: (fn(z), fn(z)), has_aux=True)(x)
+      return jax.jacfwd(lambda z: (lambda y: (y, y))(fn(z)), has_aux=True)(x)
 
     jac0, out0 = jac_and_out(params, x, jax.random.key(4))
     jac0b, out0b = jac_and_out(params, x, jax.random.key(4))
@@ -112,7 +124,7 @@ def test_output_shape_and_dtype():
   x = jnp.asarray(np.random.default_rng(6).normal(size=(2, 48)), jnp.float32)
   params = _random_params(model, x, seed=7)
   assert all(l.dtype == jnp.float32 for l in jax.tree.leaves(params))
-  out = jax.jit(model.apply)(params, x)  # train=False: no rng needed
+  out = _jit(model.apply)(params, x)  # train=False: no rng needed
   assert out.shape == (2, 48, 3) and out.dtype == jnp.float32
   assert np.all(np.isfinite(out))
 
@@ -140,3 +152,45 @@ def test_bad_input_shape_raises(shape):
   model = PixelCNNPP((4, 4, 3), **SMALL)
   with pytest.raises(ValueError, match="D = H\\*W\\*C"):
     jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(shape))
+
+
+def _ar_csm_model(image_shape, dtype=jnp.float64):
+  """PixelCNN++ context + the AR-CSM score head, as the registry builds it."""
+  backbone = PixelCNNPP(image_shape, dtype=dtype, dropout_rate=0.0, **SMALL)
+  head = heads.ScoreHead(hidden_sizes=(8,), scale_by_sigma=True)
+  D = int(np.prod(image_shape))
+  return ARModel(net=ARNet(backbone=backbone, head=head), dim=D, rank=np.arange(D),
+                 normalized=False, data_shape=tuple(image_shape))
+
+
+def test_ar_csm_scores_fast_diagonal_and_causality():
+  """PixelCNN++ + score head, float64: the one-jvp diagonal (AR-CSM fast path) equals
+  the D one-hot jvps of the reference, and the scores' Jacobian is exactly lower
+  triangular in raster/channel order (s_d depends on x_<=d only, channels included)."""
+  with jax.enable_x64(True):
+    model = _ar_csm_model((4, 4, 3))
+    rng = np.random.default_rng(8)
+    x = jnp.asarray(rng.uniform(-1, 1, size=(2, 48)))
+    sigma = jnp.asarray(rng.choice([0.05, 0.3, 1.0], size=(2, 48)))
+    params = _random_params(
+        model, x, seed=9, init=lambda k, z: model.net.init(k, z, jnp.ones_like(z)))
+
+    @_jit
+    def run(params, x, sigma):
+      fast = model.score_and_diag(params, model.context(params, x), x, sigma)
+      f = lambda y: model.full_score(params, y, sigma)
+      ref = derivatives.jacobian_diagonal(f, x)
+      jac = jax.jacfwd(f)(x)  # (B, D, B, D)
+      return fast, ref, jac
+
+    (s, ds), (s_ref, diag_ref), jac = jax.tree.map(np.asarray, run(params, x, sigma))
+    assert ds.dtype == np.float64
+    np.testing.assert_allclose(s, s_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(ds, diag_ref, rtol=1e-10, atol=1e-12)
+    assert np.all(np.abs(ds) > 0)
+    for b in range(2):
+      jb = jac[b, :, b, :]
+      assert not np.any(np.triu(jb, k=1)), "a score depends on a later sub-pixel"
+      np.testing.assert_allclose(np.diagonal(jb), ds[b], rtol=1e-10, atol=1e-12)
+      assert np.all(np.tril(jb, k=-1)[np.tril_indices(48, -1)] != 0)
+    assert not np.any(jac[0, :, 1, :]) and not np.any(jac[1, :, 0, :])

@@ -63,6 +63,14 @@ def _logistic_head(cfg):
   return heads_lib.LogisticMixtureHead(num_mixtures=cfg.get("num_mixtures", 10))
 
 
+@register_head("discretized_logistic")
+def _discretized_logistic_head(cfg):
+  """PixelCNN++'s discretized logistic mixture: MLE and bits/dim on 8-bit data only."""
+  from csm_jax.models import discretized  # pylint: disable=g-import-not-at-top
+  return discretized.DiscretizedLogisticMixtureHead(
+      num_mixtures=cfg.get("num_mixtures", 10), num_bins=cfg.get("num_bins", 256))
+
+
 def get_model(model_config, data_shape) -> ARModel:
   """Builds the AR model named by model_config.backbone and model_config.head."""
   b, h = model_config.backbone, model_config.head

@@ -54,7 +54,11 @@ class ARModel:
     def f(rng):
       x = jnp.zeros((batch_size, self.dim), jnp.float32)
       return self.net.init({"params": rng, "dropout": rng}, x, jnp.ones_like(x))
-    return jax.jit(f)(rng)
+    # XLA's backend optimizations only slow the one-off init down (minutes for big convnets).
+    if isinstance(rng, jax.core.Tracer):  # already inside jit / eval_shape
+      return f(rng)
+    opts = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
+    return jax.jit(f, compiler_options=opts)(rng)
 
   def context(self, params, x, train: bool = False, rng=None):
     """Contexts (B, D, C); context[:, d] depends only on x_<d."""
