@@ -1,16 +1,22 @@
-"""Annealed Langevin dynamics, one dimension at a time (paper Sec. 4.2).
+"""Sampling AR-CSM models one dimension at a time (Meng et al. 2020, Sec. 4.2).
 
-For t = 1..D (x_{order[t]}): compute the context of that dimension once from the
-already sampled x_<d, then run Langevin on the scalar x_d through sigma_1..sigma_L,
-T steps each, with step alpha_i = step_lr * sigma_i^2 / sigma_L^2, running only the
-head. `naive_sample` re-evaluates the whole model at every step and is the reference.
-Both draw the same random numbers, so with the same rng they agree to rounding.
+`sample`: for t = 1..D (x_{order[t]}), compute the context of that dimension once
+from the already sampled x_<d, then run annealed Langevin dynamics on the scalar x_d
+through sigma_1..sigma_L, T steps each, with step alpha_i = step_lr * sigma_i^2 /
+sigma_L^2, running only the head: D context passes plus D*L*T head evaluations.
+`naive_sample` re-evaluates the whole model at every step (D*L*T full passes) and is
+the reference; both draw the same random numbers, so with the same rng they agree to
+rounding. `grid_sample` is ancestral sampling without Langevin: each 1-D conditional
+is normalized on a quadrature grid (`likelihood.py`) and sampled from it, exact up to
+the grid resolution.
 """
 
 import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from csm_jax import likelihood as likelihood_lib
 
 
 def _schedule(sigmas, n_steps, step_lr):
@@ -41,10 +47,15 @@ def _langevin_1d(score_fn, xd, key, sig_steps, alpha_steps, denoise):
   return xd
 
 
+def _constrain(x, sharding):
+  return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
+
+
 def _sample(model, params, rng, num_samples, sigmas, n_steps, step_lr, denoise,
-            init_scale, cached, x_init=None, num_dims=None):
+            init_scale, cached, x_init=None, num_dims=None, sharding=None):
   k_init, k_run = jax.random.split(rng)
   x = _init(k_init, model, num_samples, sigmas, init_scale) if x_init is None else x_init
+  x = _constrain(x, sharding)
   sig_steps, alpha_steps = _schedule(sigmas, n_steps, step_lr)
   order = jnp.asarray(model.order)
 
@@ -61,7 +72,7 @@ def _sample(model, params, rng, num_samples, sigmas, n_steps, step_lr, denoise,
         return jax.lax.dynamic_index_in_dim(full, d, axis=1, keepdims=False)
     xd0 = jax.lax.dynamic_index_in_dim(x, d, axis=1, keepdims=False)
     xd = _langevin_1d(score_fn, xd0, key, sig_steps, alpha_steps, denoise)
-    return jax.lax.dynamic_update_index_in_dim(x, xd, d, axis=1), None
+    return _constrain(jax.lax.dynamic_update_index_in_dim(x, xd, d, axis=1), sharding), None
 
   steps = model.dim if num_dims is None else min(num_dims, model.dim)
   x, _ = jax.lax.scan(per_dim, x, jnp.arange(steps))
@@ -69,34 +80,66 @@ def _sample(model, params, rng, num_samples, sigmas, n_steps, step_lr, denoise,
 
 
 def sample(model, params, rng, num_samples, sigmas, n_steps=10, step_lr=1e-2,
-           denoise=True, init_scale=None, x_init=None, num_dims=None):
+           denoise=True, init_scale=None, x_init=None, num_dims=None, sharding=None):
   """Cached-context 1-D annealed Langevin sampler; returns (num_samples, D).
 
-  Cost: D context passes plus D*L*T head evaluations. Jit it (see `make_sampler`). `num_dims` stops after
-  the first k dimensions of the order (for timing).
+  Cost: D context passes plus D*L*T head evaluations. Jit it (see `make_sampler`).
+  `x_init` replaces the N(0, sigma_1^2) start (init_scale overrides sigma_1);
+  `num_dims` stops after the first k dimensions of the order (for timing);
+  `sharding` constrains the batch layout of x throughout (data parallel).
   """
   return _sample(model, params, rng, num_samples, sigmas, n_steps, step_lr, denoise,
-                 init_scale, cached=True, x_init=x_init, num_dims=num_dims)
+                 init_scale, cached=True, x_init=x_init, num_dims=num_dims, sharding=sharding)
 
 
 def naive_sample(model, params, rng, num_samples, sigmas, n_steps=10, step_lr=1e-2,
-                 denoise=True, init_scale=None, x_init=None, num_dims=None):
+                 denoise=True, init_scale=None, x_init=None, num_dims=None, sharding=None):
   """Reference sampler: the whole model is re-evaluated at each of D*L*T steps."""
   return _sample(model, params, rng, num_samples, sigmas, n_steps, step_lr, denoise,
-                 init_scale, cached=False, x_init=x_init, num_dims=num_dims)
+                 init_scale, cached=False, x_init=x_init, num_dims=num_dims, sharding=sharding)
 
 
 def make_sampler(model, sigmas, num_samples, n_steps=10, step_lr=1e-2, denoise=True,
-                 init_scale=None, cached=True, out_sharding=None):
-  """jit-compiled (params, rng) -> samples; sharded over the batch if `out_sharding`."""
+                 init_scale=None, cached=True, out_sharding=None, num_dims=None):
+  """jit-compiled (params, rng) -> samples; batch sharded by `out_sharding` if given."""
   fn = sample if cached else naive_sample
   f = functools.partial(fn, model, sigmas=tuple(np.asarray(sigmas).tolist()),
                         num_samples=num_samples, n_steps=n_steps, step_lr=step_lr,
-                        denoise=denoise, init_scale=init_scale)
+                        denoise=denoise, init_scale=init_scale, num_dims=num_dims,
+                        sharding=out_sharding)
+  return jax.jit(lambda params, rng: f(params=params, rng=rng))
 
-  def run(params, rng):
-    x = f(params=params, rng=rng)
-    if out_sharding is not None:
-      x = jax.lax.with_sharding_constraint(x, out_sharding)
-    return x
-  return jax.jit(run)
+
+def grid_sample(model, params, rng, num_samples, grid, sigma=1.0, num_dims=None,
+                node_chunk=None):
+  """Ancestral sampling of an AR model on a quadrature grid; (num_samples, D).
+
+  For each dimension in order the conditional log q(. | x_<d) is evaluated on the
+  nodes of `grid` (`likelihood.log_conditionals_on_grid`: quadrature of the scores at
+  noise level `sigma` for an AR-CSM head, the exact log-density for a normalized head);
+  a node is drawn with probability proportional to w_k q(g_k) (trapezoid weights) and
+  jittered uniformly within its cell. Exact up to the grid resolution (features
+  narrower than a cell are smeared over it), with no Langevin bias; costs K head
+  evaluations per dimension instead of L*T.
+  """
+  x = jnp.zeros((num_samples, model.dim), jnp.float32)
+  order = jnp.asarray(model.order)
+  k = grid.num_points
+  logw = jnp.full((k,), 0.0).at[0].set(-np.log(2.0)).at[-1].set(-np.log(2.0))
+
+  def per_dim(x, t):
+    d = order[t]
+    key_c, key_u = jax.random.split(jax.random.fold_in(rng, t))
+    ctx_d = jax.lax.dynamic_index_in_dim(model.context(params, x), d, axis=1)   # (B,1,C)
+    logq = likelihood_lib.log_conditionals_on_grid(model, params, ctx_d, grid, sigma,
+                                                   node_chunk)[:, 0]            # (B,K)
+    j = jax.random.categorical(key_c, logq + logw, axis=-1)
+    u = jax.random.uniform(key_u, j.shape, minval=-0.5, maxval=0.5)
+    # the end nodes own half cells (inside [lo, hi]):
+    u = jnp.where(j == 0, jnp.abs(u), jnp.where(j == k - 1, -jnp.abs(u), u))
+    xd = grid.lo + (j + u) * grid.h
+    return jax.lax.dynamic_update_index_in_dim(x, xd[:, None], d, axis=1), None
+
+  steps = model.dim if num_dims is None else min(num_dims, model.dim)
+  x, _ = jax.lax.scan(per_dim, x, jnp.arange(steps))
+  return x

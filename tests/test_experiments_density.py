@@ -1,0 +1,65 @@
+"""Smoke runs of the sampling benchmark and the density-estimation experiments."""
+
+import json
+import math
+import os
+
+from experiments import bench_sampling, mnist_nll, toy2d
+
+
+def _finite(x):
+  return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def test_bench_sampling_smoke(tmp_path):
+  out = tmp_path / "bench.json"
+  bench_sampling.main(["--out", str(out), "--hidden", "16", "--context_size", "2",
+                       "--image_size", "3", "--batch", "2", "--num_scales", "2",
+                       "--n_steps", "2", "--naive_dims", "2", "--repeats", "1"])
+  r = json.loads(out.read_text())
+  assert _finite(r["speedup_over_naive"]) and r["speedup_over_naive"] > 0
+  assert r["naive_dims_timed"] == 2 and "scaled" in r["naive_scaling"]
+  assert r["max_rel_diff_naive_vs_cached_first_k"] < 1e-4
+
+
+def test_toy2d_smoke(tmp_path):
+  toy2d.main(["--out", str(tmp_path), "--datasets", "ring8", "--steps", "20",
+              "--batch_size", "32", "--hidden", "16", "--head_hidden", "8",
+              "--context_size", "4", "--num_mixtures", "3", "--num_train", "500",
+              "--num_test", "100", "--num_val", "50", "--num_points", "65", "--num_samples", "50",
+              "--n_steps", "2", "--num_scales", "3", "--stride", "2"])
+  r = json.loads((tmp_path / "toy2d.json").read_text())
+  row = r["table"]["ring8"]
+  assert all(_finite(row[k]) for k in ("arcsm_nll", "mol_nll", "arcsm_quad_error"))
+  assert _finite(row["arcsm_nll_best_sigma"]) and _finite(row["best_sigma"])
+  d = r["datasets"]["ring8"]
+  assert d["mol"]["effective_parameters"] > d["arcsm"]["effective_parameters"]
+  assert d["mol"]["parameters"] > d["arcsm"]["parameters"]
+  assert os.path.getsize(tmp_path / "toy2d.png") > 0
+
+
+def test_mnist_nll_smoke(tmp_path, mnist_data_dir):
+  mnist_nll.main(["--out", str(tmp_path), "--data_dir", mnist_data_dir, "--hidden", "8",
+                  "--context_size", "2", "--head_hidden", "4", "--num_mixtures", "2",
+                  "--steps", "4", "--eval_every", "2", "--batch_size", "8",
+                  "--dsm_sigmas", "0.1", "--num_eval", "16", "--num_final", "16",
+                  "--num_quadrature", "2", "--num_points", "17", "--quad_batch", "2",
+                  "--num_samples", "2", "--num_train", "256", "--num_val", "2"])
+  r = json.loads((tmp_path / "mnist_nll.json").read_text())
+  assert set(r["table_fig3a"]) == {"gaussian_mle", "gaussian_csm", "gaussian_dsm_0.1",
+                                   "gaussian_ssm"}
+  for row in r["table_fig3a"].values():
+    assert _finite(row["bpd"]) and _finite(row["train_seconds"])
+  hist = r["runs"]["gaussian_mle"]["history"]
+  assert [h["step"] for h in hist] == [0, 2, 4]
+  assert set(r["table_arcsm"]) == {"arcsm_csm", "arcsm_csm_best_sigma", "gaussian_mle",
+                                   "mol_mle"}
+  assert r["table_arcsm"]["arcsm_csm_best_sigma"]["sigma"] in (
+      r["arcsm_comparison"]["validation_per_sigma"]["sigmas"])
+  assert _finite(r["table_arcsm"]["arcsm_csm"]["quad_error_bpd"])
+  assert all(_finite(v["bpd"]) for v in r["table_arcsm"].values())
+  check = r["arcsm_comparison"]["quadrature_check_gaussian_mle"]
+  for key in ("wide_grid", "same_grid"):
+    assert _finite(check[key]["error_nats_per_dim"]) and _finite(check[key]["quadrature_bpd"])
+  for png in ("mnist_nll_curves.png", "mnist_nll_arcsm.png", "mnist_samples.png"):
+    assert os.path.getsize(tmp_path / png) > 0
