@@ -29,7 +29,13 @@ class Checkpointer:
     if step is None:
       return like
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-    return self._mgr.restore(step, args=ocp.args.StandardRestore(abstract))
+    try:
+      return self._mgr.restore(step, args=ocp.args.StandardRestore(abstract))
+    except ValueError as e:
+      raise ValueError(
+          f"the checkpoint {self.directory}/{step} does not fit the model built from this "
+          "config; run with the same config and --config.* overrides it was trained with "
+          f"(orbax: {e})") from None
 
   def close(self):
     self._mgr.wait_until_finished()

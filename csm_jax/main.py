@@ -51,6 +51,28 @@ def _sample(config, workdir):
   logging.info("wrote %s.png", base)
 
 
+def _test_nll(config, env, state):
+  """Test NLL: exact for normalized heads, by quadrature of the scores for AR-CSM."""
+  import numpy as np
+  from csm_jax import datasets, likelihood
+  lk = likelihood.get_config(config)
+  n = lk.get("num_examples", 1000)
+  test = env["arrays"].test
+  if n == 0:
+    return None
+  test = test if n < 0 else test[:n]
+  y = env["pre"](test, datasets.dequant_rng(config.seed + 2, 0))
+  model = env["model"]
+  kw = dict(preprocessor=env["pre"], batch_size=lk.batch_size, log=logging.info)
+  if model.normalized:
+    return likelihood.evaluate_nll(model, state.ema_params, y, method="exact", **kw)
+  sigma = lk.sigma if lk.sigma is not None else likelihood.noise_level(config)
+  grid = likelihood.make_grid(lk, data=np.asarray(y))
+  return likelihood.evaluate_nll(model, state.ema_params, y, method="quadrature", grid=grid,
+                                 sigma=sigma, batch_chunk=lk.batch_chunk,
+                                 node_chunk=lk.node_chunk, **kw)
+
+
 def _eval(config, workdir):
   from csm_jax import train
   env, state = train.restore_for_inference(config, workdir)
@@ -58,6 +80,7 @@ def _eval(config, workdir):
   nb = max(1, len(env["arrays"].test) // bs)
   result = train.make_eval_fn(config, env)(state.ema_params, num_batches=nb)
   result["step"] = int(state.step)
+  result["likelihood"] = _test_nll(config, env, state)
   path = os.path.join(workdir, f"eval_{int(state.step):08d}.json")
   with open(path, "w") as f:
     json.dump(result, f, indent=2)
