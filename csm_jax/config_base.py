@@ -76,7 +76,7 @@ def default_config() -> ml_collections.ConfigDict:
   # Test NLL in --mode=eval: exact for normalized heads, 1-D quadrature for AR-CSM heads
   # (fields of likelihood.default_config(); None = that default).
   c.likelihood = lk = ml_collections.ConfigDict()
-  lk.num_examples = 1000       # test examples (0: skip; -1: the whole test split)
+  lk.num_examples = 500        # test examples (0: skip; -1: the whole test split)
   lk.num_points = 2049
   lk.batch_size = 64
   lk.sigma = ml_collections.FieldReference(None, field_type=float)  # None: smallest sigma

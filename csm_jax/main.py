@@ -56,7 +56,7 @@ def _test_nll(config, env, state):
   import numpy as np
   from csm_jax import datasets, likelihood
   lk = likelihood.get_config(config)
-  n = lk.get("num_examples", 1000)
+  n = lk.get("num_examples", 500)
   test = env["arrays"].test
   if n == 0:
     return None

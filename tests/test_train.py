@@ -100,8 +100,12 @@ def test_sigkill_and_restart_gives_the_uninterrupted_parameters(tmp_path, mnist_
   steps = [r["step"] for r in _rows(killed) if "loss" in r]
   assert steps == list(range(20, 301, 20))
   # eval and sample modes read the final checkpoint.
-  subprocess.run(_main(killed, "--mode=eval"), cwd=REPO, env=env, check=True, capture_output=True)
-  assert json.load(open(killed / "eval_00000300.json"))["step"] == 300
+  subprocess.run(_main(killed, "--mode=eval", "--config.likelihood.num_examples=8",
+                       "--config.likelihood.num_points=257"), cwd=REPO, env=env, check=True,
+                 capture_output=True)
+  ev = json.load(open(killed / "eval_00000300.json"))
+  assert ev["step"] == 300 and np.isfinite(ev["eval_loss"])
+  assert ev["likelihood"]["num_examples"] == 8 and np.isfinite(ev["likelihood"]["bpd"])
   subprocess.run(_main(killed, "--mode=sample", "--config.sampling.num_samples=4",
                        "--config.sampling.n_steps=1"), cwd=REPO, env=env, check=True,
                  capture_output=True)
