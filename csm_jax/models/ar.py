@@ -55,7 +55,8 @@ class ARModel:
       x = jnp.zeros((batch_size, self.dim), jnp.float32)
       return self.net.init({"params": rng, "dropout": rng}, x, jnp.ones_like(x))
     # XLA's backend optimizations only slow the one-off init down (minutes for big convnets).
-    if isinstance(rng, jax.core.Tracer):  # already inside jit / eval_shape
+    tracer = getattr(jax.core, "Tracer", None)
+    if tracer is not None and isinstance(rng, tracer):  # already inside jit / eval_shape
       return f(rng)
     opts = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
     return jax.jit(f, compiler_options=opts)(rng)
