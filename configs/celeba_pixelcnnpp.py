@@ -12,7 +12,7 @@ are for accelerators. CPU-size run on the offline subset (5000 faces; the npz so
 holds out its last 10% as the test split):
 
   python -m csm_jax.main --config=configs/celeba_pixelcnnpp.py --workdir=/tmp/celeba_csm \\
-    --config.data.dataset=npz \\
+    --config.data.source=npz \\
     --config.data.path=../shared/data/celeba32_subset/celeba32_first5000.npz \\
     --config.model.nr_filters=16 --config.model.nr_resnet=1 --config.model.dropout_rate=0 \\
     --config.training.batch_size=8 --config.training.num_steps=300 \\

@@ -11,7 +11,7 @@ Paper-size defaults (nr_filters 160, nr_resnet 5, 3 scales 32 -> 16 -> 8, dropou
 are for accelerators. CPU-size run on the offline subset:
 
   python -m csm_jax.main --config=configs/cifar10_pixelcnnpp.py --workdir=/tmp/cifar_csm \\
-    --config.data.dataset=npz \\
+    --config.data.source=npz \\
     --config.data.path=../shared/data/cifar10_subset/train_first4000.npz \\
     --config.data.test_path=../shared/data/cifar10_subset/test_first1000.npz \\
     --config.model.nr_filters=16 --config.model.nr_resnet=1 --config.model.dropout_rate=0 \\

@@ -9,6 +9,7 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.data = d = ml_collections.ConfigDict()
   d.dataset = "mnist"
+  d.source = "auto"   # image sets: 'auto'/'tfds', or 'npz' to read data.path instead
   d.data_dir = ml_collections.FieldReference(None, field_type=str)
   d.path = ""
   d.test_path = ""

@@ -5,7 +5,8 @@ turned into float32 (B, D) model inputs per batch by a `Preprocessor` (uniform
 dequantization, scaling, optional logit as in MAF). Batch order is a pure function of
 (step, seed) (`batch_indices`), so a restarted run sees bit-identical batches.
 
-Sources (``config.data.dataset``):
+Sources (``config.data.dataset``, or ``config.data.source`` to read a named image set
+from a file instead of tfds, e.g. ``dataset=cifar10, source=npz, path=subset.npz``):
   mnist | cifar10 | celeba | svhn   tensorflow-datasets, read with `tfds.data_source`
                                     (array_record; TensorFlow is not needed to read).
                                     Decoded once, cached as .npy in ``cache_dir``.
@@ -44,6 +45,8 @@ __all__ = [
 TFDS_NAMES = {'mnist': 'mnist', 'cifar10': 'cifar10', 'celeba': 'celeb_a',
               'svhn': 'svhn_cropped'}
 TFDS_SPLITS = ('train', 'test')
+# per-example (H, W, C) of the named image sets (celeba: data.image_size, see image_shape)
+IMAGE_SHAPES = {'mnist': (28, 28, 1), 'cifar10': (32, 32, 3), 'svhn': (32, 32, 3)}
 DEFAULT_CACHE_DIR = os.path.join('~', '.cache', 'csm_jax')
 _NETWORK_HOST = ('storage.googleapis.com', 443)
 
@@ -81,12 +84,46 @@ def _get(cfg: Any, key: str, default: Any = None) -> Any:
 # --------------------------------------------------------------------------------------
 
 
+def image_shape(data_config: Any, dataset: str) -> tuple:
+  """(H, W, C) of one example of a named image dataset, as the model will see it."""
+  if dataset == 'celeba':
+    size = int(_get(data_config, 'image_size', 32))
+    return (size, size, 3)
+  return IMAGE_SHAPES[dataset]
+
+
+def _load_named_npz(data_config: Any, dataset: str) -> Arrays:
+  """A named image set read from npz (``data.source='npz'``), its shape checked."""
+  path = _get(data_config, 'path')
+  if not path:
+    raise ValueError(f"data.source='npz' needs data.path (a .npz file or directory) for "
+                     f'data.dataset={dataset!r}.')
+  arrays = load_npz(path, _get(data_config, 'test_path'))
+  want = image_shape(data_config, dataset)
+  if not arrays.discrete or arrays.shape != want:
+    got = f"{'uint8' if arrays.discrete else 'float32'} {arrays.shape}"
+    raise ValueError(f'data.dataset={dataset!r} expects uint8 images of shape {want} per '
+                     f'example, but {path!r} holds {got}. Point data.path at {dataset} '
+                     "images, or use data.dataset='npz' for arbitrary arrays.")
+  return arrays
+
+
 def load_arrays(data_config: Any) -> Arrays:
-  """Loads the dataset named by ``data_config.dataset`` into memory."""
+  """Loads the dataset named by ``data_config.dataset`` (from ``data.source``) into memory."""
   dataset = str(_get(data_config, 'dataset', '')).lower()
+  source = str(_get(data_config, 'source', '') or 'auto').lower()
+  if source not in ('auto', 'tfds', 'npz'):
+    raise ValueError(f"data.source must be 'auto', 'tfds' or 'npz', got {source!r}.")
+  if source != 'auto' and dataset not in TFDS_NAMES and dataset != 'npz':
+    raise ValueError(f'data.source={source!r} applies to the image datasets '
+                     f'{sorted(TFDS_NAMES)}, not to data.dataset={dataset!r}.')
   if dataset in TFDS_NAMES:
+    if source == 'npz':
+      return _load_named_npz(data_config, dataset)
     return _load_tfds(data_config, dataset)
   if dataset == 'npz':
+    if source == 'tfds':
+      raise ValueError("data.dataset='npz' reads data.path; it has no tfds source.")
     path = _get(data_config, 'path')
     if not path:
       raise ValueError("data.dataset='npz' needs data.path (a .npz file or directory).")
@@ -181,7 +218,7 @@ def _ensure_prepared(tfds_name: str, data_dir: str) -> Any:
           'is no network to download it. The data dir is data.data_dir if set, else '
           '$TFDS_DATA_DIR, else ~/tensorflow_datasets. Fix: point TFDS_DATA_DIR (or '
           '--config.data.data_dir) at a directory holding a prepared copy, or use '
-          "--config.data.dataset=npz with --config.data.path=<file.npz>.")
+          "--config.data.source=npz with --config.data.path=<file.npz>.")
     if not _tensorflow_available():
       raise DataNotFoundError(
           f'tfds dataset {tfds_name!r} is not prepared in {data_dir!r}. Preparing it '

@@ -119,6 +119,29 @@ def test_npz_shared_cifar_subset():
   np.testing.assert_array_equal(from_dir.test, arrays.test)
 
 
+def test_named_image_set_from_npz_checks_the_shape(tmp_path):
+  """data.source='npz' reads a named image set from a file and refuses a wrong shape."""
+  rng = np.random.default_rng(0)
+  good, bad = tmp_path / 'good.npz', tmp_path / 'bad.npz'
+  np.savez(good, x=rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8))
+  np.savez(bad, x=rng.integers(0, 256, (20, 28, 28, 1), dtype=np.uint8))
+  arrays = datasets.load_arrays(_cfg(dataset='cifar10', source='npz', path=str(good)))
+  assert arrays.shape == (32, 32, 3) and len(arrays.train) == 18 and len(arrays.test) == 2
+  celeba = datasets.load_arrays(_cfg(dataset='celeba', source='npz', path=str(good),
+                                     image_size=32))
+  np.testing.assert_array_equal(celeba.train, arrays.train)
+  with pytest.raises(ValueError, match=r"expects uint8 images of shape \(32, 32, 3\)"):
+    datasets.load_arrays(_cfg(dataset='cifar10', source='npz', path=str(bad)))
+  with pytest.raises(ValueError, match=r'\(28, 28, 1\)'):
+    datasets.load_arrays(_cfg(dataset='mnist', source='npz', path=str(good)))
+  with pytest.raises(ValueError, match='needs data.path'):
+    datasets.load_arrays(_cfg(dataset='cifar10', source='npz'))
+  with pytest.raises(ValueError, match="data.source must be"):
+    datasets.load_arrays(_cfg(dataset='cifar10', source='hdf5', path=str(good)))
+  with pytest.raises(ValueError, match='applies to the image datasets'):
+    datasets.load_arrays(_cfg(dataset='gaussian', source='npz'))
+
+
 @pytest.mark.skipif(not os.path.isfile(CELEBA_NPZ), reason='celeba subset missing')
 def test_npz_shared_celeba_subset_holdout():
   arrays = datasets.load_arrays(_cfg(dataset='npz', path=CELEBA_NPZ))
