@@ -33,6 +33,8 @@ def default_config() -> ml_collections.ConfigDict:
   m.order_seed = 0
   m.head_hidden = (32, 32)
   m.scale_by_sigma = True
+  m.head_sigma_embedding = 0   # > 0: width of a learned log-sigma embedding in the score head
+  m.head_sigma_film = False    # the embedding scales and shifts each head layer (else shifts)
   m.num_mixtures = 10
   m.nr_filters = 160
   m.nr_resnet = 5
@@ -88,6 +90,9 @@ def default_config() -> ml_collections.ConfigDict:
   s.step_lr = 2e-3
   s.denoise = True
   s.sigmas = ml_collections.FieldReference(None, field_type=tuple)  # None: the noise schedule
+  # dimensions per compiled call, progress and ETA logged after each (None: ~20 reports;
+  # 0: the whole sampler in one call)
+  s.chunk_dims = ml_collections.FieldReference(None, field_type=int)
   return c
 
 

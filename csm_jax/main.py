@@ -25,20 +25,24 @@ flags.mark_flags_as_required(["config", "workdir"])
 def _sample(config, workdir):
   import jax
   import numpy as np
-  from csm_jax import noise, plotting, sampling, sharding, train
+  from csm_jax import chunked, noise, plotting, sampling, sharding, train
   env, state = train.restore_for_inference(config, workdir)
   from csm_jax.models import discretized
   s = config.sampling
   n = s.num_samples
   sharding.check_batch_size(n, env["mesh"], "sampling.num_samples")
+  chunk = s.get("chunk_dims")
+  chunk = chunked.auto_chunk_dims(env["model"].dim) if chunk is None else chunk
   if discretized.is_discrete(env["model"]):  # exact ancestral sampling of the mixture
-    sampler = discretized.make_ancestral_sampler(env["model"], n)
+    sampler = discretized.make_ancestral_sampler(env["model"], n, chunk_dims=chunk,
+                                                 log=logging.info)
   else:
     sigmas = s.sigmas or noise.sigmas_from_config(config.noise)
     if sigmas is None:
       raise ValueError("set sampling.sigmas (e.g. (1.0,)) for a model trained without noise")
     sampler = sampling.make_sampler(env["model"], sigmas, n, s.n_steps, s.step_lr, s.denoise,
-                                    out_sharding=sharding.batch_sharding(env["mesh"]))
+                                    out_sharding=sharding.batch_sharding(env["mesh"]),
+                                    chunk_dims=chunk, log=logging.info)
   x = np.asarray(sampler(state.ema_params, jax.random.PRNGKey(config.seed + 20_000)))
   step = int(state.step)
   os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)

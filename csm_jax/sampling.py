@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from csm_jax import chunked
 from csm_jax import likelihood as likelihood_lib
 
 
@@ -51,12 +52,9 @@ def _constrain(x, sharding):
   return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
 
 
-def _sample(model, params, rng, num_samples, sigmas, n_steps, step_lr, denoise,
-            init_scale, cached, x_init=None, num_dims=None, sharding=None):
-  k_init, k_run = jax.random.split(rng)
-  x = _init(k_init, model, num_samples, sigmas, init_scale) if x_init is None else x_init
-  x = _constrain(x, sharding)
-  sig_steps, alpha_steps = _schedule(sigmas, n_steps, step_lr)
+def _langevin_chunk(model, params, x, k_run, start, length, num_dims, sig_steps,
+                    alpha_steps, denoise, cached, sharding):
+  """Samples dimensions order[start:start+length] (those < num_dims) of x in place."""
   order = jnp.asarray(model.order)
 
   def per_dim(x, t):
@@ -72,11 +70,29 @@ def _sample(model, params, rng, num_samples, sigmas, n_steps, step_lr, denoise,
         return jax.lax.dynamic_index_in_dim(full, d, axis=1, keepdims=False)
     xd0 = jax.lax.dynamic_index_in_dim(x, d, axis=1, keepdims=False)
     xd = _langevin_1d(score_fn, xd0, key, sig_steps, alpha_steps, denoise)
-    return _constrain(jax.lax.dynamic_update_index_in_dim(x, xd, d, axis=1), sharding), None
+    return _constrain(jax.lax.dynamic_update_index_in_dim(x, xd, d, axis=1), sharding)
 
-  steps = model.dim if num_dims is None else min(num_dims, model.dim)
-  x, _ = jax.lax.scan(per_dim, x, jnp.arange(steps))
-  return x
+  return chunked.scan_dims(per_dim, x, start, length, num_dims)
+
+
+def _start(model, rng, num_samples, sigmas, init_scale, x_init, sharding):
+  """(x at the start of sampling, key of the Langevin noise)."""
+  k_init, k_run = jax.random.split(rng)
+  x = _init(k_init, model, num_samples, sigmas, init_scale) if x_init is None else x_init
+  return _constrain(x, sharding), k_run
+
+
+def _num_dims(model, num_dims):
+  return model.dim if num_dims is None else min(num_dims, model.dim)
+
+
+def _sample(model, params, rng, num_samples, sigmas, n_steps, step_lr, denoise,
+            init_scale, cached, x_init=None, num_dims=None, sharding=None):
+  x, k_run = _start(model, rng, num_samples, sigmas, init_scale, x_init, sharding)
+  sig_steps, alpha_steps = _schedule(sigmas, n_steps, step_lr)
+  steps = _num_dims(model, num_dims)
+  return _langevin_chunk(model, params, x, k_run, 0, steps, steps, sig_steps, alpha_steps,
+                         denoise, cached, sharding)
 
 
 def sample(model, params, rng, num_samples, sigmas, n_steps=10, step_lr=1e-2,
@@ -100,14 +116,34 @@ def naive_sample(model, params, rng, num_samples, sigmas, n_steps=10, step_lr=1e
 
 
 def make_sampler(model, sigmas, num_samples, n_steps=10, step_lr=1e-2, denoise=True,
-                 init_scale=None, cached=True, out_sharding=None, num_dims=None):
-  """jit-compiled (params, rng) -> samples; batch sharded by `out_sharding` if given."""
-  fn = sample if cached else naive_sample
-  f = functools.partial(fn, model, sigmas=tuple(np.asarray(sigmas).tolist()),
-                        num_samples=num_samples, n_steps=n_steps, step_lr=step_lr,
-                        denoise=denoise, init_scale=init_scale, num_dims=num_dims,
-                        sharding=out_sharding)
-  return jax.jit(lambda params, rng: f(params=params, rng=rng))
+                 init_scale=None, cached=True, out_sharding=None, num_dims=None,
+                 chunk_dims=None, log=None):
+  """(params, rng) -> samples, jit-compiled; batch sharded by `out_sharding` if given.
+
+  With `chunk_dims` the dimensions are sampled in jit-compiled chunks of that many,
+  and `log(str)` (if given) reports progress and ETA after each; same samples.
+  """
+  sigmas = tuple(np.asarray(sigmas).tolist())
+  if not chunk_dims:
+    fn = sample if cached else naive_sample
+    f = functools.partial(fn, model, sigmas=sigmas, num_samples=num_samples,
+                          n_steps=n_steps, step_lr=step_lr, denoise=denoise,
+                          init_scale=init_scale, num_dims=num_dims, sharding=out_sharding)
+    return jax.jit(lambda params, rng: f(params=params, rng=rng))
+
+  steps = _num_dims(model, num_dims)
+  sig_steps, alpha_steps = _schedule(sigmas, n_steps, step_lr)
+  start_fn = jax.jit(lambda rng: _start(model, rng, num_samples, sigmas, init_scale, None,
+                                        out_sharding))
+  chunk_fn = jax.jit(lambda params, x, k_run, start: _langevin_chunk(
+      model, params, x, k_run, start, chunk_dims, steps, sig_steps, alpha_steps, denoise,
+      cached, out_sharding))
+
+  def run(params, rng):
+    x, k_run = start_fn(rng)
+    return chunked.run_in_chunks(lambda x, t: chunk_fn(params, x, k_run, t), x, steps,
+                                 chunk_dims, log, "Langevin sampling")
+  return run
 
 
 def grid_sample(model, params, rng, num_samples, grid, sigma=1.0, num_dims=None,

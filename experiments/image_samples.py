@@ -29,6 +29,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from csm_jax import checkpoints  # noqa: E402
+from csm_jax import chunked  # noqa: E402
 from csm_jax import noise as noise_lib  # noqa: E402
 from csm_jax import plotting  # noqa: E402
 from csm_jax import sampling  # noqa: E402
@@ -51,6 +52,9 @@ def parse_args(argv=None):
   p.add_argument("--params", choices=("ema", "raw"), default="ema",
                  help="EMA parameters (as eval and --mode=sample) or the raw last iterate "
                       "(short runs, where the EMA still remembers the initialization)")
+  p.add_argument("--chunk_dims", type=int, default=None,
+                 help="dimensions per compiled call, progress and ETA after each "
+                      "(default: about 20 reports; 0: one call, no progress)")
   p.add_argument("--seed", type=int, default=0)
   return p.parse_args(argv)
 
@@ -104,9 +108,13 @@ def sample_workdir(workdir, args, key):
           "backbone": config.model.backbone, "head": config.model.head,
           "loss": config.loss.name}
   t = time.perf_counter()
+  k = min(args.num_dims or model.dim, model.dim)
+  chunk = chunked.auto_chunk_dims(k) if args.chunk_dims is None else args.chunk_dims
+  log = lambda msg: print(f"[{os.path.basename(os.path.normpath(workdir))}] {msg}", flush=True)
   if discretized.is_discrete(model):
     info["sampler"] = "exact ancestral (discretized logistic mixture)"
-    fn = discretized.make_ancestral_sampler(model, n, num_dims=args.num_dims)
+    fn = discretized.make_ancestral_sampler(model, n, num_dims=args.num_dims, chunk_dims=chunk,
+                                            log=log)
   else:
     s = config.sampling
     sigmas = s.get("sigmas") or noise_lib.sigmas_from_config(config.noise)
@@ -117,7 +125,7 @@ def sample_workdir(workdir, args, key):
     info.update(sampler="cached-context annealed Langevin", L=len(sigmas), T=n_steps,
                 step_lr=step_lr, sigmas=[float(v) for v in sigmas])
     fn = sampling.make_sampler(model, sigmas, n, n_steps, step_lr, s.denoise,
-                               num_dims=args.num_dims)
+                               num_dims=args.num_dims, chunk_dims=chunk, log=log)
   params = state.ema_params if args.params == "ema" else state.params
   info["params"] = args.params
   x = np.asarray(jax.block_until_ready(fn(params, key)))

@@ -143,6 +143,8 @@ def arcsm_config(args, name):
   c.model.head = "score"
   c.model.hidden_sizes = (args.hidden,) * args.layers
   c.model.head_hidden = tuple(int(h) for h in args.head_hidden.split(","))
+  c.model.head_sigma_embedding = args.head_sigma_embedding
+  c.model.head_sigma_film = bool(args.head_sigma_film)
   c.loss.name = "csm"
   c.noise.enabled = True
   c.noise.sigma_max, c.noise.sigma_min, c.noise.num_scales = (
@@ -222,6 +224,10 @@ def parse_args(argv=None):
   p.add_argument("--hidden", type=int, default=128, help="AR-CSM MADE width")
   p.add_argument("--context_size", type=int, default=16)
   p.add_argument("--head_hidden", default="64,64")
+  p.add_argument("--head_sigma_embedding", type=int, default=64,
+                 help="width of the head's log-sigma embedding (0: log sigma as an input only)")
+  p.add_argument("--head_sigma_film", type=int, default=1,
+                 help="1: the embedding scales and shifts every head layer; 0: shifts only")
   p.add_argument("--sigma_max", type=float, default=3.0)
   p.add_argument("--sigma_min", type=float, default=0.05)
   p.add_argument("--num_scales", type=int, default=10)

@@ -9,7 +9,8 @@ from csm_jax import models
 from csm_jax.config_base import default_config
 
 
-def tiny_model_config(head="score", hidden=(16, 16), order="natural", context_size=3):
+def tiny_model_config(head="score", hidden=(16, 16), order="natural", context_size=3,
+                      **extra):
   c = default_config().model
   c.backbone = "made"
   c.head = head
@@ -18,6 +19,8 @@ def tiny_model_config(head="score", hidden=(16, 16), order="natural", context_si
   c.context_size = context_size
   c.head_hidden = (8,)
   c.num_mixtures = 3
+  for k, v in extra.items():
+    c[k] = v
   return c
 
 

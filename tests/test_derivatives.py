@@ -60,3 +60,33 @@ def test_scores_are_autoregressive(head, order):
     assert np.all(np.asarray(jac)[:, later] == 0.0)
     earlier = rank[None, :] < rank[:, None]
     assert np.abs(np.asarray(jac)[:, earlier]).max() > 1e-8  # the context does use x_<d
+
+
+@pytest.mark.parametrize("film", [False, True])
+def test_noise_conditional_head_fast_diagonal_and_autoregressive(film):
+  """The score head with a learned log-sigma embedding (shift or FiLM): the fast
+  diagonal equals the one-hot reference, the scores stay autoregressive, and the
+  embedding does change the scores with sigma."""
+  with float64():
+    dim = 6
+    model = tiny_model(dim, order="random", head_sigma_embedding=8, head_sigma_film=film)
+    params = to_f64(model.init(jax.random.PRNGKey(0)))
+    assert "sigma_embed" in params["params"]["head"]
+    x = jax.random.normal(jax.random.PRNGKey(1), (4, dim), jnp.float64)
+    sigma = jnp.exp(jax.random.normal(jax.random.PRNGKey(2), (4, dim), jnp.float64))
+    s, ds = derivatives.ar_score_and_diag(model, params, x, sigma)
+    s_ref, ds_ref = derivatives.jacobian_diagonal(lambda y: model.full_score(params, y, sigma), x)
+    np.testing.assert_allclose(s, s_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(ds, ds_ref, rtol=1e-10, atol=1e-12)
+    jac = jax.vmap(jax.jacfwd(lambda xi, si: model.full_score(params, xi[None], si[None])[0]))(
+        x, sigma)
+    later = model.rank[None, :] >= model.rank[:, None]
+    later &= ~np.eye(dim, dtype=bool)
+    assert np.all(np.asarray(jac)[:, later] == 0.0)
+    # without the embedding's layers the head would be a different function of sigma
+    zeroed = jax.tree.map(lambda a: a, params)
+    for name in list(zeroed["params"]["head"]):
+      if name.startswith("sigma_") and name != "sigma_embed":
+        zeroed["params"]["head"][name] = jax.tree.map(jnp.zeros_like, zeroed["params"]["head"][name])
+    s0 = model.full_score(zeroed, x, sigma)
+    assert np.abs(np.asarray(s0 - s)).max() > 1e-6

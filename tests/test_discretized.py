@@ -141,6 +141,17 @@ def test_ancestral_sample_and_bits_per_dim():
   np.testing.assert_allclose(discretized.bits_per_dim(-5 * math.log(256.0), 5), 8.0)
 
 
+def test_chunked_ancestral_sampler_matches_the_single_call():
+  model = helpers.tiny_model(5, head="discretized_logistic", order="random")
+  params = _numpy_params(lambda: model.init(jax.random.key(0)))
+  whole = discretized.make_ancestral_sampler(model, 6)(params, jax.random.key(3))
+  lines = []
+  x = discretized.make_ancestral_sampler(model, 6, chunk_dims=2, log=lines.append)(
+      params, jax.random.key(3))
+  np.testing.assert_array_equal(np.asarray(x), np.asarray(whole))
+  assert len(lines) == 3 and "5/5 dims" in lines[-1]
+
+
 def test_ancestral_sample_refuses_score_heads():
   model = helpers.tiny_model(3)
   with pytest.raises(ValueError, match="discretized head"):

@@ -50,7 +50,9 @@ def _pixelcnnpp(cfg, data_shape):
 @register_head("score")
 def _score_head(cfg):
   return heads_lib.ScoreHead(hidden_sizes=tuple(cfg.get("head_hidden", (64, 64))),
-                             scale_by_sigma=cfg.get("scale_by_sigma", True))
+                             scale_by_sigma=cfg.get("scale_by_sigma", True),
+                             sigma_embedding=cfg.get("head_sigma_embedding", 0),
+                             sigma_film=cfg.get("head_sigma_film", False))
 
 
 @register_head("gaussian")

@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from csm_jax import chunked
+
 MIN_LOG_SCALE = -7.0  # as in PixelCNN++
 MAX_LOG_SCALE = 7.0   # keeps exp(-log_scale) * bin width away from underflow
 
@@ -168,6 +170,25 @@ def _head_sample(module, ctx, rng):
   return module.head.sample(ctx, rng)
 
 
+def _ancestral_chunk(model, params, rng, x, start, length, num_dims):
+  """Draws dimensions order[start:start+length] (those < num_dims) of x."""
+  order = jnp.asarray(model.order)
+
+  def per_dim(x, t):
+    d = order[t]
+    ctx_d = jax.lax.dynamic_index_in_dim(model.context(params, x), d, axis=1)  # (B,1,C)
+    xd = model.net.apply(params, ctx_d, jax.random.fold_in(rng, t), method=_head_sample)
+    return jax.lax.dynamic_update_index_in_dim(x, xd.astype(x.dtype), d, axis=1)
+
+  return chunked.scan_dims(per_dim, x, start, length, num_dims)
+
+
+def _check_discrete(model):
+  if not is_discrete(model):
+    raise ValueError("ancestral_sample needs a discretized head; AR-CSM models sample "
+                     "with sampling.sample (Langevin) or sampling.grid_sample")
+
+
 def ancestral_sample(model, params, rng, num_samples: int, num_dims=None, x_init=None):
   """Exact ancestral samples (num_samples, D) of an ARModel with a discretized head.
 
@@ -175,25 +196,30 @@ def ancestral_sample(model, params, rng, num_samples: int, num_dims=None, x_init
   already drawn x_<d (D context passes), then x_d is drawn from its mixture. Values are
   bin centres in [-1, 1]. `num_dims` stops after the first k dimensions (timing).
   """
-  if not is_discrete(model):
-    raise ValueError("ancestral_sample needs a discretized head; AR-CSM models sample "
-                     "with sampling.sample (Langevin) or sampling.grid_sample")
+  _check_discrete(model)
   x = (jnp.zeros((num_samples, model.dim), jnp.float32) if x_init is None
        else jnp.asarray(x_init))
-  order = jnp.asarray(model.order)
-
-  def per_dim(x, t):
-    d = order[t]
-    ctx_d = jax.lax.dynamic_index_in_dim(model.context(params, x), d, axis=1)  # (B,1,C)
-    xd = model.net.apply(params, ctx_d, jax.random.fold_in(rng, t), method=_head_sample)
-    return jax.lax.dynamic_update_index_in_dim(x, xd.astype(x.dtype), d, axis=1), None
-
   steps = model.dim if num_dims is None else min(int(num_dims), model.dim)
-  x, _ = jax.lax.scan(per_dim, x, jnp.arange(steps))
-  return x
+  return _ancestral_chunk(model, params, rng, x, 0, steps, steps)
 
 
-def make_ancestral_sampler(model, num_samples: int, num_dims=None):
-  """jit-compiled (params, rng) -> samples (num_samples, D)."""
-  return jax.jit(lambda params, rng: ancestral_sample(model, params, rng, num_samples,
-                                                      num_dims=num_dims))
+def make_ancestral_sampler(model, num_samples: int, num_dims=None, chunk_dims=None,
+                           log=None):
+  """(params, rng) -> samples (num_samples, D), jit-compiled.
+
+  With `chunk_dims`, sampled in jit-compiled chunks of that many dimensions with
+  progress and ETA reported through `log(str)`; the samples are the same.
+  """
+  if not chunk_dims:
+    return jax.jit(lambda params, rng: ancestral_sample(model, params, rng, num_samples,
+                                                        num_dims=num_dims))
+  _check_discrete(model)
+  steps = model.dim if num_dims is None else min(int(num_dims), model.dim)
+  chunk_fn = jax.jit(lambda params, rng, x, start: _ancestral_chunk(
+      model, params, rng, x, start, chunk_dims, steps))
+
+  def run(params, rng):
+    x = jnp.zeros((num_samples, model.dim), jnp.float32)
+    return chunked.run_in_chunks(lambda x, t: chunk_fn(params, rng, x, t), x, steps,
+                                 chunk_dims, log, "ancestral sampling")
+  return run
