@@ -29,6 +29,18 @@ def test_jacobian_diagonal_matches_jacfwd():
     np.testing.assert_allclose(tr, jnp.trace(jac, axis1=1, axis2=2), rtol=1e-12)
 
 
+def _check_fast_diagonal(model, params, dim):
+  """float64 fast diagonal vs one-hot reference at random x, sigma; returns (x, sigma, s)."""
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, dim), jnp.float64)
+  sigma = jnp.exp(jax.random.normal(jax.random.PRNGKey(2), (4, dim), jnp.float64))
+  s, ds = derivatives.ar_score_and_diag(model, params, x, sigma)
+  s_ref, ds_ref = derivatives.jacobian_diagonal(lambda y: model.full_score(params, y, sigma), x)
+  np.testing.assert_allclose(s, s_ref, rtol=1e-12, atol=1e-12)
+  np.testing.assert_allclose(ds, ds_ref, rtol=1e-10, atol=1e-12)
+  assert np.abs(ds_ref).max() > 1e-6  # not trivially zero
+  return x, sigma, s
+
+
 @pytest.mark.parametrize("head,hidden,order", list(itertools.product(
     HEADS, [(16,), (16, 16), (12, 16, 12)], ["natural", "random"])))
 def test_fast_diagonal_equals_one_hot_reference(head, hidden, order):
@@ -36,13 +48,7 @@ def test_fast_diagonal_equals_one_hot_reference(head, hidden, order):
     dim = 7
     model = tiny_model(dim, head=head, hidden=hidden, order=order)
     params = to_f64(model.init(jax.random.PRNGKey(0)))
-    x = jax.random.normal(jax.random.PRNGKey(1), (4, dim), jnp.float64)
-    sigma = jnp.exp(jax.random.normal(jax.random.PRNGKey(2), (4, dim), jnp.float64))
-    s, ds = derivatives.ar_score_and_diag(model, params, x, sigma)
-    s_ref, ds_ref = derivatives.jacobian_diagonal(lambda y: model.full_score(params, y, sigma), x)
-    np.testing.assert_allclose(s, s_ref, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(ds, ds_ref, rtol=1e-10, atol=1e-12)
-    assert np.abs(ds_ref).max() > 1e-6  # not trivially zero
+    _check_fast_diagonal(model, params, dim)
 
 
 @pytest.mark.parametrize("head,order", list(itertools.product(HEADS, ["natural", "random", "reverse"])))
@@ -72,12 +78,7 @@ def test_noise_conditional_head_fast_diagonal_and_autoregressive(film):
     model = tiny_model(dim, order="random", head_sigma_embedding=8, head_sigma_film=film)
     params = to_f64(model.init(jax.random.PRNGKey(0)))
     assert "sigma_embed" in params["params"]["head"]
-    x = jax.random.normal(jax.random.PRNGKey(1), (4, dim), jnp.float64)
-    sigma = jnp.exp(jax.random.normal(jax.random.PRNGKey(2), (4, dim), jnp.float64))
-    s, ds = derivatives.ar_score_and_diag(model, params, x, sigma)
-    s_ref, ds_ref = derivatives.jacobian_diagonal(lambda y: model.full_score(params, y, sigma), x)
-    np.testing.assert_allclose(s, s_ref, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(ds, ds_ref, rtol=1e-10, atol=1e-12)
+    x, sigma, s = _check_fast_diagonal(model, params, dim)
     jac = jax.vmap(jax.jacfwd(lambda xi, si: model.full_score(params, xi[None], si[None])[0]))(
         x, sigma)
     later = model.rank[None, :] >= model.rank[:, None]
