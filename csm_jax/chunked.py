@@ -1,7 +1,7 @@
 """Dimension-by-dimension samplers run in jit-compiled chunks, with progress and ETA.
 
 An autoregressive sampler is a `lax.scan` over the D dimensions of the model's order
-(`sampling.sample`, `sampling.grid_sample`, `discretized.ancestral_sample`). For a
+(`sampling.sample` and `naive_sample`, `discretized.ancestral_sample`). For a
 PixelCNN++ image that one call can run for minutes to hours with nothing to show.
 Here the same scan is cut into chunks of `chunk_dims` dimensions, each one call of
 a single compiled function (the start index is traced, so it compiles once), and
@@ -31,6 +31,11 @@ def scan_dims(per_dim: Callable, x, start, length: int, num_dims: int):
 
   x, _ = jax.lax.scan(body, x, start + jnp.arange(length))
   return x
+
+
+def dims_to_sample(dim: int, num_dims=None) -> int:
+  """How many dimensions of the order to sample: all D, or the first `num_dims`."""
+  return dim if num_dims is None else min(int(num_dims), dim)
 
 
 def auto_chunk_dims(num_dims: int, reports: int = 20) -> int:

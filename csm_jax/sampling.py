@@ -82,15 +82,11 @@ def _start(model, rng, num_samples, sigmas, init_scale, x_init, sharding):
   return _constrain(x, sharding), k_run
 
 
-def _num_dims(model, num_dims):
-  return model.dim if num_dims is None else min(num_dims, model.dim)
-
-
 def _sample(model, params, rng, num_samples, sigmas, n_steps, step_lr, denoise,
             init_scale, cached, x_init=None, num_dims=None, sharding=None):
   x, k_run = _start(model, rng, num_samples, sigmas, init_scale, x_init, sharding)
   sig_steps, alpha_steps = _schedule(sigmas, n_steps, step_lr)
-  steps = _num_dims(model, num_dims)
+  steps = chunked.dims_to_sample(model.dim, num_dims)
   return _langevin_chunk(model, params, x, k_run, 0, steps, steps, sig_steps, alpha_steps,
                          denoise, cached, sharding)
 
@@ -131,7 +127,7 @@ def make_sampler(model, sigmas, num_samples, n_steps=10, step_lr=1e-2, denoise=T
                           init_scale=init_scale, num_dims=num_dims, sharding=out_sharding)
     return jax.jit(lambda params, rng: f(params=params, rng=rng))
 
-  steps = _num_dims(model, num_dims)
+  steps = chunked.dims_to_sample(model.dim, num_dims)
   sig_steps, alpha_steps = _schedule(sigmas, n_steps, step_lr)
   start_fn = jax.jit(lambda rng: _start(model, rng, num_samples, sigmas, init_scale, None,
                                         out_sharding))
@@ -176,6 +172,6 @@ def grid_sample(model, params, rng, num_samples, grid, sigma=1.0, num_dims=None,
     xd = grid.lo + (j + u) * grid.h
     return jax.lax.dynamic_update_index_in_dim(x, xd[:, None], d, axis=1), None
 
-  steps = model.dim if num_dims is None else min(num_dims, model.dim)
+  steps = chunked.dims_to_sample(model.dim, num_dims)
   x, _ = jax.lax.scan(per_dim, x, jnp.arange(steps))
   return x

@@ -199,7 +199,7 @@ def ancestral_sample(model, params, rng, num_samples: int, num_dims=None, x_init
   _check_discrete(model)
   x = (jnp.zeros((num_samples, model.dim), jnp.float32) if x_init is None
        else jnp.asarray(x_init))
-  steps = model.dim if num_dims is None else min(int(num_dims), model.dim)
+  steps = chunked.dims_to_sample(model.dim, num_dims)
   return _ancestral_chunk(model, params, rng, x, 0, steps, steps)
 
 
@@ -214,7 +214,7 @@ def make_ancestral_sampler(model, num_samples: int, num_dims=None, chunk_dims=No
     return jax.jit(lambda params, rng: ancestral_sample(model, params, rng, num_samples,
                                                         num_dims=num_dims))
   _check_discrete(model)
-  steps = model.dim if num_dims is None else min(int(num_dims), model.dim)
+  steps = chunked.dims_to_sample(model.dim, num_dims)
   chunk_fn = jax.jit(lambda params, rng, x, start: _ancestral_chunk(
       model, params, rng, x, start, chunk_dims, steps))
 
