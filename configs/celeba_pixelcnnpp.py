@@ -26,6 +26,8 @@ its eval_bpd is the test bits/dim of the 8-bit pixels.
 
 from csm_jax.config_base import pixelcnnpp_config
 
+VARIANTS = ("csm", "mle")
+
 
 def get_config(variant: str = "csm"):
   c = pixelcnnpp_config("celeba", variant)

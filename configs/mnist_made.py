@@ -19,7 +19,7 @@ def get_config():
   c.loss.name = "csm"
   c.noise.sigma_max = 5.0
   c.noise.sigma_min = 0.05
-  c.noise.num_scales = 10
+  c.noise.num_levels = 10
   c.training.num_steps = 20000
   c.training.batch_size = 100
   return c

@@ -15,7 +15,7 @@ def get_config():
   c.loss.name = "mle"
   c.noise.enabled = False
   c.sampling.sigmas = (1.0,)
-  c.sampling.n_steps = 100
+  c.sampling.num_steps = 100
   c.sampling.step_lr = 1e-2
   c.sampling.denoise = False
   return c

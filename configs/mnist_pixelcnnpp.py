@@ -8,7 +8,7 @@
                                               MLE on the 256 pixel bins (bits/dim).
 
 Paper-size defaults (nr_filters 160, nr_resnet 5, dropout 0.5; 3 scales 28 -> 14 -> 7,
-since H and W must be divisible by 2**(num_scales - 1)) are for accelerators.
+since H and W must be divisible by 2**(num_resolutions - 1)) are for accelerators.
 CPU-size run on the prepared MNIST (tfds, offline):
 
   TFDS_DATA_DIR=../shared/tfds python -m csm_jax.main \\
@@ -24,6 +24,8 @@ its eval_bpd is the test bits/dim of the 8-bit pixels.
 """
 
 from csm_jax.config_base import pixelcnnpp_config
+
+VARIANTS = ("csm", "mle")
 
 
 def get_config(variant: str = "csm"):

@@ -37,6 +37,28 @@ class Checkpointer:
           "config; run with the same config and --config.* overrides it was trained with "
           f"(orbax: {e})") from None
 
+  def restore_latest_partial(self, target: dict) -> dict:
+    """Only the top-level fields of the saved state named in `target` (a dict of
+    abstract arrays with shardings), from the latest checkpoint: e.g. the EMA
+    parameters without the optimizer state."""
+    step = self._mgr.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    path = os.path.join(self.directory, str(step), "default")  # the manager's one item
+    if not os.path.isdir(path):
+      raise FileNotFoundError(f"checkpoint {self.directory}/{step} has no state directory "
+                              f"{path}: incomplete or written by another tool")
+    restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+    try:
+      return ocp.PyTreeCheckpointer().restore(
+          path, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
+                                            partial_restore=True))
+    except ValueError as e:
+      raise ValueError(
+          f"the checkpoint {self.directory}/{step} does not fit the model built from this "
+          "config; run with the same config and --config.* overrides it was trained with "
+          f"(orbax: {e})") from None
+
   def close(self):
     self._mgr.wait_until_finished()
     self._mgr.close()

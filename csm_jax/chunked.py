@@ -1,7 +1,7 @@
 """Dimension-by-dimension samplers run in jit-compiled chunks, with progress and ETA.
 
 An autoregressive sampler is a `lax.scan` over the D dimensions of the model's order
-(`sampling.sample` and `naive_sample`, `discretized.ancestral_sample`). For a
+(`sampling.sample`, `naive_sample` and `ancestral_sample`). For a
 PixelCNN++ image that one call can run for minutes to hours with nothing to show.
 Here the same scan is cut into chunks of `chunk_dims` dimensions, each one call of
 a single compiled function (the start index is traced, so it compiles once), and

@@ -1,59 +1,81 @@
-"""The shared default config; files in configs/ override it (score_sde style)."""
+"""The one source of config truth: every field the code reads, with its default.
+
+Files in configs/ start from `default_config()` and override fields (score_sde style);
+the config is locked, so a misspelled field (in a file, an experiment or a
+``--config.x=`` override) fails loudly instead of being ignored. `load_config` reads a
+config file the way ``--config=path[:variant]`` does, for experiments and notebooks.
+"""
+
+import importlib.util
+import json
+import os
+from typing import Optional, Sequence
 
 import ml_collections
 
+REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "configs")
+
+
+def _ref(field_type):
+  """An optional field: None until set, then only values of `field_type`."""
+  return ml_collections.FieldReference(None, field_type=field_type)
+
 
 def default_config() -> ml_collections.ConfigDict:
+  """Every config field with its default; the returned config is locked."""
   c = ml_collections.ConfigDict()
   c.seed = 0
 
   c.data = d = ml_collections.ConfigDict()
-  d.dataset = "mnist"
-  d.source = "auto"   # image sets: 'auto'/'tfds', or 'npz' to read data.path instead
-  d.data_dir = ml_collections.FieldReference(None, field_type=str)
-  d.path = ""
+  d.dataset = "mnist"  # mnist | cifar10 | celeba | svhn | npz | gaussian | toy2d
+  d.source = "auto"    # image sets: 'auto'/'tfds', or 'npz' to read data.path instead
+  d.data_dir = _ref(str)   # tfds data dir (None: $TFDS_DATA_DIR, else ~/tensorflow_datasets)
+  d.path = ""              # npz file or directory
   d.test_path = ""
-  d.cache_dir = ml_collections.FieldReference(None, field_type=str)
+  d.cache_dir = _ref(str)  # decoded tfds arrays (None: ~/.cache/csm_jax)
   d.dequantize = True
-  d.scale = "unit"
-  d.logit_lambda = 1e-6
-  d.name = "ring8"
-  d.dim = 2
-  d.num_train = 50000
+  d.scale = "unit"         # 'unit': [0, 1]; 'symmetric': [-1, 1]
+  d.logit_lambda = 1e-6    # > 0: logit(lambda + (1 - 2 lambda) x) as in MAF
+  d.name = "ring8"         # toy2d density
+  d.dim = 2                # gaussian: D
+  d.seed = 0               # synthetic data (gaussian, toy2d)
+  d.num_train = 50000      # synthetic data sizes
   d.num_test = 5000
-  d.image_size = 32
-  d.crop = 140
+  d.image_size = 32        # celeba: resized to image_size x image_size
+  d.crop = 140             # celeba: centre crop before resizing
 
   c.model = m = ml_collections.ConfigDict()
-  m.backbone = "made"
-  m.head = "score"
+  m.backbone = "made"          # made | pixelcnnpp
+  m.head = "score"             # score | gaussian | logistic_mixture | discretized_logistic
   m.hidden_sizes = (1024, 1024)
   m.context_size = 16
-  m.order = "natural"
+  m.order = "natural"          # natural | reverse | random
   m.order_seed = 0
   m.head_hidden = (32, 32)
   m.scale_by_sigma = True
   m.head_sigma_embedding = 0   # > 0: width of a learned log-sigma embedding in the score head
   m.head_sigma_film = False    # the embedding scales and shifts each head layer (else shifts)
   m.num_mixtures = 10
-  m.nr_filters = 160
+  m.num_bins = 256             # discretized_logistic: pixel levels
+  m.nr_filters = 160           # PixelCNN++
   m.nr_resnet = 5
-  m.num_scales = 3
+  m.num_resolutions = 3        # PixelCNN++: 32 -> 16 -> 8 for 3
   m.dropout_rate = 0.5
 
   c.loss = l = ml_collections.ConfigDict()
-  l.name = "csm"
-  l.n_projections = 1
-  l.projection = "gaussian"
-  l.variance_reduced = True
+  l.name = "csm"               # csm | mle | sm | ssm | dsm
+  l.num_projections = 1        # ssm
+  l.projection = "gaussian"    # ssm: gaussian | rademacher
+  l.variance_reduced = True    # ssm
   l.dsm_sigma = 0.1
-  l.sm_chunk_size = ml_collections.FieldReference(None, field_type=int)
+  l.sm_chunk_size = _ref(int)  # sm: one-hot jvps per chunk (None: all D at once)
 
   c.noise = n = ml_collections.ConfigDict()
   n.enabled = True
   n.sigma_max = 5.0
   n.sigma_min = 0.05
-  n.num_scales = 10
+  n.num_levels = 10            # L, geometric from sigma_max to sigma_min
 
   c.optim = o = ml_collections.ConfigDict()
   o.learning_rate = 1e-3
@@ -76,23 +98,28 @@ def default_config() -> ml_collections.ConfigDict:
   e.batch_size = 500
   e.num_batches = 4  # periodic eval; --mode=eval uses the whole test split
 
-  # Test NLL in --mode=eval: exact for normalized heads, 1-D quadrature for AR-CSM heads
-  # (fields of likelihood.default_config(); None = that default).
+  # Test NLL in --mode=eval: exact for normalized heads, 1-D quadrature for AR-CSM heads.
   c.likelihood = lk = ml_collections.ConfigDict()
   lk.num_examples = 500        # test examples (0: skip; -1: the whole test split)
-  lk.num_points = 2049
+  lk.num_points = 2049         # K, odd (the coarse grid of the error estimate has (K+1)/2)
+  lk.grid_min = _ref(float)    # None: the data range widened by `margin`
+  lk.grid_max = _ref(float)
+  lk.margin = 0.1              # fraction of the data range added on each side
   lk.batch_size = 64
-  lk.sigma = ml_collections.FieldReference(None, field_type=float)  # None: smallest sigma
+  lk.batch_chunk = _ref(int)   # examples per inner quadrature step (None: auto)
+  lk.node_chunk = _ref(int)    # grid nodes per vmapped head call (None: auto)
+  lk.sigma = _ref(float)       # noise level of the head (None: the smallest sigma)
 
   c.sampling = s = ml_collections.ConfigDict()
   s.num_samples = 16
-  s.n_steps = 10
+  s.num_steps = 10             # Langevin steps per noise level and dimension
   s.step_lr = 2e-3
   s.denoise = True
-  s.sigmas = ml_collections.FieldReference(None, field_type=tuple)  # None: the noise schedule
+  s.sigmas = _ref(tuple)       # None: the noise schedule
   # dimensions per compiled call, progress and ETA logged after each (None: ~20 reports;
   # 0: the whole sampler in one call)
-  s.chunk_dims = ml_collections.FieldReference(None, field_type=int)
+  s.chunk_dims = _ref(int)
+  c.lock()
   return c
 
 
@@ -111,7 +138,7 @@ def pixelcnnpp_config(dataset: str, variant: str = "csm") -> ml_collections.Conf
   m.backbone = "pixelcnnpp"
   m.nr_filters = 160
   m.nr_resnet = 5
-  m.num_scales = 3
+  m.num_resolutions = 3
   m.dropout_rate = 0.5
   m.context_size = 16
   m.head_hidden = (64, 64)
@@ -134,9 +161,9 @@ def pixelcnnpp_config(dataset: str, variant: str = "csm") -> ml_collections.Conf
     c.noise.enabled = True
     c.noise.sigma_max = 1.0     # ~ the spread of a 1-D conditional on [-1, 1]
     c.noise.sigma_min = 0.01    # ~ 1.3 pixel levels
-    c.noise.num_scales = 10
+    c.noise.num_levels = 10
     c.optim.learning_rate = 2e-4
-    c.sampling.n_steps = 20     # per noise level and dimension (head only: cheap)
+    c.sampling.num_steps = 20   # per noise level and dimension (head only: cheap)
     c.sampling.step_lr = 2e-5   # alpha_L = 0.2 sigma_L^2
     c.sampling.denoise = True
   else:
@@ -145,3 +172,97 @@ def pixelcnnpp_config(dataset: str, variant: str = "csm") -> ml_collections.Conf
     c.noise.enabled = False
     c.optim.learning_rate = 1e-3  # PixelCNN++
   return c
+
+
+def _parse_value(text: str):
+  """A command-line value: a Python literal if it parses as one, else the string."""
+  import ast  # pylint: disable=g-import-not-at-top
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def override(config: ml_collections.ConfigDict, overrides: Sequence[str]):
+  """Applies 'a.b.c=value' strings (as ``--config.a.b.c=value``) to a locked config.
+
+  An unknown field raises AttributeError naming it; a value of the wrong type raises
+  TypeError. Returns the config.
+  """
+  for item in overrides:
+    item = item[len("--config."):] if item.startswith("--config.") else item
+    if "=" not in item:
+      raise ValueError(f"config override {item!r} must look like field.path=value")
+    path, text = item.split("=", 1)
+    *parents, last = path.split(".")
+    node = config
+    for p in parents:
+      if p not in node:
+        raise AttributeError(f"config has no field {path!r} (no {p!r})")
+      node = node[p]
+    if last not in node:
+      raise AttributeError(f"config has no field {path!r}")
+    value = _parse_value(text)
+    if isinstance(node[last], tuple) and isinstance(value, (int, float)):
+      value = (value,)
+    if isinstance(node[last], str) and not isinstance(value, str):
+      value = text
+    node[last] = value
+  return config
+
+
+def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+  """The config of ``configs/NAME.py[:variant]`` (a path, or a name in configs/), locked.
+
+  The same as ``--config=spec`` followed by ``--config.x=...`` overrides.
+  """
+  path, _, variant = spec.partition(":")
+  if not os.path.exists(path):
+    candidate = os.path.join(REPO_CONFIGS, path if path.endswith(".py") else path + ".py")
+    if not os.path.exists(candidate):
+      raise FileNotFoundError(f"config file {path!r} not found (nor {candidate!r})")
+    path = candidate
+  name = os.path.splitext(os.path.basename(path))[0]
+  module_spec = importlib.util.spec_from_file_location(f"csm_jax_config_{name}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config(variant) if variant else module.get_config()
+  config.lock()
+  return override(config, overrides)
+
+
+def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a training run wrote to WORKDIR/config.json, on the current defaults.
+
+  Fields unknown to this version (renamed or removed since) are reported, not applied.
+  """
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: train with python -m csm_jax.main first")
+  with open(path) as f:
+    saved = json.load(f)
+  config = default_config()
+  unknown = []
+
+  def merge(node, values, prefix):
+    for k, v in values.items():
+      if k not in node:
+        unknown.append(prefix + k)
+      elif isinstance(v, dict) and isinstance(node[k], ml_collections.ConfigDict):
+        merge(node[k], v, prefix + k + ".")
+      else:
+        node[k] = tuple(v) if isinstance(v, list) else v
+
+  merge(config, saved, "")
+  if unknown:
+    raise ValueError(f"{path} has fields this version does not know: {unknown}")
+  return config
+
+
+def config_variants(path: str) -> Optional[Sequence[str]]:
+  """The variants a config file declares in VARIANTS (None: no variant argument)."""
+  name = os.path.splitext(os.path.basename(path))[0]
+  module_spec = importlib.util.spec_from_file_location(f"csm_jax_config_{name}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return getattr(module, "VARIANTS", None)

@@ -1,7 +1,8 @@
 """Diagonals of Jacobians: the general one-hot reference and the AR-CSM fast path.
 
 CSM (paper Eq. 5) needs only d s_d / d x_d. For a generic f: R^D -> R^D that costs
-D forward-mode passes; for an AR-CSM it is one jvp through the head.
+D forward-mode passes; for an AR-CSM it is one jvp through the head
+(`ARModel.score_and_diag`, with the context held fixed).
 """
 
 import jax
@@ -34,15 +35,3 @@ def jacobian_trace(f, x, chunk_size=None):
   """(f(x), tr(df/dx)) per example; trace through the exact one-hot diagonal."""
   y, diag = jacobian_diagonal(f, x, chunk_size)
   return y, diag.sum(axis=-1)
-
-
-def ar_score_and_diag(model, params, x, sigma, ctx=None, train=False, rng=None):
-  """AR-CSM fast path: scores and their diagonal derivatives in one pass.
-
-  The context is computed once (from x unless `ctx` is given) and held fixed; one
-  jvp with an all-ones tangent through the head gives d s_d / d x_d for every d,
-  exact because s_d depends on x_d only through the head.
-  """
-  if ctx is None:
-    ctx = model.context(params, x, train, rng)
-  return model.score_and_diag(params, ctx, x, sigma)

@@ -38,45 +38,14 @@ from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from csm_jax import noise as noise_lib
-from csm_jax.models import discretized
 
 
-def _is_discrete(model) -> bool:
-  """A probability-mass head (PixelCNN++ discretized logistics): no density, no score."""
-  return hasattr(model, "net") and discretized.is_discrete(model)
-
-
-# ------------------------------------------------------------------------------------
-# Configuration
-# ------------------------------------------------------------------------------------
-
-
-def default_config() -> ml_collections.ConfigDict:
-  """Defaults of config.likelihood (grid_min/max None: the data range plus a margin)."""
-  c = ml_collections.ConfigDict()
-  c.grid_min = ml_collections.FieldReference(None, field_type=float)
-  c.grid_max = ml_collections.FieldReference(None, field_type=float)
-  c.margin = 0.1            # fraction of the data range added on each side
-  c.num_points = 2049       # K, odd (the coarse grid for the error estimate has (K+1)/2)
-  c.batch_chunk = ml_collections.FieldReference(None, field_type=int)  # None: auto
-  c.node_chunk = ml_collections.FieldReference(None, field_type=int)   # None: auto
-  c.batch_size = 64
-  c.sigma = ml_collections.FieldReference(None, field_type=float)  # None: noise_level()
-  return c
-
-
-def get_config(config: Any = None) -> ml_collections.ConfigDict:
-  """`default_config()` overridden by the entries of config.likelihood, if any."""
-  c = default_config()
-  sub = None if config is None else config.get("likelihood", None)
-  if sub is not None:
-    for k, v in sub.items():
-      c[k] = v
-  return c
+def bits_per_dim(nll_nats, dim: int):
+  """Negative log-likelihood in nats (per example) -> bits per dimension."""
+  return np.asarray(nll_nats, np.float64) / (dim * math.log(2.0))
 
 
 def noise_level(config: Any) -> float:
@@ -85,7 +54,7 @@ def noise_level(config: Any) -> float:
   Without noise annealing (config.noise.enabled False) CSM trains the head at
   sigma = 1 (`losses.csm_loss`), so that is the level its density is defined at.
   """
-  sigmas = noise_lib.sigmas_from_config(config.get("noise") if config is not None else None)
+  sigmas = noise_lib.sigmas_from_config(config.noise)
   return 1.0 if sigmas is None else float(np.min(sigmas))
 
 
@@ -125,11 +94,11 @@ def grid_from_data(x: np.ndarray, num_points: int = 2049, margin: float = 0.1) -
 
 def make_grid(lik_config: Any, data: Optional[np.ndarray] = None) -> Grid:
   """Grid from config.likelihood; the data range (plus margin) fills unset ends."""
-  lo, hi = lik_config.get("grid_min", None), lik_config.get("grid_max", None)
+  lo, hi = lik_config.grid_min, lik_config.grid_max
   if lo is None or hi is None:
     if data is None:
       raise ValueError("likelihood.grid_min/grid_max unset: pass data to take the range from")
-    g = grid_from_data(data, lik_config.num_points, lik_config.get("margin", 0.1))
+    g = grid_from_data(data, lik_config.num_points, lik_config.margin)
     lo = g.lo if lo is None else lo
     hi = g.hi if hi is None else hi
   return Grid(float(lo), float(hi), int(lik_config.num_points))
@@ -226,7 +195,7 @@ def log_conditionals_on_grid(model, params, ctx, grid: Grid, sigma=1.0, node_chu
   For plotting densities and for ancestral sampling on the grid.
   """
   nodes = grid.nodes(ctx.dtype)
-  if getattr(model, "normalized", False):
+  if model.normalized:
     b, n = ctx.shape[0], ctx.shape[1]
     f = lambda g: model.log_cond(params, ctx, jnp.full((b, n), g, ctx.dtype))
     return _map_nodes(f, nodes, b * n, node_chunk)
@@ -251,7 +220,7 @@ def make_log_likelihood_fn(model, grid: Grid, sigma: float = 1.0, batch_chunk=No
   noise-conditional head reuse the compiled function. The batch is processed
   `batch_chunk` examples at a time (padded), bounding the (b, D, K) node arrays.
   """
-  if _is_discrete(model):
+  if model.kind == "mass":
     raise ValueError("a discrete (probability mass) head has no score to integrate; "
                      "use method='exact'")
   bc = batch_chunk or _auto_batch_chunk(model.dim, grid.num_points)
@@ -346,8 +315,8 @@ def evaluate_nll(model, params, y, *, method: str = "quadrature", grid: Optional
       last = now
   log_q = np.concatenate(log_q)
   ldj = np.zeros(n)
-  discrete = preprocessor is not None and getattr(preprocessor, "discrete", False)
-  if discrete and not _is_discrete(model):     # a mass over the 256 bins needs no log-det
+  discrete = preprocessor is not None and preprocessor.discrete
+  if discrete and model.kind != "mass":     # a mass over the 256 bins needs no log-det
     ldj = np.asarray(preprocessor.log_det_jacobian(y), np.float64)
   nll = -log_q
   nll_out = -(log_q + ldj)                                  # pixel space if discrete
@@ -359,7 +328,7 @@ def evaluate_nll(model, params, y, *, method: str = "quadrature", grid: Optional
       "nll_nats_stderr": float(nll.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan"),
       "nll_nats_per_dim": float(nll.mean() / dim),
       "nll_out_nats": float(nll_out.mean()),                 # in `space`
-      "bpd": float(nll_out.mean() / ln2d),
+      "bpd": float(bits_per_dim(nll_out.mean(), dim)),
       "bpd_stderr": float(nll_out.std(ddof=1) / ln2d / math.sqrt(n)) if n > 1 else float("nan"),
       "seconds": float(time.perf_counter() - start),
   }
@@ -395,3 +364,23 @@ def nll_per_sigma(model, params, y, sigmas, grid: Grid, **kwargs) -> dict:
   nll = [r["nll_nats"] for r in results]
   return {"sigmas": [float(s) for s in sigmas], "nll_nats": nll,
           "best_sigma": float(sigmas[int(np.nanargmin(nll))]), "results": results}
+
+
+def nll_from_config(config, model, params, y, preprocessor=None, log: Optional[Callable] = None
+             ) -> Optional[dict]:
+  """Test NLL of model-space data y (N, D) as config.likelihood asks; None if disabled.
+
+  Exact for normalized heads; for AR-CSM heads by quadrature on the grid of
+  config.likelihood (its range from y where grid_min/grid_max are unset) at noise level
+  likelihood.sigma (default: the smallest sigma of the training schedule).
+  """
+  lk = config.likelihood
+  if lk.num_examples == 0:
+    return None
+  y = np.asarray(y if lk.num_examples < 0 else y[:lk.num_examples])
+  kw = dict(preprocessor=preprocessor, batch_size=lk.batch_size, log=log)
+  if model.normalized:
+    return evaluate_nll(model, params, y, method="exact", **kw)
+  sigma = lk.sigma if lk.sigma is not None else noise_level(config)
+  return evaluate_nll(model, params, y, method="quadrature", grid=make_grid(lk, data=y),
+                      sigma=sigma, batch_chunk=lk.batch_chunk, node_chunk=lk.node_chunk, **kw)

@@ -71,14 +71,14 @@ def random_projections(rng, shape, distribution, dtype=jnp.float32):
   raise ValueError(f"ssm distribution must be 'gaussian' or 'rademacher', got {distribution!r}")
 
 
-def ssm_loss(model, params, x, rng, train=True, n_projections=1,
+def ssm_loss(model, params, x, rng, train=True, num_projections=1,
              distribution="gaussian", variance_reduced=True):
   """Sliced score matching: E_v[1/2 (v^T s)^2 + v^T (ds/dx) v].
 
   The variance-reduced form replaces 1/2 (v^T s)^2 by its expectation 1/2 ||s||^2.
   """
   k_v, k_drop = jax.random.split(rng)
-  v = random_projections(k_v, (n_projections,) + x.shape, distribution, x.dtype)
+  v = random_projections(k_v, (num_projections,) + x.shape, distribution, x.dtype)
   s, f_lin = jax.linearize(_score_fn(model, params, k_drop, train), x)
   jv = jax.vmap(f_lin)(v)                                   # (M, B, D)
   vjv = (v * jv).sum(-1).mean(0)                            # (B,)
@@ -103,23 +103,23 @@ def get_loss_fn(config, model):
   """loss_fn(params, x, rng, train) -> (loss, metrics) for config.loss.name."""
   name = config.loss.name
   lc = config.loss
-  if name != "mle" and getattr(getattr(getattr(model, "net", None), "head", None), "discrete", False):
+  if name != "mle" and model.kind == "mass":
     raise ValueError(f"loss.name={name!r} differentiates the model in x, but the "
                      "discretized_logistic head is a probability mass: train it with "
                      "loss.name='mle', or use model.head='score' for score matching")
   if name == "csm":
-    return functools.partial(csm_loss, model, noise_lib.sigmas_from_config(config.get("noise")))
+    return functools.partial(csm_loss, model, noise_lib.sigmas_from_config(config.noise))
   if name == "mle":
-    if not getattr(model, "normalized", False):
-      raise ValueError("loss.name='mle' needs a normalized head (gaussian, logistic_mixture); "
-                       f"model.head={config.model.head!r} is an unnormalized score head")
+    if model.kind == "score":
+      raise ValueError("loss.name='mle' needs a normalized head (gaussian, logistic_mixture, "
+                       f"discretized_logistic); model.head={config.model.head!r} is an "
+                       "unnormalized score head")
     return functools.partial(mle_loss, model)
   if name == "sm":
-    return functools.partial(sm_loss, model, chunk_size=lc.get("sm_chunk_size", None))
+    return functools.partial(sm_loss, model, chunk_size=lc.sm_chunk_size)
   if name == "ssm":
-    return functools.partial(ssm_loss, model, n_projections=lc.get("n_projections", 1),
-                             distribution=lc.get("projection", "gaussian"),
-                             variance_reduced=lc.get("variance_reduced", True))
+    return functools.partial(ssm_loss, model, num_projections=lc.num_projections,
+                             distribution=lc.projection, variance_reduced=lc.variance_reduced)
   if name == "dsm":
-    return functools.partial(dsm_loss, model, sigma=lc.get("dsm_sigma", 0.1))
+    return functools.partial(dsm_loss, model, sigma=lc.dsm_sigma)
   raise ValueError(f"unknown loss.name {name!r}; known: csm, mle, sm, ssm, dsm")

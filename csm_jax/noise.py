@@ -9,20 +9,20 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def geometric_sigmas(sigma_max: float, sigma_min: float, num_scales: int) -> np.ndarray:
+def geometric_sigmas(sigma_max: float, sigma_min: float, num_levels: int) -> np.ndarray:
   """sigma_1 > ... > sigma_L, geometric (as in NCSN)."""
-  if num_scales < 1 or not sigma_max >= sigma_min > 0:
-    raise ValueError(f"need num_scales >= 1 and sigma_max >= sigma_min > 0, got "
-                     f"{num_scales}, {sigma_max}, {sigma_min}")
-  return np.geomspace(sigma_max, sigma_min, num_scales).astype(np.float32)
+  if num_levels < 1 or not sigma_max >= sigma_min > 0:
+    raise ValueError(f"need noise.num_levels >= 1 and noise.sigma_max >= noise.sigma_min > 0, "
+                     f"got {num_levels}, {sigma_max}, {sigma_min}")
+  return np.geomspace(sigma_max, sigma_min, num_levels).astype(np.float32)
 
 
 def sigmas_from_config(noise_config):
   """The schedule of config.noise, or None when training without noise."""
-  if noise_config is None or not noise_config.get("enabled", True):
+  if not noise_config.enabled:
     return None
   return geometric_sigmas(noise_config.sigma_max, noise_config.sigma_min,
-                          noise_config.num_scales)
+                          noise_config.num_levels)
 
 
 def sample_sigmas(rng, shape, sigmas):

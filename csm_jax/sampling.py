@@ -8,16 +8,22 @@ sigma_L^2, running only the head: D context passes plus D*L*T head evaluations.
 the reference; both draw the same random numbers, so with the same rng they agree to
 rounding. `grid_sample` is ancestral sampling without Langevin: each 1-D conditional
 is normalized on a quadrature grid (`likelihood.py`) and sampled from it, exact up to
-the grid resolution.
+the grid resolution. `ancestral_sample` draws exactly from a probability-mass head
+(PixelCNN++'s discretized logistic mixture). `make_sampler_from_config` is the one
+place that chooses among them from a config.
 """
 
 import functools
+from typing import Callable, Optional
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from csm_jax import chunked
 from csm_jax import likelihood as likelihood_lib
+from csm_jax import noise as noise_lib
+from csm_jax import sharding as sharding_lib
 
 
 def _schedule(sigmas, n_steps, step_lr):
@@ -175,3 +181,110 @@ def grid_sample(model, params, rng, num_samples, grid, sigma=1.0, num_dims=None,
   steps = chunked.dims_to_sample(model.dim, num_dims)
   x, _ = jax.lax.scan(per_dim, x, jnp.arange(steps))
   return x
+
+
+# ------------------------------------------------------------------------------------
+# Exact ancestral sampling of a probability-mass head (discretized logistic mixture)
+# ------------------------------------------------------------------------------------
+
+
+def _head_sample(module, ctx, rng):
+  return module.head.sample(ctx, rng)
+
+
+def _ancestral_chunk(model, params, rng, x, start, length, num_dims):
+  """Draws dimensions order[start:start+length] (those < num_dims) of x."""
+  order = jnp.asarray(model.order)
+
+  def per_dim(x, t):
+    d = order[t]
+    ctx_d = jax.lax.dynamic_index_in_dim(model.context(params, x), d, axis=1)  # (B,1,C)
+    xd = model.net.apply(params, ctx_d, jax.random.fold_in(rng, t), method=_head_sample)
+    return jax.lax.dynamic_update_index_in_dim(x, xd.astype(x.dtype), d, axis=1)
+
+  return chunked.scan_dims(per_dim, x, start, length, num_dims)
+
+
+def _check_mass(model):
+  if model.kind != "mass":
+    raise ValueError("ancestral_sample needs a discretized (probability mass) head; AR-CSM "
+                     "models sample with sampling.sample (Langevin) or sampling.grid_sample")
+
+
+def ancestral_sample(model, params, rng, num_samples: int, num_dims=None, x_init=None):
+  """Exact ancestral samples (num_samples, D) of an ARModel with a discretized head.
+
+  Dimension by dimension in the model's order: the context of d is computed from the
+  already drawn x_<d (D context passes), then x_d is drawn from its mixture. Values are
+  bin centres in [-1, 1]. `num_dims` stops after the first k dimensions (timing).
+  """
+  _check_mass(model)
+  x = (jnp.zeros((num_samples, model.dim), jnp.float32) if x_init is None
+       else jnp.asarray(x_init))
+  steps = chunked.dims_to_sample(model.dim, num_dims)
+  return _ancestral_chunk(model, params, rng, x, 0, steps, steps)
+
+
+def make_ancestral_sampler(model, num_samples: int, num_dims=None, chunk_dims=None,
+                           log=None):
+  """(params, rng) -> samples (num_samples, D), jit-compiled.
+
+  With `chunk_dims`, sampled in jit-compiled chunks of that many dimensions with
+  progress and ETA reported through `log(str)`; the samples are the same.
+  """
+  _check_mass(model)
+  if not chunk_dims:
+    return jax.jit(lambda params, rng: ancestral_sample(model, params, rng, num_samples,
+                                                        num_dims=num_dims))
+  steps = chunked.dims_to_sample(model.dim, num_dims)
+  chunk_fn = jax.jit(lambda params, rng, x, start: _ancestral_chunk(
+      model, params, rng, x, start, chunk_dims, steps))
+
+  def run(params, rng):
+    x = jnp.zeros((num_samples, model.dim), jnp.float32)
+    return chunked.run_in_chunks(lambda x, t: chunk_fn(params, rng, x, t), x, steps,
+                                 chunk_dims, log, "ancestral sampling")
+  return run
+
+
+# ------------------------------------------------------------------------------------
+# The sampler a config asks for
+# ------------------------------------------------------------------------------------
+
+
+def make_sampler_from_config(config, model, num_samples: Optional[int] = None, mesh=None,
+                             num_dims=None, log: Optional[Callable[[str], None]] = None,
+                             **overrides):
+  """(params, rng) -> samples (N, D) for `model`, as config.sampling asks; returns
+  (sampler, info) where info describes the choice (for logs and result files).
+
+  A probability-mass head is sampled exactly and ancestrally; every other model with
+  the cached-context annealed Langevin sampler on config.sampling.sigmas (default: the
+  training noise schedule). Keyword `overrides` replace config.sampling fields
+  (num_steps, step_lr, denoise, chunk_dims). With a `mesh` the batch is sharded over it.
+  """
+  s = config.sampling
+  unknown = set(overrides) - {"num_steps", "step_lr", "denoise", "chunk_dims"}
+  if unknown:
+    raise ValueError(f"unknown sampler overrides {sorted(unknown)}")
+  opt = {k: s[k] for k in ("num_steps", "step_lr", "denoise", "chunk_dims")}
+  opt.update({k: v for k, v in overrides.items() if v is not None})
+  n = s.num_samples if num_samples is None else num_samples
+  if mesh is not None:
+    sharding_lib.check_batch_size(n, mesh, "sampling.num_samples")
+  dims = chunked.dims_to_sample(model.dim, num_dims)
+  chunk = chunked.auto_chunk_dims(dims) if opt["chunk_dims"] is None else opt["chunk_dims"]
+  if model.kind == "mass":
+    info = {"sampler": "exact ancestral (discretized logistic mixture)"}
+    return make_ancestral_sampler(model, n, num_dims=num_dims, chunk_dims=chunk, log=log), info
+  sigmas = s.sigmas or noise_lib.sigmas_from_config(config.noise)
+  if sigmas is None:
+    raise ValueError("set sampling.sigmas (e.g. (1.0,)) for a model trained without noise "
+                     "(noise.enabled=False)")
+  info = {"sampler": "cached-context annealed Langevin", "L": len(sigmas),
+          "T": opt["num_steps"], "step_lr": opt["step_lr"], "denoise": opt["denoise"],
+          "sigmas": [float(v) for v in sigmas]}
+  sampler = make_sampler(model, sigmas, n, opt["num_steps"], opt["step_lr"], opt["denoise"],
+                         out_sharding=None if mesh is None else sharding_lib.batch_sharding(mesh),
+                         num_dims=num_dims, chunk_dims=chunk, log=log)
+  return sampler, info

@@ -1,30 +1,38 @@
-"""Training and evaluation loop: state, sharded jit step, EMA, checkpoints, metrics.
+"""Training: state, sharded jit step, EMA, the one training loop, checkpoints, metrics.
 
 The data order, dequantization noise and loss rng are functions of the step alone,
 so a run killed at any moment and restarted from its latest checkpoint ends with
 exactly the parameters of an uninterrupted run (on a fixed machine and device count).
+
+  setup(config)                 data, model, loss, optimizer (a frozen `Setup`)
+  train_loop(setup, ...)        the loop every trainer uses: NaN stop, progress/ETA,
+                                metrics, evaluation and (with a workdir) checkpoints
+  train_and_evaluate(config, workdir)   what `python -m csm_jax.main` runs
+  make_update_step(loss, opt)   a plain step (loss, gradient, optimizer; no EMA) for
+                                benchmarks and small studies
 """
 
+import dataclasses
 import json
-import math
 import os
 import time
-from typing import Any
+from typing import Any, Callable, Optional, Sequence
 
 from absl import logging
 import flax
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
 from csm_jax import checkpoints
-from csm_jax import datasets
+from csm_jax import data as data_lib
+from csm_jax import likelihood
 from csm_jax import losses
 from csm_jax import metrics as metrics_lib
 from csm_jax import models
 from csm_jax import sharding as sharding_lib
-from csm_jax.models import discretized
 
 
 @flax.struct.dataclass
@@ -58,15 +66,34 @@ def _global_norm(tree):
   return jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(tree)))
 
 
+def _update(loss_fn, optimizer, params, opt_state, x, rng):
+  """One optimizer update: (loss, metrics, grads, new params, new optimizer state)."""
+  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, rng, True)
+  updates, opt_state = optimizer.update(grads, opt_state, params)
+  return loss, metrics, grads, optax.apply_updates(params, updates), opt_state
+
+
+def make_update_step(loss_fn, optimizer):
+  """(params, opt_state, x, rng) -> (params, opt_state, loss): loss, gradient and update.
+
+  No EMA and no NaN guard: for benchmarks and small studies; jit it (donating the
+  first two arguments).
+  """
+
+  def step(params, opt_state, x, rng):
+    loss, _, _, params, opt_state = _update(loss_fn, optimizer, params, opt_state, x, rng)
+    return params, opt_state, loss
+
+  return step
+
+
 def make_train_step(loss_fn, optimizer, ema_decay):
   """(state, batch, base_rng) -> (state, metrics). Non-finite losses freeze the state."""
 
   def train_step(state, batch, base_rng):
     rng = jax.random.fold_in(base_rng, state.step)
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, batch, rng, True)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    loss, metrics, grads, params, opt_state = _update(loss_fn, optimizer, state.params,
+                                                      state.opt_state, batch, rng)
     # EMA with the usual warm-up (decay (1+t)/(10+t) early on) so short runs are not
     # evaluated at their initialization.
     t = state.step.astype(jnp.float32)
@@ -86,70 +113,104 @@ def make_train_step(loss_fn, optimizer, ema_decay):
   return train_step
 
 
+# ------------------------------------------------------------------------------------
+# Batches
+# ------------------------------------------------------------------------------------
+
+
+def test_batch(config, test, pre, mesh, i: int, batch_size: int):
+  """Test batch i (wrapping around), dequantized with a noise fixed by (seed, i)."""
+  idx = np.arange(i * batch_size, (i + 1) * batch_size) % len(test)
+  x = pre(test[idx], data_lib.dequant_rng(config.seed + 1, i))
+  return sharding_lib.shard_batch(x, mesh)
+
+
 class Batcher:
-  """Host-side batches as a pure function of (split, step)."""
+  """Host-side training batches as a pure function of the step."""
 
   def __init__(self, config, arrays, preprocessor, mesh):
     self.config, self.arrays, self.pre, self.mesh = config, arrays, preprocessor, mesh
 
   def train(self, step):
     bs = self.config.training.batch_size
-    idx = datasets.batch_indices(len(self.arrays.train), bs, step, self.config.seed)
-    x = self.pre(self.arrays.train[idx], datasets.dequant_rng(self.config.seed, step))
-    return sharding_lib.shard_batch(x, self.mesh)
-
-  def test(self, i, batch_size):
-    n = len(self.arrays.test)
-    idx = (np.arange(i * batch_size, (i + 1) * batch_size)) % n
-    x = self.pre(self.arrays.test[idx], datasets.dequant_rng(self.config.seed + 1, i))
+    idx = data_lib.batch_indices(len(self.arrays.train), bs, step, self.config.seed)
+    x = self.pre(self.arrays.train[idx], data_lib.dequant_rng(self.config.seed, step))
     return sharding_lib.shard_batch(x, self.mesh)
 
 
-def setup(config, mesh=None):
-  """Data, model, loss and optimizer from a config (no files, no flags)."""
-  mesh = mesh or sharding_lib.data_mesh()
-  sharding_lib.check_batch_size(config.training.batch_size, mesh, "training.batch_size")
-  arrays = datasets.load_arrays(config.data)
-  pre = datasets.get_preprocessor(config.data, arrays)
-  model = models.get_model(config.model, arrays.shape)
-  if discretized.is_discrete(model):
+# ------------------------------------------------------------------------------------
+# Setup
+# ------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """Everything training needs, built from a config (no files, no flags)."""
+  config: ml_collections.ConfigDict
+  mesh: Any
+  arrays: data_lib.Arrays
+  pre: data_lib.Preprocessor
+  model: models.ARModel
+  loss_fn: Callable
+  optimizer: Any
+  batcher: Batcher
+
+
+def check_model_data(config, model, arrays):
+  """Refuses data a model cannot describe (a probability-mass head needs 8-bit bins)."""
+  if model.kind == "mass":
     d = config.data
     if not arrays.discrete or d.dequantize or d.scale != "symmetric" or d.logit_lambda:
       raise ValueError(
           "the discretized_logistic head models 8-bit pixels in [-1, 1]: it needs image data "
           "with data.dequantize=False, data.scale='symmetric' and data.logit_lambda=0 "
           "(see configs/*_pixelcnnpp.py:mle)")
-  loss_fn = losses.get_loss_fn(config, model)
-  optimizer = make_optimizer(config.optim)
-  return dict(mesh=mesh, arrays=arrays, pre=pre, model=model, loss_fn=loss_fn,
-              optimizer=optimizer, batcher=Batcher(config, arrays, pre, mesh))
 
 
-def make_eval_fn(config, env):
-  """(params) -> dict of test metrics over `num_batches` fixed test batches."""
-  loss_fn, pre, model = env["loss_fn"], env["pre"], env["model"]
-  repl = sharding_lib.replicated(env["mesh"])
+def setup(config, mesh=None, arrays: Optional[data_lib.Arrays] = None,
+          loss_fn: Optional[Callable] = None) -> Setup:
+  """Data, model, loss and optimizer from a config.
 
+  `arrays` replaces the dataset config.data names (e.g. a training split with a
+  held-out part); `loss_fn` replaces the loss config.loss names.
+  """
+  mesh = mesh or sharding_lib.data_mesh()
+  sharding_lib.check_batch_size(config.training.batch_size, mesh, "training.batch_size")
+  arrays = data_lib.load_arrays(config.data) if arrays is None else arrays
+  pre = data_lib.get_preprocessor(config.data, arrays)
+  model = models.get_model(config.model, arrays.shape)
+  check_model_data(config, model, arrays)
+  loss_fn = losses.get_loss_fn(config, model) if loss_fn is None else loss_fn
+  return Setup(config=config, mesh=mesh, arrays=arrays, pre=pre, model=model,
+               loss_fn=loss_fn, optimizer=make_optimizer(config.optim),
+               batcher=Batcher(config, arrays, pre, mesh))
+
+
+def make_eval_fn(config, model, pre, test, mesh, loss_fn):
+  """(params, num_batches=None, batch_size=None) -> dict of test metrics.
+
+  The loss on fixed test batches (config.eval) and, for MLE on discrete data, bits/dim
+  of the pixels (a probability-mass head: no change of variables).
+  """
+  repl = sharding_lib.replicated(mesh)
   eval_batch = jax.jit(lambda params, x, rng: loss_fn(params, x, rng, False))
-  with_bpd = model.normalized and config.loss.name == "mle" and env["arrays"].discrete
-  discrete_head = discretized.is_discrete(model)
+  with_bpd = model.normalized and config.loss.name == "mle" and pre.discrete
 
   def evaluate(params, num_batches=None, batch_size=None):
     bs = batch_size or config.eval.batch_size
-    sharding_lib.check_batch_size(bs, env["mesh"], "eval.batch_size")
+    sharding_lib.check_batch_size(bs, mesh, "eval.batch_size")
     nb = num_batches or config.eval.num_batches
     key = jax.device_put(jax.random.PRNGKey(config.seed + 10_000), repl)
     losses_, bpds = [], []
     for i in range(nb):
-      x = env["batcher"].test(i, bs)
+      x = test_batch(config, test, pre, mesh, i, bs)
       loss, metrics = eval_batch(params, x, jax.random.fold_in(key, i))
       losses_.append(float(loss))
       if with_bpd:
-        if discrete_head:  # probability mass on the 256 bins: no change of variables
-          nll_pixel = float(metrics["nll"])
-        else:  # density of the dequantized pixels in [0, 256)^D
-          nll_pixel = float(metrics["nll"]) - float(np.mean(pre.log_det_jacobian(np.asarray(x))))
-        bpds.append(nll_pixel / (model.dim * math.log(2.0)))
+        nll = float(metrics["nll"])
+        if model.kind != "mass":  # density of the dequantized pixels in [0, 256)^D
+          nll -= float(np.mean(pre.log_det_jacobian(np.asarray(x))))
+        bpds.append(float(likelihood.bits_per_dim(nll, model.dim)))
     out = {"eval_loss": float(np.mean(losses_))}
     if with_bpd:
       out["eval_bpd"] = float(np.mean(bpds))
@@ -158,78 +219,117 @@ def make_eval_fn(config, env):
   return evaluate
 
 
-def train_and_evaluate(config, workdir: str):
-  """Trains to config.training.num_steps, resuming from workdir's latest checkpoint."""
-  env = setup(config)
-  mesh, model, batcher = env["mesh"], env["model"], env["batcher"]
-  t = config.training
-  repl = sharding_lib.replicated(mesh)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+# ------------------------------------------------------------------------------------
+# The training loop
+# ------------------------------------------------------------------------------------
 
-  state = jax.device_put(init_state(model, env["optimizer"], jax.random.PRNGKey(config.seed)), repl)
-  ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), t.keep_checkpoints)
-  state = ckpt.restore_latest(state)
+
+def train_loop(s: Setup, workdir: Optional[str] = None,
+               eval_fn: Optional[Callable[[Any], dict]] = None,
+               eval_every: Optional[int] = None, log: Callable[[str], None] = logging.info,
+               label: str = "", callbacks: Sequence[Callable] = ()):
+  """Trains s.model to config.training.num_steps; returns (state, info).
+
+  With a `workdir`: resumes from its latest checkpoint, saves every
+  training.checkpoint_every steps (and at the end) and appends metrics to
+  workdir/metrics.jsonl (and TensorBoard). `eval_fn(ema_params) -> dict` runs at step 0
+  (fresh runs), every `eval_every` steps (default training.eval_every) and at the end.
+  A non-finite loss or gradient stops training with FloatingPointError naming the step.
+  `callbacks`: cb(step, state, metrics) after each logged step.
+  info: compile_seconds, train_seconds (evaluation excluded), steps, final_loss and the
+  history of evaluations ({step, seconds, **eval}).
+  """
+  config, t = s.config, s.config.training
+  n = int(t.num_steps)
+  eval_every = t.eval_every if eval_every is None else eval_every
+  prefix = f"[{label}] " if label else ""
+  repl = sharding_lib.replicated(s.mesh)
+  state = jax.device_put(init_state(s.model, s.optimizer, jax.random.PRNGKey(config.seed)),
+                         repl)
+  ckpt = writer = None
+  if workdir is not None:
+    ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), t.keep_checkpoints)
+    state = ckpt.restore_latest(state)
   start = int(state.step)
   if start:
-    logging.info("resumed from checkpoint at step %d", start)
-  writer = metrics_lib.MetricWriter(workdir, resume_step=start)
-  train_step = jax.jit(make_train_step(env["loss_fn"], env["optimizer"], config.optim.ema_decay),
-                       in_shardings=(repl, sharding_lib.batch_sharding(mesh), repl),
-                       out_shardings=(repl, repl), donate_argnums=(0,))
-  evaluate = make_eval_fn(config, env)
-  base_rng = jax.device_put(jax.random.PRNGKey(config.seed + 1), repl)
-  n_params = sum(x.size for x in jax.tree.leaves(state.params))
-  logging.info("model %s/%s, %d parameters, loss %s, %d devices, batch %d",
-               config.model.backbone, config.model.head, n_params, config.loss.name,
-               mesh.size, t.batch_size)
+    log(f"{prefix}resumed from checkpoint at step {start}")
+  if workdir is not None:
+    writer = metrics_lib.MetricWriter(workdir, resume_step=start)
+  counts = models.count_parameters(state.params, s.model)
+  log(f"{prefix}model {config.model.backbone}/{config.model.head}, {counts['parameters']} "
+      f"parameters ({counts['effective_parameters']} effective), loss {config.loss.name}, "
+      f"{s.mesh.size} devices, batch {t.batch_size}")
 
-  if start == 0:
-    writer.write(0, evaluate(state.ema_params))
-  progress = metrics_lib.Progress(start, t.num_steps)
-  batch = batcher.train(start) if start < t.num_steps else None
-  for step in range(start, t.num_steps):
-    state, metrics = train_step(state, batch, base_rng)
+  base_rng = jax.device_put(jax.random.PRNGKey(config.seed + 1), repl)
+  batch = s.batcher.train(start) if start < n else None
+  t0 = time.perf_counter()
+  step_fn = jax.jit(make_train_step(s.loss_fn, s.optimizer, config.optim.ema_decay),
+                    in_shardings=(repl, sharding_lib.batch_sharding(s.mesh), repl),
+                    out_shardings=(repl, repl), donate_argnums=(0,))
+  if batch is not None:
+    step_fn = step_fn.lower(state, batch, base_rng).compile()
+  info = {"compile_seconds": time.perf_counter() - t0, "train_seconds": 0.0, "steps": n,
+          "final_loss": float("nan"), "history": [], "parameters": counts}
+
+  def evaluate(step):
+    row = eval_fn(state.ema_params)
+    info["history"].append({"step": step, "seconds": info["train_seconds"], **row})
+    if writer is not None:
+      writer.write(step, row)
+    log(f"{prefix}step {step} eval " + json.dumps(row))
+
+  if eval_fn is not None and eval_every and start == 0:
+    evaluate(0)
+  progress = metrics_lib.Progress(start, n)
+  tick = time.perf_counter()
+  for step in range(start, n):
+    state, metrics = step_fn(state, batch, base_rng)
     done = step + 1
-    if done < t.num_steps:
-      batch = batcher.train(done)  # host work overlaps the asynchronous device step
-    is_log = done % t.log_every == 0 or done == t.num_steps
-    is_eval = done % t.eval_every == 0 or done == t.num_steps
-    is_ckpt = done % t.checkpoint_every == 0 or done == t.num_steps
+    if done < n:
+      batch = s.batcher.train(done)  # host work overlaps the asynchronous device step
+    is_log = done % t.log_every == 0 or done == n
+    is_eval = eval_fn is not None and eval_every and (done % eval_every == 0 or done == n)
+    is_ckpt = ckpt is not None and (done % t.checkpoint_every == 0 or done == n)
     if is_log or is_eval or is_ckpt:
       bad = int(state.bad_step)
       if bad >= 0:
+        where = (f"the last good checkpoint (step {ckpt.latest_step()}) left in "
+                 f"{ckpt.directory}" if ckpt is not None else "no checkpoint written")
         raise FloatingPointError(
-            f"non-finite loss or gradient at step {bad} (0-based); training stopped with the "
-            f"state of step {bad} kept in memory and the last good checkpoint "
-            f"(step {ckpt.latest_step()}) left in {ckpt.directory}. Lower optim.learning_rate, "
-            "check the data, or raise noise.sigma_min.")
+            f"{prefix}non-finite loss or gradient at step {bad} (0-based); training stopped "
+            f"with the state of step {bad} kept in memory and {where}. Lower "
+            "optim.learning_rate, check the data, or raise noise.sigma_min.")
     if is_log:
       row = {k: float(v) for k, v in metrics.items()}
       row.update(progress.update(done))
-      writer.write(done, row)
-      logging.info("step %d/%d loss %.4f  %.2f steps/s  ETA %s", done, t.num_steps,
-                   row["loss"], row["steps_per_sec"], progress.eta_str(done))
+      info["final_loss"] = row["loss"]
+      if writer is not None:
+        writer.write(done, row)
+      log(f"{prefix}step {done}/{n} loss {row['loss']:.4f}  {row['steps_per_sec']:.2f} "
+          f"steps/s  ETA {progress.eta_str(done)}")
+      for cb in callbacks:
+        cb(done, state, row)
     if is_eval:
-      ev = evaluate(state.ema_params)
-      writer.write(done, ev)
-      logging.info("step %d eval %s", done, json.dumps(ev))
+      info["train_seconds"] += time.perf_counter() - tick
+      evaluate(done)
+      tick = time.perf_counter()
     if is_ckpt:
       ckpt.save(done, state)
-  ckpt.close()
-  writer.close()
+  jax.block_until_ready(state)
+  info["train_seconds"] += time.perf_counter() - tick
+  if ckpt is not None:
+    ckpt.close()
+  if writer is not None:
+    writer.close()
+  return state, info
+
+
+def train_and_evaluate(config, workdir: str):
+  """Trains to config.training.num_steps, resuming from workdir's latest checkpoint."""
+  s = setup(config)
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  eval_fn = make_eval_fn(config, s.model, s.pre, s.arrays.test, s.mesh, s.loss_fn)
+  state, _ = train_loop(s, workdir=workdir, eval_fn=eval_fn)
   return state
-
-
-def restore_for_inference(config, workdir):
-  """(env, state) with the latest checkpoint of workdir; an error if there is none."""
-  env = setup(config)
-  repl = sharding_lib.replicated(env["mesh"])
-  state = jax.device_put(init_state(env["model"], env["optimizer"], jax.random.PRNGKey(config.seed)), repl)
-  ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), config.training.keep_checkpoints)
-  if ckpt.latest_step() is None:
-    raise FileNotFoundError(f"no checkpoint in {ckpt.directory}; train first (--mode=train)")
-  state = ckpt.restore_latest(state)
-  ckpt.close()
-  return env, state

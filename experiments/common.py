@@ -1,11 +1,48 @@
-"""Helpers shared by experiment scripts: timing and JSON output."""
+"""Helpers shared by experiment scripts: flags with config overrides, timing, JSON output.
 
+Experiment flags are argparse flags for what is the experiment's own (output directory,
+which datasets, how many evaluation points); everything that is a config field is set
+the way `python -m csm_jax.main` sets it, with ``--config.FIELD=value`` (and, where an
+experiment trains several models, ``--NAME.FIELD=value`` for one of them only).
+"""
+
+import argparse
 import json
 import os
 import time
+from typing import Sequence
 
 import jax
 import numpy as np
+
+from csm_jax import config_base
+
+
+def parse(parser: argparse.ArgumentParser, argv=None, prefixes: Sequence[str] = ("config",)):
+  """(args, overrides): argparse flags, and {prefix: ['a.b=value', ...]} from the
+  ``--PREFIX.a.b=value`` flags; anything else is an error naming it."""
+  args, rest = parser.parse_known_args(argv)
+  overrides = {p: [] for p in prefixes}
+  bad = []
+  it = iter(rest)
+  for item in it:
+    prefix = item[2:].split(".", 1)[0] if item.startswith("--") else None
+    if prefix not in overrides or "." not in item:
+      bad.append(item)
+      continue
+    body = item[len(prefix) + 3:]
+    if "=" not in body:  # --config.a.b value
+      body = f"{body}={next(it, '')}"
+    overrides[prefix].append(body)
+  if bad:
+    parser.error(f"unrecognized arguments: {' '.join(bad)} (config fields are set with "
+                 f"{', '.join('--' + p + '.FIELD=value' for p in prefixes)})")
+  return args, overrides
+
+
+def apply(config, overrides: Sequence[str]):
+  """The config with 'a.b=value' overrides applied (unknown fields fail loudly)."""
+  return config_base.override(config, overrides)
 
 
 def block(tree):

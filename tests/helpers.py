@@ -60,7 +60,7 @@ def tiny_train_config(**overrides) -> ml_collections.ConfigDict:
   c.optim.warmup_steps = 5
   c.noise.sigma_max = 1.0
   c.noise.sigma_min = 0.05
-  c.noise.num_scales = 4
+  c.noise.num_levels = 4
   for k, v in overrides.items():
     node = c
     *path, last = k.split(".")

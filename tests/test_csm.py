@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from csm_jax import datasets, losses
+from csm_jax import data as data_lib
+from csm_jax import losses
 from tests.helpers import float64
 
 D = 5
@@ -55,7 +56,7 @@ def _samples(cov, n, seed):
 
 def test_csm_at_true_scores_matches_analytic_optimum():
   with float64():
-    cov = datasets.gaussian_covariance(D, seed=3)
+    cov = data_lib.gaussian_covariance(D, seed=3)
     a, v = gaussian_conditionals(cov)
     x = jnp.asarray(_samples(cov, 20000, 0))
     model = AnalyticGaussianAR(a, v, noisy=False)
@@ -70,7 +71,7 @@ def test_csm_at_true_scores_matches_analytic_optimum():
 
 def test_perturbed_scores_raise_the_objective_by_half_the_fisher_divergence():
   with float64():
-    cov = datasets.gaussian_covariance(D, seed=3)
+    cov = data_lib.gaussian_covariance(D, seed=3)
     a, v = gaussian_conditionals(cov)
     x = jnp.asarray(_samples(cov, 20000, 1))
     true = AnalyticGaussianAR(a, v, noisy=False)
@@ -90,7 +91,7 @@ def test_noisy_csm_at_true_noisy_scores():
   true scores of q_sigma(x~_d | x_<d) the sigma^2-weighted loss has expectation
   sum_d mean_sigma[-sigma^2 / (2 (v_d + sigma^2))]."""
   with float64():
-    cov = datasets.gaussian_covariance(D, seed=5)
+    cov = data_lib.gaussian_covariance(D, seed=5)
     a, v = gaussian_conditionals(cov)
     x = jnp.asarray(_samples(cov, 4000, 2))
     sigmas = np.array([2.0, 0.5, 0.1])

@@ -7,7 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from csm_jax import likelihood
 from csm_jax import losses
+from csm_jax import sampling
 from csm_jax.models import discretized
 from tests import helpers
 
@@ -116,7 +118,7 @@ def test_sampling_matches_probabilities():
 def test_registry_mle_and_no_score():
   """Registered head: normalized MLE works; anything that wants a score fails loudly."""
   model = helpers.tiny_model(6, head="discretized_logistic")
-  assert model.normalized and discretized.is_discrete(model)
+  assert model.normalized and model.discrete and model.kind == "mass"
   params = _numpy_params(lambda: model.init(jax.random.key(0)))
   x = jnp.asarray(-1 + 2 * np.random.default_rng(5).integers(0, 256, (4, 6)) / 255.0,
                   jnp.float32)
@@ -133,20 +135,20 @@ def test_registry_mle_and_no_score():
 def test_ancestral_sample_and_bits_per_dim():
   model = helpers.tiny_model(5, head="discretized_logistic")
   params = _numpy_params(lambda: model.init(jax.random.key(0)))
-  x = np.asarray(discretized.make_ancestral_sampler(model, 8)(params, jax.random.key(1)))
+  x = np.asarray(sampling.make_ancestral_sampler(model, 8)(params, jax.random.key(1)))
   assert x.shape == (8, 5)
   idx = np.asarray(discretized.to_bin_index(jnp.asarray(x)))
   np.testing.assert_allclose(x, -1 + 2 * idx / 255.0, atol=1e-6)
   assert len(np.unique(x)) > 5
-  np.testing.assert_allclose(discretized.bits_per_dim(-5 * math.log(256.0), 5), 8.0)
+  np.testing.assert_allclose(likelihood.bits_per_dim(5 * math.log(256.0), 5), 8.0)
 
 
 def test_chunked_ancestral_sampler_matches_the_single_call():
   model = helpers.tiny_model(5, head="discretized_logistic", order="random")
   params = _numpy_params(lambda: model.init(jax.random.key(0)))
-  whole = discretized.make_ancestral_sampler(model, 6)(params, jax.random.key(3))
+  whole = sampling.make_ancestral_sampler(model, 6)(params, jax.random.key(3))
   lines = []
-  x = discretized.make_ancestral_sampler(model, 6, chunk_dims=2, log=lines.append)(
+  x = sampling.make_ancestral_sampler(model, 6, chunk_dims=2, log=lines.append)(
       params, jax.random.key(3))
   np.testing.assert_array_equal(np.asarray(x), np.asarray(whole))
   assert len(lines) == 3 and "5/5 dims" in lines[-1]
@@ -154,5 +156,5 @@ def test_chunked_ancestral_sampler_matches_the_single_call():
 
 def test_ancestral_sample_refuses_score_heads():
   model = helpers.tiny_model(3)
-  with pytest.raises(ValueError, match="discretized head"):
-    discretized.ancestral_sample(model, None, jax.random.key(0), 2)
+  with pytest.raises(ValueError, match="discretized \\(probability mass\\) head"):
+    sampling.ancestral_sample(model, None, jax.random.key(0), 2)

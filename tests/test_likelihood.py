@@ -4,11 +4,11 @@ import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from csm_jax import datasets, likelihood
+from csm_jax import data as data_lib
+from csm_jax import likelihood
 from csm_jax.config_base import default_config
 from tests.helpers import float64, tiny_model, to_f64
 
@@ -94,7 +94,7 @@ def _mixture_2d():
   sds = np.array([[0.4, 0.6], [0.7, 0.3], [0.3, 0.5]])
 
   class Mixture2D:
-    dim, normalized = 2, False
+    dim, kind, normalized = 2, "score", False
     order = np.arange(2)
 
     def context(self, params, x, train=False, rng=None):
@@ -156,7 +156,7 @@ def test_learned_2d_density_integrates_to_one():
 def test_pixel_space_bits_per_dim():
   """bpd in pixel space: NLL(y) - log|dy/dx| over D log 2, as in the eval of train.py."""
   model, params = _gaussian_made(dim=4)
-  pre = datasets.Preprocessor(shape=(2, 2, 1), discrete=True, dequantize=True,
+  pre = data_lib.Preprocessor(shape=(2, 2, 1), discrete=True, dequantize=True,
                               logit_lambda=1e-6)
   pix = np.random.default_rng(0).integers(0, 256, (10, 2, 2, 1)).astype(np.uint8)
   y = pre(pix, np.random.default_rng(1))
@@ -172,9 +172,9 @@ def test_config_helpers():
   assert likelihood.noise_level(c) == pytest.approx(c.noise.sigma_min)
   c.noise.enabled = False
   assert likelihood.noise_level(c) == 1.0
-  c.likelihood = ml_collections.ConfigDict({"num_points": 101, "grid_min": -2.0})
-  lc = likelihood.get_config(c)
-  assert lc.num_points == 101 and lc.grid_max is None
+  c.likelihood.num_points, c.likelihood.grid_min = 101, -2.0
+  lc = c.likelihood
+  assert lc.grid_max is None
   g = likelihood.make_grid(lc, data=np.array([[0.0, 1.0]]))
   assert g.lo == -2.0 and g.hi == pytest.approx(1.1) and g.num_points == 101
   with pytest.raises(ValueError, match="odd"):
@@ -211,7 +211,7 @@ def test_discrete_head_bits_per_dim_has_no_log_det():
   """A probability-mass head (discretized logistics): bpd = -log2 P / D; no quadrature."""
   model = tiny_model(4, head="discretized_logistic")
   params = model.init(jax.random.PRNGKey(0))
-  pre = datasets.Preprocessor(shape=(2, 2, 1), discrete=True, dequantize=False,
+  pre = data_lib.Preprocessor(shape=(2, 2, 1), discrete=True, dequantize=False,
                               scale="symmetric")
   pix = np.random.default_rng(0).integers(0, 256, (6, 2, 2, 1)).astype(np.uint8)
   y = pre(pix)

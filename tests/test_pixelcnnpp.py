@@ -16,7 +16,7 @@ from csm_jax.models import pixelcnnpp
 from csm_jax.models.ar import ARModel, ARNet
 from csm_jax.models.pixelcnnpp import PixelCNNPP
 
-SMALL = dict(context_size=3, nr_filters=4, nr_resnet=1, num_scales=2)
+SMALL = dict(context_size=3, nr_filters=4, nr_resnet=1, num_resolutions=2)
 
 
 def _random_params(model, x, seed=0, init=None):
@@ -129,10 +129,10 @@ def test_output_shape_and_dtype():
   assert np.all(np.isfinite(out))
 
 
-@pytest.mark.parametrize("image_shape,num_scales",
+@pytest.mark.parametrize("image_shape,num_resolutions",
                          [((8, 8, 3), 3), ((8, 4, 1), 3), ((6, 10, 2), 2)])
-def test_output_shape_other_sizes(image_shape, num_scales):
-  cfg = dict(SMALL, num_scales=num_scales)
+def test_output_shape_other_sizes(image_shape, num_resolutions):
+  cfg = dict(SMALL, num_resolutions=num_resolutions)
   model = PixelCNNPP(image_shape, **cfg)
   D = int(np.prod(image_shape))
   x = jax.ShapeDtypeStruct((3, D), jnp.float32)
@@ -141,8 +141,8 @@ def test_output_shape_other_sizes(image_shape, num_scales):
   assert out.shape == (3, D, cfg["context_size"])
 
 
-def test_bad_num_scales_raises():
-  model = PixelCNNPP((6, 6, 3), **dict(SMALL, num_scales=3))
+def test_bad_num_resolutions_raises():
+  model = PixelCNNPP((6, 6, 3), **dict(SMALL, num_resolutions=3))
   with pytest.raises(ValueError, match="divisible by 4"):
     jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 108)))
 
@@ -159,8 +159,8 @@ def _ar_csm_model(image_shape, dtype=jnp.float64):
   backbone = PixelCNNPP(image_shape, dtype=dtype, dropout_rate=0.0, **SMALL)
   head = heads.ScoreHead(hidden_sizes=(8,), scale_by_sigma=True)
   D = int(np.prod(image_shape))
-  return ARModel(net=ARNet(backbone=backbone, head=head), dim=D, rank=np.arange(D),
-                 normalized=False, data_shape=tuple(image_shape))
+  return ARModel(net=ARNet(backbone=backbone, head=head, kind="score"), dim=D,
+                 rank=np.arange(D), kind="score", data_shape=tuple(image_shape))
 
 
 def test_ar_csm_scores_fast_diagonal_and_causality():

@@ -21,7 +21,7 @@ class GaussianAR:
   bmat: np.ndarray
   c: np.ndarray
   v: np.ndarray
-  normalized = False
+  kind, normalized = "score", False
 
   @property
   def dim(self):

@@ -13,7 +13,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from csm_jax import datasets, train
+from csm_jax import data as data_lib
+from csm_jax import train
 from tests.helpers import tiny_train_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -46,11 +47,11 @@ def test_nan_loss_stops_with_the_step_and_keeps_last_good_checkpoint(tmp_path):
   config = tiny_train_config(**{"data.dataset": "npz", "data.path": str(tmp_path / "data.npz"),
                                 "training.num_steps": 100, "eval.batch_size": 32})
   bad = 30
-  poison = datasets.batch_indices(n, 32, bad, config.seed)[5]
+  poison = data_lib.batch_indices(n, 32, bad, config.seed)[5]
   x = rng.normal(size=(n, 4)).astype(np.float32)
   x[poison] = 3e38
   np.savez(tmp_path / "data.npz", train=x, test=rng.normal(size=(64, 4)).astype(np.float32))
-  assert bad == next(s for s in range(100) if poison in datasets.batch_indices(n, 32, s, config.seed))
+  assert bad == next(s for s in range(100) if poison in data_lib.batch_indices(n, 32, s, config.seed))
   assert bad > config.training.checkpoint_every  # so that a good checkpoint exists
   with pytest.raises(FloatingPointError, match=f"step {bad} "):
     train.train_and_evaluate(config, str(tmp_path / "w"))
@@ -107,7 +108,7 @@ def test_sigkill_and_restart_gives_the_uninterrupted_parameters(tmp_path, mnist_
   assert ev["step"] == 300 and np.isfinite(ev["eval_loss"])
   assert ev["likelihood"]["num_examples"] == 8 and np.isfinite(ev["likelihood"]["bpd"])
   subprocess.run(_main(killed, "--mode=sample", "--config.sampling.num_samples=4",
-                       "--config.sampling.n_steps=1"), cwd=REPO, env=env, check=True,
+                       "--config.sampling.num_steps=1"), cwd=REPO, env=env, check=True,
                  capture_output=True)
   assert (killed / "samples" / "samples_00000300.png").stat().st_size > 1000
 
@@ -120,13 +121,13 @@ assert jax.device_count() == 8, jax.device_count()
 config = tiny_train_config(**{"training.batch_size": 64})
 out = []
 for devices in (jax.devices()[:1], jax.devices()):
-  env = train.setup(config, mesh=sharding.data_mesh(devices))
-  mesh = env["mesh"]
+  s = train.setup(config, mesh=sharding.data_mesh(devices))
+  mesh = s.mesh
   repl = sharding.replicated(mesh)
-  state = jax.device_put(train.init_state(env["model"], env["optimizer"], jax.random.PRNGKey(0)), repl)
-  step = jax.jit(train.make_train_step(env["loss_fn"], env["optimizer"], 0.99),
+  state = jax.device_put(train.init_state(s.model, s.optimizer, jax.random.PRNGKey(0)), repl)
+  step = jax.jit(train.make_train_step(s.loss_fn, s.optimizer, 0.99),
                  in_shardings=(repl, sharding.batch_sharding(mesh), repl), out_shardings=(repl, repl))
-  batch = env["batcher"].train(0)
+  batch = s.batcher.train(0)
   assert len(batch.sharding.device_set) == len(devices)
   for _ in range(2):
     state, _ = step(state, batch, jax.device_put(jax.random.PRNGKey(1), repl))

@@ -7,6 +7,8 @@ not, exposes the same conditional scores s_d(x_<d, x_d) (paper Eq. 4).
 
 import dataclasses
 
+from typing import Callable
+
 import chex
 import flax.linen as nn
 import jax
@@ -14,18 +16,40 @@ import jax.numpy as jnp
 import numpy as np
 
 
+KINDS = ("score", "density", "mass")
+
+
+def fast_init(init_fn: Callable, rng):
+  """init_fn(rng) compiled once, with XLA's backend optimizations off on CPU.
+
+  Eager Flax init compiles every op separately, and a fully optimized compile of a
+  one-off init costs minutes for big convnets on CPU: this is the one way parameters
+  are initialized in this package. Inside jit / eval_shape it just calls init_fn.
+  """
+  tracer = getattr(jax.core, "Tracer", None)  # absent in some JAX versions
+  if tracer is not None and isinstance(rng, tracer):
+    return init_fn(rng)
+  opts = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
+  return jax.jit(init_fn, compiler_options=opts)(rng)
+
+
 class ARNet(nn.Module):
-  """Backbone (x -> context (B, D, C)) and head (context, x[, sigma] -> (B, D))."""
+  """Backbone (x -> context (B, D, C)) and head (context, x[, sigma] -> (B, D)).
+
+  `kind` (set by the registry) says what the head outputs: 'score' heads take the
+  noise level, normalized heads ('density', 'mass') do not.
+  """
   backbone: nn.Module
   head: nn.Module
+  kind: str = "score"
 
   def context(self, x, train: bool = False):
     return self.backbone(x, train=train)
 
   def head_out(self, ctx, x, sigma=None):
-    if getattr(self.head, "normalized", False):
-      return self.head(ctx, x)
-    return self.head(ctx, x, sigma)
+    if self.kind == "score":
+      return self.head(ctx, x, sigma)
+    return self.head(ctx, x)
 
   def __call__(self, x, sigma, train: bool = False):
     return self.head_out(self.context(x, train), x, sigma)
@@ -39,27 +63,42 @@ class ARModel:
     net: the Flax module.
     dim: D, the number of conditionals.
     rank: rank[i] is the position of variable i in the autoregressive order.
-    normalized: True if the head is a normalized log-density (MLE baselines).
+    kind: 'score' (AR-CSM head), 'density' (normalized log-density, MLE baselines)
+      or 'mass' (probability mass over pixel bins); see `models.get_model`.
     data_shape: per-example shape of the data (for reshaping samples).
+    has_dropout: the backbone uses dropout when train=True (needs an rng).
+    num_masked_weights: stored kernel entries fixed at zero by masks (MADE).
   """
   net: ARNet
   dim: int
   rank: np.ndarray
-  normalized: bool
+  kind: str
   data_shape: tuple
   has_dropout: bool = False
+  num_masked_weights: int = 0
+
+  def __post_init__(self):
+    if self.kind not in KINDS:
+      raise ValueError(f"ARModel.kind must be one of {KINDS}, got {self.kind!r}")
+    if self.net.kind != self.kind:
+      raise ValueError(f"ARModel.kind {self.kind!r} differs from its net's {self.net.kind!r}")
+
+  @property
+  def normalized(self) -> bool:
+    """A normalized conditional (log-density or log-mass): exact NLL, MLE."""
+    return self.kind != "score"
+
+  @property
+  def discrete(self) -> bool:
+    """A probability mass over bins: no derivative in x, hence no score."""
+    return self.kind == "mass"
 
   def init(self, rng, batch_size: int = 2):
-    """Parameters; jit-compiled once (eager init compiles every op separately)."""
+    """Parameters (see `fast_init`)."""
     def f(rng):
       x = jnp.zeros((batch_size, self.dim), jnp.float32)
       return self.net.init({"params": rng, "dropout": rng}, x, jnp.ones_like(x))
-    # XLA's backend optimizations only slow the one-off init down (minutes for big convnets).
-    tracer = getattr(jax.core, "Tracer", None)
-    if tracer is not None and isinstance(rng, tracer):  # already inside jit / eval_shape
-      return f(rng)
-    opts = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
-    return jax.jit(f, compiler_options=opts)(rng)
+    return fast_init(f, rng)
 
   def context(self, params, x, train: bool = False, rng=None):
     """Contexts (B, D, C); context[:, d] depends only on x_<d."""

@@ -20,7 +20,8 @@ original PixelCNN++ formula, fallback included, is kept as ``method='pixelcnnpp'
 This is a probability *mass* over 256 bins: it has no useful derivative in x, hence no
 score. It is for MLE training and bits/dim only (``loss.name='mle'``); the head refuses
 forward-mode x-derivatives (which is what CSM, SM and the Langevin sampler take) with
-a clear error. Sample it with `ancestral_sample` (exact).
+a clear error. Sample it with `sampling.ancestral_sample` (exact); it is registered
+with kind 'mass' (`models.get_model`).
 """
 
 import math
@@ -29,9 +30,6 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
-
-from csm_jax import chunked
 
 MIN_LOG_SCALE = -7.0  # as in PixelCNN++
 MAX_LOG_SCALE = 7.0   # keeps exp(-log_scale) * bin width away from underflow
@@ -108,7 +106,7 @@ def mixture_sample(rng, logits, means, log_scales, num_bins: int = 256):
 _NO_SCORE_MSG = (
     "the discretized logistic head is a probability mass over pixel bins: it has no "
     "derivative in x, hence no score. Use it with loss.name='mle' (data.dequantize=False, "
-    "data.scale='symmetric') and sample it with discretized.ancestral_sample; for CSM, "
+    "data.scale='symmetric') and sample it with sampling.ancestral_sample; for CSM, "
     "the Langevin sampler or quadrature likelihoods use model.head='score'.")
 
 
@@ -132,8 +130,6 @@ class DiscretizedLogisticMixtureHead(nn.Module):
   num_mixtures: int = 10
   num_bins: int = 256
   method: str = "stable"
-  normalized = True
-  discrete = True   # a probability mass: bits/dim = -log2 P / D, no Jacobian term
 
   def setup(self):
     self.proj = nn.Dense(3 * self.num_mixtures, name="mixture")
@@ -154,72 +150,3 @@ class DiscretizedLogisticMixtureHead(nn.Module):
   def sample(self, ctx, rng):
     """Exact draws (bin centres), shape ctx.shape[:-1]."""
     return mixture_sample(rng, *self.mixture(ctx), num_bins=self.num_bins)
-
-
-def is_discrete(model) -> bool:
-  """Whether an ARModel's head is a discrete (probability mass) head."""
-  return bool(getattr(model.net.head, "discrete", False))
-
-
-def bits_per_dim(log_prob, dim: int):
-  """-sum_d log P / (D ln 2) per example: bits/dim of a discrete model (no log-det)."""
-  return -np.asarray(log_prob, np.float64) / (dim * math.log(2.0))
-
-
-def _head_sample(module, ctx, rng):
-  return module.head.sample(ctx, rng)
-
-
-def _ancestral_chunk(model, params, rng, x, start, length, num_dims):
-  """Draws dimensions order[start:start+length] (those < num_dims) of x."""
-  order = jnp.asarray(model.order)
-
-  def per_dim(x, t):
-    d = order[t]
-    ctx_d = jax.lax.dynamic_index_in_dim(model.context(params, x), d, axis=1)  # (B,1,C)
-    xd = model.net.apply(params, ctx_d, jax.random.fold_in(rng, t), method=_head_sample)
-    return jax.lax.dynamic_update_index_in_dim(x, xd.astype(x.dtype), d, axis=1)
-
-  return chunked.scan_dims(per_dim, x, start, length, num_dims)
-
-
-def _check_discrete(model):
-  if not is_discrete(model):
-    raise ValueError("ancestral_sample needs a discretized head; AR-CSM models sample "
-                     "with sampling.sample (Langevin) or sampling.grid_sample")
-
-
-def ancestral_sample(model, params, rng, num_samples: int, num_dims=None, x_init=None):
-  """Exact ancestral samples (num_samples, D) of an ARModel with a discretized head.
-
-  Dimension by dimension in the model's order: the context of d is computed from the
-  already drawn x_<d (D context passes), then x_d is drawn from its mixture. Values are
-  bin centres in [-1, 1]. `num_dims` stops after the first k dimensions (timing).
-  """
-  _check_discrete(model)
-  x = (jnp.zeros((num_samples, model.dim), jnp.float32) if x_init is None
-       else jnp.asarray(x_init))
-  steps = chunked.dims_to_sample(model.dim, num_dims)
-  return _ancestral_chunk(model, params, rng, x, 0, steps, steps)
-
-
-def make_ancestral_sampler(model, num_samples: int, num_dims=None, chunk_dims=None,
-                           log=None):
-  """(params, rng) -> samples (num_samples, D), jit-compiled.
-
-  With `chunk_dims`, sampled in jit-compiled chunks of that many dimensions with
-  progress and ETA reported through `log(str)`; the samples are the same.
-  """
-  if not chunk_dims:
-    return jax.jit(lambda params, rng: ancestral_sample(model, params, rng, num_samples,
-                                                        num_dims=num_dims))
-  _check_discrete(model)
-  steps = chunked.dims_to_sample(model.dim, num_dims)
-  chunk_fn = jax.jit(lambda params, rng, x, start: _ancestral_chunk(
-      model, params, rng, x, start, chunk_dims, steps))
-
-  def run(params, rng):
-    x = jnp.zeros((num_samples, model.dim), jnp.float32)
-    return chunked.run_in_chunks(lambda x, t: chunk_fn(params, rng, x, t), x, steps,
-                                 chunk_dims, log, "ancestral sampling")
-  return run

@@ -22,11 +22,10 @@ class ScoreHead(nn.Module):
   small-sigma scores visibly underfit (experiments/toy2d.py). The embedding costs
   several times the head's own flops per element, so it is off by default.
   """
-  hidden_sizes: Sequence[int] = (64, 64)
+  hidden_sizes: Sequence[int] = (32, 32)   # as config_base: model.head_hidden
   scale_by_sigma: bool = True
   sigma_embedding: int = 0   # > 0: a learned embedding of log sigma added to every layer
   sigma_film: bool = False
-  normalized = False
 
   @nn.compact
   def __call__(self, ctx, x, sigma):
@@ -53,7 +52,6 @@ class ScoreHead(nn.Module):
 
 class GaussianHead(nn.Module):
   """Normalized head: x_d | x_<d ~ N(mu_d, exp(log_scale_d)^2)."""
-  normalized = True
 
   @nn.compact
   def __call__(self, ctx, x):
@@ -66,7 +64,6 @@ class GaussianHead(nn.Module):
 class LogisticMixtureHead(nn.Module):
   """Normalized head: x_d | x_<d ~ a mixture of `num_mixtures` logistics."""
   num_mixtures: int = 10
-  normalized = True
 
   @nn.compact
   def __call__(self, ctx, x):

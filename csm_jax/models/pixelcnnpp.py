@@ -227,16 +227,16 @@ class PixelCNNPP(nn.Module):
 
   Maps flat images `x: (B, H*W*C)` (raster order, channels innermost) to
   contexts `(B, H*W*C, context_size)`; context d depends only on `x[:, :d]`
-  (Meng et al., 2020, Sec. 4). `num_scales` resolutions (32 -> 16 -> 8 for 3),
+  (Meng et al., 2020, Sec. 4). `num_resolutions` resolutions (32 -> 16 -> 8 for 3),
   `nr_resnet` gated blocks per scale in each pass, skip connections from the
   downsampling pass to the upsampling pass.
   """
 
   image_shape: tuple  # (H, W, C)
-  context_size: int = 32
+  context_size: int = 16   # as config_base: model.context_size
   nr_filters: int = 160
   nr_resnet: int = 5
-  num_scales: int = 3  # 3 in the paper for 32x32 (32->16->8)
+  num_resolutions: int = 3  # 3 in the paper for 32x32 (32->16->8)
   dropout_rate: float = 0.5
   dtype: Any = jnp.float32
 
@@ -246,16 +246,16 @@ class PixelCNNPP(nn.Module):
     H, W, C = self.image_shape
     if min(H, W, C) < 1:
       raise ValueError(f"image_shape must be positive, got {self.image_shape}")
-    if self.num_scales < 1 or self.nr_resnet < 1 or self.nr_filters < 1:
+    if self.num_resolutions < 1 or self.nr_resnet < 1 or self.nr_filters < 1:
       raise ValueError(
-          "num_scales, nr_resnet and nr_filters must be >= 1, got "
-          f"{self.num_scales}, {self.nr_resnet}, {self.nr_filters}")
+          "num_resolutions, nr_resnet and nr_filters must be >= 1, got "
+          f"{self.num_resolutions}, {self.nr_resnet}, {self.nr_filters}")
     if self.context_size < 1:
       raise ValueError(f"context_size must be >= 1, got {self.context_size}")
-    f = 2 ** (self.num_scales - 1)
+    f = 2 ** (self.num_resolutions - 1)
     if H % f or W % f:
       raise ValueError(
-          f"num_scales={self.num_scales} halves the image {self.num_scales - 1}"
+          f"num_resolutions={self.num_resolutions} halves the image {self.num_resolutions - 1}"
           f" times, so H and W must be divisible by {f}; got H={H}, W={W}")
 
   @nn.compact
@@ -283,24 +283,24 @@ class PixelCNNPP(nn.Module):
                + shift_right(DownRightShiftedConv(nf, (2, 1), dtype=dt)(xp))]
 
     # Downsampling pass ("up pass" in the PixelCNN++ code).
-    for s in range(self.num_scales):
+    for s in range(self.num_resolutions):
       for _ in range(self.nr_resnet):
         u_list.append(GatedResnet("down", rate, dt)(u_list[-1], train=train))
         ul_list.append(GatedResnet("down_right", rate, dt)(
             ul_list[-1], u_list[-1], train=train))
-      if s < self.num_scales - 1:
+      if s < self.num_resolutions - 1:
         u_list.append(DownShiftedConv(nf, (2, 3), (2, 2), dtype=dt)(u_list[-1]))
         ul_list.append(DownRightShiftedConv(nf, (2, 2), (2, 2), dtype=dt)(
             ul_list[-1]))
 
     # Upsampling pass ("down pass"), consuming the skips in reverse order.
     u, ul = u_list.pop(), ul_list.pop()
-    for s in range(self.num_scales):
+    for s in range(self.num_resolutions):
       for _ in range(self.nr_resnet + (1 if s > 0 else 0)):
         u = GatedResnet("down", rate, dt)(u, u_list.pop(), train=train)
         ul = GatedResnet("down_right", rate, dt)(
             ul, jnp.concatenate([u, ul_list.pop()], axis=-1), train=train)
-      if s < self.num_scales - 1:
+      if s < self.num_resolutions - 1:
         u = DownShiftedConv(nf, (2, 3), (2, 2), transpose=True, dtype=dt)(u)
         ul = DownRightShiftedConv(nf, (2, 2), (2, 2), transpose=True,
                                   dtype=dt)(ul)

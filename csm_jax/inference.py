@@ -1,0 +1,109 @@
+"""Inference from a trained work directory: build, restore, evaluate, sample.
+
+`build(config)` makes only what sampling and evaluation need (data, preprocessor,
+model, mesh): no loss, no optimizer state. `restore(inf, workdir)` reads parameters
+from the latest checkpoint into a target shaped by `jax.eval_shape` (no random
+initialization is run). `evaluate_workdir` and `sample_workdir` are what
+``python -m csm_jax.main --mode=eval|sample`` run; experiments call the same pieces.
+"""
+
+import dataclasses
+import json
+import os
+from typing import Any, Callable, Optional
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from csm_jax import checkpoints
+from csm_jax import data as data_lib
+from csm_jax import likelihood
+from csm_jax import losses
+from csm_jax import models
+from csm_jax import plotting
+from csm_jax import sampling
+from csm_jax import sharding as sharding_lib
+from csm_jax import train
+
+
+@dataclasses.dataclass(frozen=True)
+class Inference:
+  """What sampling and evaluation of a trained model need."""
+  config: ml_collections.ConfigDict
+  mesh: Any
+  arrays: data_lib.Arrays
+  pre: data_lib.Preprocessor
+  model: models.ARModel
+
+
+def build(config, mesh=None) -> Inference:
+  """Data, preprocessor, model and mesh from a config (no loss, no optimizer)."""
+  arrays = data_lib.load_arrays(config.data)
+  model = models.get_model(config.model, arrays.shape)
+  train.check_model_data(config, model, arrays)
+  return Inference(config=config, mesh=mesh or sharding_lib.data_mesh(), arrays=arrays,
+                   pre=data_lib.get_preprocessor(config.data, arrays), model=model)
+
+
+def restore(inf: Inference, workdir: str, which: str = "ema_params"):
+  """(params, step) of the latest checkpoint in workdir/checkpoints, replicated.
+
+  `which` is 'ema_params' (what eval and sampling use) or 'params' (the raw last
+  iterate). Only that part of the checkpoint is read; its target shapes come from
+  `jax.eval_shape` of the model's init, so nothing is initialized.
+  """
+  if which not in ("ema_params", "params"):
+    raise ValueError(f"which must be 'ema_params' or 'params', got {which!r}")
+  repl = sharding_lib.replicated(inf.mesh)
+  shapes = jax.eval_shape(inf.model.init, jax.random.PRNGKey(0))
+  target = {which: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
+                                                               sharding=repl), shapes),
+            "step": jax.ShapeDtypeStruct((), np.int32, sharding=repl)}
+  ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                  inf.config.training.keep_checkpoints)
+  try:
+    if ckpt.latest_step() is None:
+      raise FileNotFoundError(f"no checkpoint in {ckpt.directory}; train first (--mode=train)")
+    restored = ckpt.restore_latest_partial(target)
+  finally:
+    ckpt.close()
+  return restored[which], int(restored["step"])
+
+
+def evaluate_workdir(config, workdir: str, log: Callable[[str], None] = logging.info) -> dict:
+  """Test loss over the whole test split and the test NLL (config.likelihood) of the
+  latest checkpoint's EMA parameters; written to workdir/eval_<step>.json."""
+  inf = build(config)
+  params, step = restore(inf, workdir)
+  bs = config.eval.batch_size
+  loss_fn = losses.get_loss_fn(config, inf.model)
+  evaluate = train.make_eval_fn(config, inf.model, inf.pre, inf.arrays.test, inf.mesh, loss_fn)
+  result = evaluate(params, num_batches=max(1, len(inf.arrays.test) // bs))
+  result["step"] = step
+  y = inf.pre(inf.arrays.test, data_lib.dequant_rng(config.seed + 2, 0))
+  result["likelihood"] = likelihood.nll_from_config(config, inf.model, params, y, inf.pre, log)
+  path = os.path.join(workdir, f"eval_{step:08d}.json")
+  with open(path, "w") as f:
+    json.dump(result, f, indent=2)
+  log(f"eval {json.dumps(result)} -> {path}")
+  return result
+
+
+def sample_workdir(config, workdir: str, log: Callable[[str], None] = logging.info,
+                   rng: Optional[jax.Array] = None) -> str:
+  """config.sampling.num_samples samples of the latest checkpoint's EMA parameters;
+  writes workdir/samples/samples_<step>.npy (model space) and .png; returns the base path."""
+  inf = build(config)
+  params, step = restore(inf, workdir)
+  sampler, info = sampling.make_sampler_from_config(config, inf.model, mesh=inf.mesh, log=log)
+  log(f"sampling with {json.dumps(info)}")
+  rng = jax.random.PRNGKey(config.seed + 20_000) if rng is None else rng
+  x = np.asarray(sampler(params, rng))
+  os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+  base = os.path.join(workdir, "samples", f"samples_{step:08d}")
+  np.save(base + ".npy", x)
+  plotting.save_samples(base + ".png", inf.pre.to_display(x), inf.arrays.shape, f"step {step}")
+  log(f"wrote {base}.png")
+  return base
