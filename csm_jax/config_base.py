@@ -218,7 +218,8 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
   """
   path, _, variant = spec.partition(":")
   if not os.path.exists(path):
-    candidate = os.path.join(REPO_CONFIGS, path if path.endswith(".py") else path + ".py")
+    name = os.path.basename(path)
+    candidate = os.path.join(REPO_CONFIGS, name if name.endswith(".py") else name + ".py")
     if not os.path.exists(candidate):
       raise FileNotFoundError(f"config file {path!r} not found (nor {candidate!r})")
     path = candidate

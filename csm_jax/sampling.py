@@ -254,7 +254,7 @@ def make_ancestral_sampler(model, num_samples: int, num_dims=None, chunk_dims=No
 
 def make_sampler_from_config(config, model, num_samples: Optional[int] = None, mesh=None,
                              num_dims=None, log: Optional[Callable[[str], None]] = None,
-                             **overrides):
+                             cached: bool = True, **overrides):
   """(params, rng) -> samples (N, D) for `model`, as config.sampling asks; returns
   (sampler, info) where info describes the choice (for logs and result files).
 
@@ -262,6 +262,7 @@ def make_sampler_from_config(config, model, num_samples: Optional[int] = None, m
   the cached-context annealed Langevin sampler on config.sampling.sigmas (default: the
   training noise schedule). Keyword `overrides` replace config.sampling fields
   (num_steps, step_lr, denoise, chunk_dims). With a `mesh` the batch is sharded over it.
+  `cached=False` gives the naive Langevin reference (full passes; for benchmarks).
   """
   s = config.sampling
   unknown = set(overrides) - {"num_steps", "step_lr", "denoise", "chunk_dims"}
@@ -281,10 +282,11 @@ def make_sampler_from_config(config, model, num_samples: Optional[int] = None, m
   if sigmas is None:
     raise ValueError("set sampling.sigmas (e.g. (1.0,)) for a model trained without noise "
                      "(noise.enabled=False)")
-  info = {"sampler": "cached-context annealed Langevin", "L": len(sigmas),
+  info = {"sampler": f"{'cached-context' if cached else 'naive'} annealed Langevin",
+          "L": len(sigmas),
           "T": opt["num_steps"], "step_lr": opt["step_lr"], "denoise": opt["denoise"],
           "sigmas": [float(v) for v in sigmas]}
   sampler = make_sampler(model, sigmas, n, opt["num_steps"], opt["step_lr"], opt["denoise"],
                          out_sharding=None if mesh is None else sharding_lib.batch_sharding(mesh),
-                         num_dims=num_dims, chunk_dims=chunk, log=log)
+                         cached=cached, num_dims=num_dims, chunk_dims=chunk, log=log)
   return sampler, info

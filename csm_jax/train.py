@@ -62,6 +62,13 @@ def init_state(model, optimizer, rng) -> TrainState:
                     opt_state=optimizer.init(params), bad_step=jnp.full((), -1, jnp.int32))
 
 
+def initial_state(s: "Setup") -> TrainState:
+  """The freshly initialized state of s.model (seed config.seed), replicated on s.mesh:
+  placed as the compiled step's outputs are, so the step compiles once."""
+  state = init_state(s.model, s.optimizer, jax.random.PRNGKey(s.config.seed))
+  return jax.device_put(state, sharding_lib.replicated(s.mesh))
+
+
 def _global_norm(tree):
   return jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(tree)))
 
@@ -233,7 +240,8 @@ def train_loop(s: Setup, workdir: Optional[str] = None,
   With a `workdir`: resumes from its latest checkpoint, saves every
   training.checkpoint_every steps (and at the end) and appends metrics to
   workdir/metrics.jsonl (and TensorBoard). `eval_fn(ema_params) -> dict` runs at step 0
-  (fresh runs), every `eval_every` steps (default training.eval_every) and at the end.
+  (fresh runs), every `eval_every` steps (default training.eval_every; 0: never) and at
+  the end.
   A non-finite loss or gradient stops training with FloatingPointError naming the step.
   `callbacks`: cb(step, state, metrics) after each logged step.
   info: compile_seconds, train_seconds (evaluation excluded), steps, final_loss and the
@@ -242,10 +250,14 @@ def train_loop(s: Setup, workdir: Optional[str] = None,
   config, t = s.config, s.config.training
   n = int(t.num_steps)
   eval_every = t.eval_every if eval_every is None else eval_every
+  for name, value, least in (("training.num_steps", n, 0), ("training.log_every", t.log_every, 1),
+                             ("training.checkpoint_every", t.checkpoint_every, 1),
+                             ("training.eval_every", eval_every, 0)):
+    if value < least:
+      raise ValueError(f"{name} must be >= {least}, got {value}")
   prefix = f"[{label}] " if label else ""
   repl = sharding_lib.replicated(s.mesh)
-  state = jax.device_put(init_state(s.model, s.optimizer, jax.random.PRNGKey(config.seed)),
-                         repl)
+  state = initial_state(s)
   ckpt = writer = None
   if workdir is not None:
     ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), t.keep_checkpoints)

@@ -11,85 +11,79 @@ the two samplers are also checked to agree on those dimensions (same random numb
 the difference is reported relative to the largest |x|, as float32 rounding grows with
 the samples of a random-init model).
 
-  python experiments/bench_sampling.py --out /tmp/bench_sampling.json
+  python -m experiments.bench_sampling --out /tmp/bench_sampling.json
+  python -m experiments.bench_sampling --out /tmp/b.json --config=configs/mnist_made.py \\
+      --config.model.hidden_sizes=64,64 --config.noise.num_levels=10 \\
+      --config.sampling.num_steps=10 --config.sampling.num_samples=16
+
+The model, the noise schedule (L = noise.num_levels), the sampler (T =
+sampling.num_steps, step_lr, denoise), the batch (sampling.num_samples) and the seed
+come from the config (default configs/mnist_made.py) and its ``--config.FIELD=value``
+overrides; parameters are a random init (the cost does not depend on their values).
 """
 
 import argparse
-import importlib.util
-import pathlib
-import sys
 import time
-
-if __package__ in (None, ""):  # run as a script: make the repository importable
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import jax
 import numpy as np
 
-from csm_jax import models, noise, sampling
+from csm_jax import config_base, models, sampling
 from experiments import common
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def load_config(path):
-  """get_config() of a configs/*.py file."""
-  spec = importlib.util.spec_from_file_location("bench_config", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
 
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--out", required=True, help="output JSON file")
-  p.add_argument("--config", default=str(REPO / "configs" / "mnist_made.py"))
-  p.add_argument("--batch", type=int, default=16)
-  p.add_argument("--num_scales", type=int, default=10, help="L")
-  p.add_argument("--n_steps", type=int, default=10, help="T, Langevin steps per level")
+  p.add_argument("--config", default="mnist_made", help="configs/NAME.py[:variant] or a path")
   p.add_argument("--naive_dims", type=int, default=4, help="k: naive timed on k dims")
   p.add_argument("--repeats", type=int, default=3)
-  p.add_argument("--hidden", default=None, help="override model.hidden_sizes, e.g. 64,64")
-  p.add_argument("--context_size", type=int, default=None)
   p.add_argument("--image_size", type=int, default=28, help="D = image_size^2 (smoke runs)")
-  p.add_argument("--seed", type=int, default=0)
-  return p.parse_args(argv)
+  return common.parse(p, argv, prefixes=("config",))
 
 
-def run(args):
-  cfg = load_config(args.config)
-  if args.hidden:
-    cfg.model.hidden_sizes = tuple(int(h) for h in args.hidden.split(","))
-  if args.context_size:
-    cfg.model.context_size = args.context_size
-  shape = (args.image_size, args.image_size, 1)
-  model = models.get_model(cfg.model, shape)
-  dim = model.dim
-  params = model.init(jax.random.PRNGKey(args.seed))
-  sigmas = noise.geometric_sigmas(cfg.noise.sigma_max, cfg.noise.sigma_min, args.num_scales)
-  k = min(args.naive_dims, dim)
-  kw = dict(num_samples=args.batch, sigmas=tuple(sigmas.tolist()), n_steps=args.n_steps,
-            step_lr=cfg.sampling.step_lr, denoise=cfg.sampling.denoise)
-  rng = jax.random.PRNGKey(args.seed + 1)
+def make_samplers(config, model, k):
+  """{name: jitted (params, rng) -> samples} and the Langevin settings: the full cached
+  sampler, and the naive and cached ones on the first k dimensions."""
+  cached, info = sampling.make_sampler_from_config(config, model, chunk_dims=0)
+  cached_k, _ = sampling.make_sampler_from_config(config, model, num_dims=k, chunk_dims=0)
+  naive_k, _ = sampling.make_sampler_from_config(config, model, num_dims=k, chunk_dims=0,
+                                                 cached=False)
+  return {"cached": cached, "naive_k": naive_k, "cached_k": cached_k}, info
 
-  fns = {
-      "cached": jax.jit(lambda p, r: sampling.sample(model, p, r, **kw)),
-      "naive_k": jax.jit(lambda p, r: sampling.naive_sample(model, p, r, num_dims=k, **kw)),
-      "cached_k": jax.jit(lambda p, r: sampling.sample(model, p, r, num_dims=k, **kw)),
-  }
-  compiled, compile_s = {}, {}
+
+def compile_all(fns, params, rng):
+  """({name: compiled}, {name: compile seconds})."""
+  compiled, seconds = {}, {}
   for name, f in fns.items():
     t0 = time.perf_counter()
     compiled[name] = f.lower(params, rng).compile()
-    compile_s[name] = time.perf_counter() - t0
-    print(f"compiled {name} in {compile_s[name]:.1f}s", flush=True)
+    seconds[name] = time.perf_counter() - t0
+    print(f"compiled {name} in {seconds[name]:.1f}s", flush=True)
+  return compiled, seconds
+
+
+def agreement(model, outs, k):
+  """Max |naive - cached| on the first k dimensions of the order, absolute and relative
+  to the sample scale: a random-init model's Langevin chain is not contracting, so
+  rounding differences (the head runs on (B, 1) vs (B, D) inputs) grow with |x|."""
+  first = model.order[:k]
+  diff = float(np.abs(outs["naive_k"][:, first] - outs["cached_k"][:, first]).max())
+  return diff, diff / max(float(np.abs(outs["naive_k"][:, first]).max()), 1e-30)
+
+
+def run(args, overrides):
+  cfg = common.apply(config_base.load_config(args.config), overrides["config"])
+  model = models.get_model(cfg.model, (args.image_size, args.image_size, 1))
+  dim = model.dim
+  params = model.init(jax.random.PRNGKey(cfg.seed))
+  rng = jax.random.PRNGKey(cfg.seed + 1)
+  k = min(args.naive_dims, dim)
+  fns, info = make_samplers(cfg, model, k)
+  compiled, compile_s = compile_all(fns, params, rng)
 
   outs = {name: np.asarray(c(params, rng)) for name, c in compiled.items()}  # warm-up
-  first = model.order[:k]
-  agree = float(np.abs(outs["naive_k"][:, first] - outs["cached_k"][:, first]).max())
-  # relative to the sample scale: a random-init model's Langevin chain is not contracting,
-  # so rounding differences (the head runs on (B, 1) vs (B, D) inputs) grow with |x|
-  agree_rel = agree / max(float(np.abs(outs["naive_k"][:, first]).max()), 1e-30)
+  agree, agree_rel = agreement(model, outs, k)
   print(f"naive vs cached on the first {k} dims: max |diff| = {agree:.2e} "
         f"({agree_rel:.1e} of max |x|)", flush=True)
 
@@ -99,7 +93,7 @@ def run(args):
   med, all_times = common.time_interleaved(thunks, repeats=args.repeats, inner=1)
   naive_full = med["naive_k"] * dim / k
   speedup = naive_full / med["cached"]
-  n_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(params))
+  num_l, num_t, batch = info["L"], info["T"], cfg.sampling.num_samples
   result = {
       "what": "cached-context vs naive 1-D annealed Langevin sampler (Meng et al. 2020, "
               "Sec. 4.2), jit-compiled, median seconds after compilation, timed round robin",
@@ -115,15 +109,16 @@ def run(args):
       "compile_seconds": compile_s,
       "all_times": all_times,
       "timing_wall_seconds": float(time.perf_counter() - t0),
-      "config": {"config_file": str(args.config), "dim": dim, "batch": args.batch,
-                 "num_scales_L": args.num_scales, "n_steps_T": args.n_steps,
-                 "sigmas": sigmas.tolist(), "hidden_sizes": list(cfg.model.hidden_sizes),
+      "config": {"config_file": args.config, "overrides": overrides["config"], "dim": dim,
+                 "batch": batch, "num_levels_L": num_l, "num_steps_T": num_t,
+                 "sigmas": info["sigmas"], "hidden_sizes": list(cfg.model.hidden_sizes),
                  "context_size": cfg.model.context_size, "head": cfg.model.head,
-                 "head_hidden": list(cfg.model.head_hidden), "parameters": n_params,
+                 "head_hidden": list(cfg.model.head_hidden),
+                 **models.count_parameters(params, model),
                  "params": "random init (cost does not depend on the values)"},
-      "evaluations": {"cached": f"{dim} context passes + {dim * args.num_scales * args.n_steps}"
+      "evaluations": {"cached": f"{dim} context passes + {dim * num_l * num_t}"
                                 f" head passes on 1 dim",
-                      "naive": f"{dim * args.num_scales * args.n_steps} full passes "
+                      "naive": f"{dim * num_l * num_t} full passes "
                                f"(context + head on all {dim} dims)"},
       "machine": common.machine(),
   }
@@ -134,7 +129,7 @@ def run(args):
 
 
 def main(argv=None):
-  return run(parse_args(argv))
+  return run(*parse_args(argv))
 
 
 if __name__ == "__main__":

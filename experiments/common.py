@@ -75,3 +75,19 @@ def machine() -> dict:
   d = jax.devices()[0]
   return {"backend": jax.default_backend(), "device": getattr(d, "device_kind", str(d)),
           "device_count": jax.device_count(), "jax": jax.__version__, "cpu_count": os.cpu_count()}
+
+
+def is_set(overrides: Sequence[str], field: str) -> bool:
+  """Whether the 'a.b=value' overrides set `field` ('a.b')."""
+  return any(o.split("=", 1)[0] == field for o in overrides)
+
+
+def follow_num_steps(config, overrides: Sequence[str], log_reports: int):
+  """Warm-up (min(100, steps/10 + 1)) and logging cadence (about `log_reports` lines)
+  derived from training.num_steps, unless the overrides set them; returns the config."""
+  n = config.training.num_steps
+  if not is_set(overrides, "optim.warmup_steps"):
+    config.optim.warmup_steps = min(100, n // 10 + 1)
+  if not is_set(overrides, "training.log_every"):
+    config.training.log_every = max(1, n // log_reports)
+  return config

@@ -30,7 +30,6 @@ variance of its gradient. (Exact SM equals noise-free CSM draw by draw on an AR-
 
 import argparse
 import functools
-import json
 import math
 import os
 import sys
@@ -43,7 +42,10 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from csm_jax import losses
-from csm_jax.models import score_nets
+from csm_jax import models
+from csm_jax import train
+from experiments import common
+from experiments import matched_sizes
 
 
 def parse_args(argv=None):
@@ -88,96 +90,81 @@ def rel_fisher(model, params, x, var):
 
 def build_runs(args):
   """{run name: (objective, net, model, loss_fn)}; CSM first."""
-  ar, mlp = score_nets.matched_pair(args.dim, args.hidden, args.context_size,
-                                    _head_hidden(args), args.activation)
+  ar, mlp = matched_sizes.matched_pair(args.dim, args.hidden, args.context_size,
+                                       _head_hidden(args), args.activation)
   nets = {"made": ar, "mlp": mlp}
   runs = {"csm-made": ("csm", "made", ar, functools.partial(losses.csm_loss, ar, None))}
   for net in [n for n in args.nets.split(",") if n]:
     if net not in nets:
       raise ValueError(f"unknown net {net!r}; known: {sorted(nets)}")
     m = nets[net]
-    runs[f"ssm-{net}"] = ("ssm", net, m, functools.partial(losses.ssm_loss, m, n_projections=1))
+    runs[f"ssm-{net}"] = ("ssm", net, m, functools.partial(losses.ssm_loss, m, num_projections=1))
     for sigma in [float(s) for s in args.dsm_sigmas.split(",") if s]:
       runs[f"dsm_{sigma:g}-{net}"] = (f"dsm_{sigma:g}", net, m,
                                        functools.partial(losses.dsm_loss, m, sigma=sigma))
   return runs
 
 
-_EVALUATORS = {}
-_INITS = {}
-
-
-def _initial_params(model, rng):
-  """The same initialization for every run that trains this network (compiled once)."""
-  key = (id(model), str(jax.random.key_data(rng).tolist()))
-  if key not in _INITS:
-    _INITS[key] = (model, score_nets.init_params(model, rng))
-  return _INITS[key][1]
-
-
-def _evaluator(model, x_eval, var):
-  """A jitted params -> relative Fisher divergence, compiled once per model."""
-  key = (id(model), id(x_eval), var)
-  if key not in _EVALUATORS:
-    _EVALUATORS[key] = (model, x_eval, jax.jit(lambda p: rel_fisher(model, p, x_eval, var)))
-  return _EVALUATORS[key][2]
-
-
 def make_step(loss_fn, optimizer, batch, dim, std, data_key, loss_key):
-  """Step i: a fresh batch x_i ~ N(0, std^2 I) (the same stream for every run) + Adam."""
+  """Step i: the library's update on a fresh batch x_i ~ N(0, std^2 I) (the same stream
+  for every run) with loss randomness from step i."""
+  update = train.make_update_step(loss_fn, optimizer)
 
   def step(params, opt_state, i):
     x = std * jax.random.normal(jax.random.fold_in(data_key, i), (batch, dim))
-    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        params, x, jax.random.fold_in(loss_key, i), True)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+    return update(params, opt_state, x, jax.random.fold_in(loss_key, i))
 
   return step
 
 
-def train_run(name, model, loss_fn, args, x_eval, progress):
-  """Trains one run; returns its record and final parameters."""
+def _compiled_step(loss_fn, args, params):
+  """(jitted step(params, opt_state, i), opt_state); no donation: the initial parameters
+  are shared by every run that trains this network."""
   key = jax.random.key(args.seed)
-  params = _initial_params(model, jax.random.fold_in(key, 0))
   optimizer = optax.adam(args.lr)
   opt_state = optimizer.init(params)
   step = jax.jit(make_step(loss_fn, optimizer, args.batch, args.dim, args.std,
                            jax.random.fold_in(key, 1), jax.random.fold_in(key, 2)))
-  step = step.lower(params, opt_state, jnp.zeros((), jnp.int32)).compile()
-  evaluate = _evaluator(model, x_eval, args.std ** 2)
-  eval_steps, eval_seconds, errors = [0], [0.0], [float(evaluate(params))]
-  step_losses, train_seconds = [], 0.0
-  report_every = max(1, args.steps // 5)
-  for start in range(0, args.steps, args.eval_every):
-    t0 = time.perf_counter()
-    for i in range(start, min(start + args.eval_every, args.steps)):
-      params, opt_state, loss = step(params, opt_state, jnp.asarray(i, jnp.int32))
-      step_losses.append(loss)
-    jax.block_until_ready(params)
-    train_seconds += time.perf_counter() - t0
-    done = min(start + args.eval_every, args.steps)
-    eval_steps.append(done)
-    eval_seconds.append(train_seconds)
-    errors.append(float(evaluate(params)))
-    if done // report_every != start // report_every or done == args.steps:
-      progress(name, done, float(step_losses[-1]), errors[-1], train_seconds)
-  losses_np = np.asarray(jax.device_get(jnp.stack(step_losses)), np.float64)
+  return step.lower(params, opt_state, jnp.zeros((), jnp.int32)).compile(), opt_state
+
+
+def _summary(curve, step_losses, args):
+  """The run's record from its evaluation curve (steps, seconds, errors) and losses."""
+  eval_steps, eval_seconds, errors = curve
   hit = next((k for k, e in enumerate(errors) if e <= args.threshold), None)
-  rec = {
-      "params": score_nets.num_params(params),
-      "eval_steps": eval_steps,
-      "eval_seconds": eval_seconds,
-      "rel_fisher": errors,
-      "loss": losses_np.tolist(),
-      "final_rel_fisher": errors[-1],
-      "min_rel_fisher": float(min(errors)),
-      "train_seconds": train_seconds,
-      "seconds_per_step": train_seconds / max(1, args.steps),
+  return {
+      "eval_steps": eval_steps, "eval_seconds": eval_seconds, "rel_fisher": errors,
+      "loss": np.asarray(jax.device_get(jnp.stack(step_losses)), np.float64).tolist(),
+      "final_rel_fisher": errors[-1], "min_rel_fisher": float(min(errors)),
+      "train_seconds": eval_seconds[-1],
+      "seconds_per_step": eval_seconds[-1] / max(1, args.steps),
       "threshold": args.threshold,
       "steps_to_threshold": eval_steps[hit] if hit is not None else None,
       "seconds_to_threshold": eval_seconds[hit] if hit is not None else None,
   }
+
+
+def train_run(name, model, loss_fn, params, evaluate, args, progress):
+  """Trains one run from `params`, evaluating every args.eval_every steps (evaluation
+  and compile not timed); returns its record and final parameters."""
+  step, opt_state = _compiled_step(loss_fn, args, params)
+  curve = ([0], [0.0], [float(evaluate(params))])
+  step_losses, train_seconds = [], 0.0
+  report_every = max(1, args.steps // 5)
+  for start in range(0, args.steps, args.eval_every):
+    t0 = time.perf_counter()
+    done = min(start + args.eval_every, args.steps)
+    for i in range(start, done):
+      params, opt_state, loss = step(params, opt_state, jnp.asarray(i, jnp.int32))
+      step_losses.append(loss)
+    jax.block_until_ready(params)
+    train_seconds += time.perf_counter() - t0
+    for values, v in zip(curve, (done, train_seconds, float(evaluate(params)))):
+      values.append(v)
+    if done // report_every != start // report_every or done == args.steps:
+      progress(name, done, float(step_losses[-1]), curve[2][-1], train_seconds)
+  rec = dict(_summary(curve, step_losses, args),
+             params=models.count_parameters(params, model)["parameters"])
   return rec, params
 
 
@@ -186,8 +173,8 @@ def variance_objectives(model, dsm_sigmas, include_sm=False):
   objs = {"sm": functools.partial(losses.sm_loss, model)} if include_sm else {}
   objs.update({
       "csm": functools.partial(losses.csm_loss, model, None),
-      "ssm": functools.partial(losses.ssm_loss, model, n_projections=1),
-      "ssm_rademacher": functools.partial(losses.ssm_loss, model, n_projections=1,
+      "ssm": functools.partial(losses.ssm_loss, model, num_projections=1),
+      "ssm_rademacher": functools.partial(losses.ssm_loss, model, num_projections=1,
                                           distribution="rademacher"),
   })
   for sigma in dsm_sigmas:
@@ -298,62 +285,79 @@ def plot(results, out_dir):
   plt.close(fig)
 
 
-def run(args):
-  os.makedirs(args.out, exist_ok=True)
-  t_start = time.time()
-  var = args.std ** 2
+def _progress(k, num_runs, args, t_start):
+  """Prints one run's progress with an ETA over all runs."""
+
+  def report(run_name, step, loss, err, secs):
+    elapsed = time.time() - t_start
+    frac = (k + step / args.steps) / num_runs
+    eta = elapsed / frac * (1 - frac) if frac > 0 else float("nan")
+    print(f"[run {k + 1}/{num_runs} {run_name:>14s}] step {step:6d}/{args.steps}  "
+          f"loss {loss:12.4g}  rel err {err:8.4f}  train {secs:6.1f}s  "
+          f"(elapsed {elapsed:5.0f}s, ETA ~{eta:5.0f}s)", flush=True)
+
+  return report
+
+
+def train_all(runs, args, results, write, t_start):
+  """Trains every run into results['runs'] (writing after each); returns
+  ({name: (model, final params)}, {net: initial params})."""
   x_eval = args.std * jax.random.normal(jax.random.key(args.seed + 12345),
                                         (args.num_eval, args.dim))
-  runs = build_runs(args)
-  results = {"config": dict(vars(args), device=str(jax.devices()[0]), jax=jax.__version__),
-             "runs": {}, "variance": {}}
-  print(f"{len(runs)} runs x {args.steps} steps, D={args.dim}, batch={args.batch}", flush=True)
-  trained = {}
-
+  init_key = jax.random.fold_in(jax.random.key(args.seed), 0)
+  inits, evaluators, trained = {}, {}, {}
   for k, (name, (objective, net, model, loss_fn)) in enumerate(runs.items()):
-
-    def progress(run_name, step, loss, err, secs, k=k):
-      elapsed = time.time() - t_start
-      frac = (k + step / args.steps) / len(runs)
-      eta = elapsed / frac * (1 - frac) if frac > 0 else float("nan")
-      print(f"[run {k + 1}/{len(runs)} {run_name:>14s}] step {step:6d}/{args.steps}  "
-            f"loss {loss:12.4g}  rel err {err:8.4f}  train {secs:6.1f}s  "
-            f"(elapsed {elapsed:5.0f}s, ETA ~{eta:5.0f}s)", flush=True)
-
-    rec, params = train_run(name, model, loss_fn, args, x_eval, progress)
+    if net not in inits:  # one initialization and one compiled evaluator per network
+      inits[net] = model.init(init_key)
+      evaluators[net] = jax.jit(functools.partial(rel_fisher, model, x=x_eval,
+                                                  var=args.std ** 2))
+    rec, params = train_run(name, model, loss_fn, inits[net], evaluators[net], args,
+                            _progress(k, len(runs), args, t_start))
     rec.update(objective=objective, net=net)
     if objective.startswith("dsm_"):
       sigma = float(objective[4:])
-      rec["dsm_sigma"] = sigma
-      rec["dsm_bias_floor"] = (sigma ** 2 / (var + sigma ** 2)) ** 2
+      rec.update(dsm_sigma=sigma, dsm_bias_floor=(sigma ** 2 / (args.std ** 2 + sigma ** 2)) ** 2)
     results["runs"][name] = rec
     trained[name] = (model, params)
-    with open(os.path.join(args.out, "convergence.json"), "w") as f:
-      json.dump(results, f)
+    write(results)
+  return trained, inits
 
-  print("loss variance at fixed AR-CSM parameters ...", flush=True)
-  ar_model, ar_trained = trained["csm-made"]
+
+def variance_study(ar_model, ar_init, ar_trained, args):
+  """loss_variance at the AR-CSM's initialization and at its CSM-trained parameters."""
   objectives = variance_objectives(
       ar_model, [float(s) for s in args.dsm_sigmas.split(",") if s], bool(args.variance_sm))
-  fixed = {"init": _initial_params(ar_model, jax.random.fold_in(jax.random.key(args.seed), 0)),
-           "csm_trained": ar_trained}
-  results["variance"] = loss_variance(ar_model, fixed, objectives, args,
-                                      jax.random.key(args.seed + 777))
+  fixed = {"init": ar_init, "csm_trained": ar_trained}
+  out = loss_variance(ar_model, fixed, objectives, args, jax.random.key(args.seed + 777))
   for g in fixed:
     print(f"  params={g}: " + ", ".join(f"{o} var {v['var']:.3g}"
-                                         for o, v in results["variance"][g].items()), flush=True)
-  _INITS.clear()
-  _EVALUATORS.clear()
-  results["wall_seconds"] = time.time() - t_start
-  with open(os.path.join(args.out, "convergence.json"), "w") as f:
-    json.dump(results, f)
-  plot(results, args.out)
+                                         for o, v in out[g].items()), flush=True)
+  return out
 
-  print(f"\n{'run':>16s} {'final rel err':>14s} {'s/step':>9s} {'to ' + str(args.threshold):>14s}")
+
+def _print_table(results, threshold):
+  print(f"\n{'run':>16s} {'final rel err':>14s} {'s/step':>9s} {'to ' + str(threshold):>14s}")
   for name, r in results["runs"].items():
     hit = (f"{r['seconds_to_threshold']:.1f}s (step {r['steps_to_threshold']})"
            if r["seconds_to_threshold"] is not None else "never")
     print(f"{name:>16s} {r['final_rel_fisher']:14.4g} {r['seconds_per_step']:9.4f} {hit:>14s}")
+
+
+def run(args):
+  os.makedirs(args.out, exist_ok=True)
+  t_start = time.time()
+  write = lambda r: common.write_json(os.path.join(args.out, "convergence.json"), r)
+  runs = build_runs(args)
+  results = {"config": dict(vars(args), **common.machine()), "runs": {}, "variance": {}}
+  print(f"{len(runs)} runs x {args.steps} steps, D={args.dim}, batch={args.batch}", flush=True)
+  trained, inits = train_all(runs, args, results, write, t_start)
+  print("loss variance at fixed AR-CSM parameters ...", flush=True)
+  ar_model, ar_trained = trained["csm-made"]
+  results["variance"] = variance_study(ar_model, inits["made"], ar_trained, args)
+  results["wall_seconds"] = time.time() - t_start
+  write(results)
+  plot(results, args.out)
+  _print_table(results, args.threshold)
   print(f"wrote {args.out}/convergence.json, convergence_loss.png, convergence_error.png, "
         f"loss_variance.png in {results['wall_seconds']:.0f}s", flush=True)
   return results

@@ -18,7 +18,6 @@ exceed the time or memory budget are written as {"skipped": reason}.
 
 import argparse
 import functools
-import json
 import os
 import sys
 import time
@@ -29,7 +28,10 @@ import numpy as np
 import optax
 
 from csm_jax import losses
-from csm_jax.models import score_nets
+from csm_jax import models
+from csm_jax import train
+from experiments import common
+from experiments import matched_sizes
 
 METHODS = ("sm", "ssm", "dsm", "csm")
 DEFAULT_DIMS = "2,10,50,100,200,500,1000,2000"
@@ -89,13 +91,13 @@ def _flops(compiled):
 
 def make_loss(method, dim, args):
   """(model, loss_fn(params, x, rng, train)) for one method at dimension `dim`."""
-  ar, mlp = score_nets.matched_pair(
+  ar, mlp = matched_sizes.matched_pair(
       dim, args.hidden, args.context_size,
       tuple(int(h) for h in args.head_hidden.split(",") if h), args.activation)
   if method == "sm":
     return mlp, functools.partial(losses.sm_loss, mlp, chunk_size=args.sm_chunk_size)
   if method == "ssm":
-    return mlp, functools.partial(losses.ssm_loss, mlp, n_projections=1)
+    return mlp, functools.partial(losses.ssm_loss, mlp, num_projections=1)
   if method == "dsm":
     return mlp, functools.partial(losses.dsm_loss, mlp, sigma=args.dsm_sigma)
   if method == "csm":
@@ -103,36 +105,47 @@ def make_loss(method, dim, args):
   raise ValueError(f"unknown method {method!r}")
 
 
-def make_step(loss_fn, optimizer):
-  """One training step: value, gradient and Adam update."""
-
-  def step(params, opt_state, x, rng):
-    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, rng, True)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  return step
-
-
 def _init(model, rng, cache):
   """Parameters of `model`, shared by the methods that train the same network."""
   key = (type(model).__name__, model.dim)
-  if cache is None or key not in cache:
-    params = score_nets.init_params(model, rng)
-    if cache is None:
-      return params
+  if key not in cache:
     cache.clear()  # hold one network's parameters at a time (memory at large D)
-    cache[key] = params
+    cache[key] = model.init(rng)
   return cache[key]
+
+
+def _skip_reason(rec, args, flop_rate):
+  """Why a compiled point is not run (memory or predicted time over budget), or None."""
+  if rec["temp_bytes"] is not None and rec["temp_bytes"] > args.max_temp_gb * 2 ** 30:
+    return (f"compiled temp memory {rec['temp_bytes'] / 2 ** 30:.1f} GiB > "
+            f"--max_temp_gb={args.max_temp_gb}")
+  if flop_rate and rec["flops"]:
+    rec["predicted_step_seconds"] = predicted = rec["flops"] / flop_rate
+    if predicted > args.max_step_seconds:
+      return (f"predicted {predicted:.1f} s/step (XLA flops / flop rate of the previous "
+              f"point) > --max_step_seconds={args.max_step_seconds}")
+  return None
+
+
+def _time_steps(compiled, params, opt_state, x, rng, args):
+  """(median seconds per step, steps timed, final loss) after one warm-up step."""
+  state = jax.block_until_ready(compiled(params, opt_state, x, rng))
+  times = []
+  budget_end = time.perf_counter() + args.point_budget
+  while len(times) < args.steps and (len(times) < args.min_steps
+                                     or time.perf_counter() < budget_end):
+    t = time.perf_counter()
+    state = jax.block_until_ready(compiled(state[0], state[1], x, rng))
+    times.append(time.perf_counter() - t)
+  return float(np.median(times)), len(times), float(state[2])
 
 
 def measure_point(method, dim, args, flop_rate=None, cache=None):
   """Compiles and times one (method, D) point; returns its record (or a skip reason)."""
   model, loss_fn = make_loss(method, dim, args)
   rng = jax.random.key(args.seed)
-  params = _init(model, rng, cache)
-  n_params = score_nets.num_params(params)
-  rec = {"params": n_params}
+  params = _init(model, rng, {} if cache is None else cache)
+  rec = {"params": models.count_parameters(params, model)["parameters"]}
   if method == "sm" and args.sm_max_dim is not None and dim > args.sm_max_dim:
     return dict(rec, skipped=f"D={dim} > --sm_max_dim={args.sm_max_dim}")
   optimizer = optax.adam(1e-3)
@@ -140,40 +153,21 @@ def measure_point(method, dim, args, flop_rate=None, cache=None):
   x = jax.random.normal(jax.random.fold_in(rng, 1), (args.batch, dim), jnp.float32)
   step_rng = jax.random.fold_in(rng, 2)
   t0 = time.perf_counter()
-  try:
-    compiled = jax.jit(make_step(loss_fn, optimizer)).lower(
+  try:  # no donation: the parameters are shared with the next method on this network
+    compiled = jax.jit(train.make_update_step(loss_fn, optimizer)).lower(
         params, opt_state, x, step_rng).compile()
   except Exception as e:  # pylint: disable=broad-except  (e.g. out of memory while compiling)
     return dict(rec, skipped=f"compile failed: {type(e).__name__}: {str(e)[:200]}")
-  rec["compile_seconds"] = time.perf_counter() - t0
-  rec.update(_mem_stats(compiled))
-  rec["flops"] = _flops(compiled)
-  if rec["temp_bytes"] is not None and rec["temp_bytes"] > args.max_temp_gb * 2 ** 30:
-    return dict(rec, skipped=f"compiled temp memory {rec['temp_bytes'] / 2 ** 30:.1f} GiB > "
-                f"--max_temp_gb={args.max_temp_gb}")
-  if flop_rate and rec["flops"]:
-    predicted = rec["flops"] / flop_rate
-    rec["predicted_step_seconds"] = predicted
-    if predicted > args.max_step_seconds:
-      return dict(rec, skipped=f"predicted {predicted:.1f} s/step (XLA flops / flop rate of "
-                  f"the previous point) > --max_step_seconds={args.max_step_seconds}")
+  rec.update(compile_seconds=time.perf_counter() - t0, flops=_flops(compiled),
+             **_mem_stats(compiled))
+  reason = _skip_reason(rec, args, flop_rate)
+  if reason:
+    return dict(rec, skipped=reason)
   try:
-    state = compiled(params, opt_state, x, step_rng)  # warm-up
-    jax.block_until_ready(state)
-    times = []
-    budget_end = time.perf_counter() + args.point_budget
-    while len(times) < args.steps and (len(times) < args.min_steps
-                                       or time.perf_counter() < budget_end):
-      t = time.perf_counter()
-      state = compiled(state[0], state[1], x, step_rng)
-      jax.block_until_ready(state)
-      times.append(time.perf_counter() - t)
+    seconds, steps, loss = _time_steps(compiled, params, opt_state, x, step_rng, args)
   except Exception as e:  # pylint: disable=broad-except  (e.g. RESOURCE_EXHAUSTED at run time)
     return dict(rec, skipped=f"step failed: {type(e).__name__}: {str(e)[:200]}")
-  rec["step_seconds"] = float(np.median(times))
-  rec["timed_steps"] = len(times)
-  rec["final_loss"] = float(state[2])
-  return rec
+  return dict(rec, step_seconds=seconds, timed_steps=steps, final_loss=loss)
 
 
 def plot(results, path):
@@ -215,24 +209,35 @@ def ratios(results, d_lo, d_hi):
   return out
 
 
-def run(args):
+def _describe(rec):
+  if "skipped" in rec:
+    return f"skipped: {rec['skipped']}"
+  temp = rec["temp_bytes"] / 2 ** 20 if rec["temp_bytes"] is not None else float("nan")
+  return (f"{rec['step_seconds'] * 1e3:9.2f} ms/step ({rec['timed_steps']} steps)  "
+          f"temp {temp:8.2f} MiB  params {rec['params']}")
+
+
+def _parse_lists(args):
   dims = [int(d) for d in args.dims.split(",") if d]
   methods = [m for m in args.methods.split(",") if m]
   for m in methods:
     if m not in METHODS:
       raise ValueError(f"unknown method {m!r}; known: {METHODS}")
-  os.makedirs(args.out, exist_ok=True)
+  return dims, methods
+
+
+def measure_all(dims, methods, args, write):
+  """{method: {str(D): record}}; write(results) after each point. SM is not run again
+  once it was over budget at a smaller D (its cost only grows with D)."""
   results = {m: {} for m in methods}
   flop_rate = {m: None for m in methods}
-  sm_skipped_from = None
-  cache = {}
+  sm_skipped_from, cache = None, {}
   total, done, t_start = len(dims) * len(methods), 0, time.time()
-  print(f"devices: {jax.devices()}  batch={args.batch} hidden={args.hidden}", flush=True)
   for dim in dims:
     for method in methods:
       if method == "sm" and sm_skipped_from is not None:
         model, _ = make_loss(method, dim, args)
-        rec = {"params": score_nets.mlp_param_count(dim, model.net.hidden_sizes),
+        rec = {"params": matched_sizes.mlp_param_count(dim, model.net.hidden_sizes),
                "skipped": f"SM already over budget at D={sm_skipped_from} (cost grows with D)"}
       else:
         rec = measure_point(method, dim, args, flop_rate[method], cache)
@@ -243,28 +248,28 @@ def run(args):
       results[method][str(dim)] = rec
       done += 1
       elapsed = time.time() - t_start
-      eta = elapsed / done * (total - done)
-      if "skipped" in rec:
-        what = f"skipped: {rec['skipped']}"
-      else:
-        temp = rec["temp_bytes"] / 2 ** 20 if rec["temp_bytes"] is not None else float("nan")
-        what = (f"{rec['step_seconds'] * 1e3:9.2f} ms/step ({rec['timed_steps']} steps)  "
-                f"temp {temp:8.2f} MiB  params {rec['params']}")
-      print(f"[{done:2d}/{total}] {method:>3s} D={dim:5d}  {what}  "
-            f"(elapsed {elapsed:5.0f}s, ETA {eta:5.0f}s)", flush=True)
-      with open(os.path.join(args.out, "scaling.json"), "w") as f:
-        json.dump(results, f, indent=1)
+      print(f"[{done:2d}/{total}] {method:>3s} D={dim:5d}  {_describe(rec)}  (elapsed "
+            f"{elapsed:5.0f}s, ETA {elapsed / done * (total - done):5.0f}s)", flush=True)
+      write(results)
+  return results
+
+
+def run(args):
+  dims, methods = _parse_lists(args)
+  os.makedirs(args.out, exist_ok=True)
+  t_start = time.time()
+  print(f"devices: {jax.devices()}  batch={args.batch} hidden={args.hidden}", flush=True)
+  results = measure_all(dims, methods, args, lambda r: common.write_json(
+      os.path.join(args.out, "scaling.json"), r))
   plot(results, os.path.join(args.out, "scaling.png"))
-  meta = {"args": vars(args), "jax": jax.__version__, "device": str(jax.devices()[0]),
-          "wall_seconds": time.time() - t_start}
+  meta = {"args": vars(args), "machine": common.machine(), "wall_seconds": time.time() - t_start}
   if len(dims) >= 2:
     lo = 10 if 10 in dims else dims[0]
     hi = 1000 if 1000 in dims else dims[-1]
-    meta[f"step_ratio_D{hi}_over_D{lo}"] = ratios(results, lo, hi)
+    r = meta[f"step_ratio_D{hi}_over_D{lo}"] = ratios(results, lo, hi)
     print(f"step time ratio D={hi} / D={lo}: " + ", ".join(
-        f"{m}={r:.1f}x" if r else f"{m}=n/a" for m, r in meta[f"step_ratio_D{hi}_over_D{lo}"].items()))
-  with open(os.path.join(args.out, "scaling_meta.json"), "w") as f:
-    json.dump(meta, f, indent=1)
+        f"{m}={v:.1f}x" if v else f"{m}=n/a" for m, v in r.items()))
+  common.write_json(os.path.join(args.out, "scaling_meta.json"), meta)
   print(f"wrote {args.out}/scaling.json, scaling_meta.json, scaling.png "
         f"in {time.time() - t_start:.0f}s", flush=True)
   return results

@@ -15,33 +15,41 @@ DSM and SSM match the score of the model's joint density, grad_x log q(x) (the m
 normalized), by default (`--sm_target joint`); `--sm_target conditional` applies them
 to the vector of conditional scores instead, as `losses.py` does for AR models.
 
-  python experiments/mnist_nll.py --out /tmp/mnist_nll        # CPU defaults, < 30 min
+  python -m experiments.mnist_nll --out /tmp/mnist_nll        # CPU defaults, < 30 min
   # full length (GPU):
-  python experiments/mnist_nll.py --out DIR --hidden 1024,1024 --context_size 16 \\
-      --head_hidden 64,64 --batch_size 100 --steps 20000 --eval_every 1000 \\
-      --num_eval 10000 --num_quadrature 10000 --num_val 1000 --num_points 2049
-Writes DIR/mnist_nll.json, DIR/mnist_nll_curves.png, DIR/mnist_nll_arcsm.png and
-DIR/mnist_samples.png.
+  python -m experiments.mnist_nll --out DIR --config.model.hidden_sizes=1024,1024 \\
+      --config.model.context_size=16 --config.model.head_hidden=64,64 \\
+      --config.training.batch_size=100 --config.training.num_steps=20000 \\
+      --config.training.eval_every=1000 --num_eval 10000 --num_quadrature 10000 \\
+      --num_val 1000 --num_points 2049
+
+The runs are the variants of configs/mnist_nll.py (gaussian_{mle,csm,dsm,ssm}, arcsm_csm,
+mol_mle). ``--config.FIELD=value`` sets a field of every run, ``--gaussian.FIELD=value``,
+``--arcsm.FIELD=value`` or ``--mol.FIELD=value`` of those runs only (after --config), e.g.
+``--arcsm.training.num_steps=3000`` or ``--config.data.data_dir=DIR`` (tfds data; default
+$TFDS_DATA_DIR). loss.dsm_sigma is set per --dsm_sigmas entry. Derived settings:
+optim.warmup_steps = min(100, num_steps // 10 + 1) and training.log_every =
+num_steps // 6 follow each run's training.num_steps unless they are set themselves.
+The data and the fixed dequantization of the test images (seed + 1) follow --config.*;
+the validation images (seed + 2) and the samples (seed + 3) the AR-CSM run's seed.
+Writes DIR/mnist_nll.json and DIR/mnist_nll_curves.png after each run, then
+DIR/mnist_nll_arcsm.png and DIR/mnist_samples.png.
 """
 
 import argparse
+import dataclasses
 import os
-import pathlib
-import sys
 import time
-
-if __package__ in (None, ""):  # run as a script: make the repository importable
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import jax
 import numpy as np
 
-from csm_jax import datasets, likelihood, losses, noise, plotting, sampling, train
-from csm_jax.config_base import default_config
+from csm_jax import config_base, likelihood, losses, noise, plotting, sampling, train
+from csm_jax import data as data_lib
 from experiments import common
-from experiments.toy2d import count_parameters, fit
 
 plt = plotting.plt
+FAMILIES = ("gaussian", "arcsm", "mol")
 
 
 class JointScore:
@@ -63,97 +71,32 @@ class JointScore:
     return jax.grad(f)(x)
 
 
-def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--out", required=True, help="output directory")
-  p.add_argument("--methods", default="mle,csm,dsm,ssm", help="Gaussian MADE objectives")
-  p.add_argument("--dsm_sigmas", default="0.01,0.05,0.1")
-  p.add_argument("--sm_target", choices=["joint", "conditional"], default="joint")
-  p.add_argument("--arcsm", type=int, default=1, help="1: AR-CSM + MoL quadrature comparison")
-  p.add_argument("--hidden", default="256", help="MADE hidden sizes, e.g. 1024,1024")
-  p.add_argument("--context_size", type=int, default=4)
-  p.add_argument("--head_hidden", default="32,32", help="AR-CSM score head")
-  p.add_argument("--num_mixtures", type=int, default=10)
-  p.add_argument("--steps", type=int, default=1500)
-  p.add_argument("--arcsm_steps", type=int, default=0, help="0: --steps")
-  p.add_argument("--batch_size", type=int, default=64)
-  p.add_argument("--lr", type=float, default=1e-3)
-  p.add_argument("--ema_decay", type=float, default=0.99)
-  p.add_argument("--sigma_max", type=float, default=5.0, help="AR-CSM noise schedule")
-  p.add_argument("--sigma_min", type=float, default=0.05)
-  p.add_argument("--num_scales", type=int, default=10)
-  p.add_argument("--eval_every", type=int, default=150)
-  p.add_argument("--num_eval", type=int, default=500, help="test images per curve point")
-  p.add_argument("--num_final", type=int, default=10000, help="test images, final exact NLL")
-  p.add_argument("--num_quadrature", type=int, default=100, help="test images, quadrature")
-  p.add_argument("--holdout", type=int, default=1000, help="train images held out (validation)")
-  p.add_argument("--num_val", type=int, default=20, help="validation images to pick sigma*")
-  p.add_argument("--num_points", type=int, default=1025, help="quadrature nodes")
-  p.add_argument("--grid", choices=["support", "data"], default="support",
-                 help="quadrature range: the exact support [logit(lambda), logit(1-lambda)] "
-                      "of the logit-transformed data, or the training data range + 10%%")
-  p.add_argument("--quad_batch", type=int, default=10)
-  p.add_argument("--num_samples", type=int, default=16, help="0: no samples figure")
-  p.add_argument("--num_train", type=int, default=0, help="0: all but the held-out images")
-  p.add_argument("--data_dir", default=None, help="tfds data dir (default $TFDS_DATA_DIR)")
-  p.add_argument("--seed", type=int, default=0)
-  return p.parse_args(argv)
+# ------------------------------------------------------------------------------------
+# Configs and data
+# ------------------------------------------------------------------------------------
 
 
-def base_config(args):
-  c = default_config()
-  c.seed = args.seed
-  c.data.dataset = "mnist"
-  c.data.dequantize = True
-  c.data.logit_lambda = 1e-6
-  if args.data_dir:
-    c.data.data_dir = args.data_dir
-  c.model.backbone = "made"
-  c.model.hidden_sizes = tuple(int(h) for h in args.hidden.split(","))
-  c.model.context_size = args.context_size
-  c.model.head_hidden = tuple(int(h) for h in args.head_hidden.split(","))
-  c.model.num_mixtures = args.num_mixtures
-  c.noise.enabled = False
-  c.training.num_steps = args.steps
-  c.training.batch_size = args.batch_size
-  c.training.log_every = max(1, args.steps // 6)
-  c.optim.learning_rate = args.lr
-  c.optim.warmup_steps = min(100, args.steps // 10 + 1)
-  c.optim.ema_decay = args.ema_decay
-  return c
+def load_run_config(variant, overrides, extra=()):
+  """configs/mnist_nll.py:variant with --config.*, then its family's overrides."""
+  own = overrides["config"] + overrides[variant.split("_")[0]] + list(extra)
+  config = common.apply(config_base.load_config(f"mnist_nll:{variant}"), own)
+  return common.follow_num_steps(config, own, 6)
 
 
-def run_configs(args):
+def run_configs(args, overrides):
   """name -> config for every training run of the experiment."""
   runs = {}
   for method in [m for m in args.methods.split(",") if m]:
-    sigmas = [float(s) for s in args.dsm_sigmas.split(",")] if method == "dsm" else [None]
-    for s in sigmas:
-      c = base_config(args)
-      c.model.head = "gaussian"
-      c.loss.name = method
-      name = f"gaussian_{method}" + (f"_{s:g}" if s is not None else "")
-      if s is not None:
-        c.loss.dsm_sigma = s
-      runs[name] = c
-  if args.arcsm:
-    c = base_config(args)
-    c.model.head = "score"
-    c.loss.name = "csm"
-    c.noise.enabled = True
-    c.noise.sigma_max, c.noise.sigma_min, c.noise.num_scales = (
-        args.sigma_max, args.sigma_min, args.num_scales)
-    c.training.num_steps = args.arcsm_steps or args.steps
-    runs["arcsm_csm"] = c
-    c = base_config(args)
-    c.model.head = "logistic_mixture"
-    c.loss.name = "mle"
-    runs["mol_mle"] = c
-    if "gaussian_mle" not in runs:
-      c = base_config(args)
-      c.model.head = "gaussian"
-      c.loss.name = "mle"
-      runs["gaussian_mle"] = c
+    if method == "dsm":
+      for s in [float(s) for s in args.dsm_sigmas.split(",")]:
+        runs[f"gaussian_dsm_{s:g}"] = load_run_config("gaussian_dsm", overrides,
+                                                      [f"loss.dsm_sigma={s!r}"])
+    else:
+      runs[f"gaussian_{method}"] = load_run_config(f"gaussian_{method}", overrides)
+  if args.arcsm_comparison:
+    for name in ("arcsm_csm", "mol_mle", "gaussian_mle"):
+      if name not in runs:
+        runs[name] = load_run_config(name, overrides)
   return runs
 
 
@@ -165,29 +108,44 @@ def split_train(args, arrays):
   return arrays.train[:min(n, args.num_train or n)], arrays.train[n:]
 
 
-def make_env(config, args, arrays):
-  env = train.setup(config)
-  arrays = arrays._replace(train=split_train(args, arrays)[0])
-  env["arrays"] = arrays
-  env["batcher"] = train.Batcher(config, arrays, env["pre"], env["mesh"])
+# ------------------------------------------------------------------------------------
+# Training runs (Fig. 3a)
+# ------------------------------------------------------------------------------------
+
+
+def train_run(args, name, config, arrays, y_eval, pre, log):
+  """Trains one run (held-out images excluded); a normalized model's exact test NLL on
+  y_eval is its learning curve. Returns (model, EMA parameters, its JSON entry)."""
+  s = train.setup(config, arrays=arrays._replace(train=split_train(args, arrays)[0]))
   if config.loss.name in ("dsm", "ssm") and args.sm_target == "joint":
-    env["loss_fn"] = losses.get_loss_fn(config, JointScore(env["model"]))
-  return env
+    s = dataclasses.replace(s, loss_fn=losses.get_loss_fn(config, JointScore(s.model)))
+  fn = likelihood.make_exact_log_likelihood_fn(s.model) if s.model.normalized else None
+
+  def eval_fn(params):
+    r = likelihood.evaluate_nll(s.model, params, y_eval, method="exact", preprocessor=pre,
+                                batch_size=500, fn=fn)
+    return {"nll_nats": r["nll_nats"], "bpd": r["bpd"]}
+
+  state, info = train.train_loop(s, eval_fn=None if fn is None else eval_fn, log=log,
+                                 label=name)
+  counts = info.pop("parameters")
+  entry = dict(info, **counts, head=config.model.head, loss=config.loss.name,
+               sm_target=args.sm_target if config.loss.name in ("dsm", "ssm") else None)
+  return s.model, state.ema_params, entry
 
 
 def plot_curves(path, results):
+  """Exact test NLL of the Gaussian MADEs against training step and seconds."""
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   finals = []
   for name, r in results.items():
     h = r.get("history") or []
     if not h or not name.startswith("gaussian_"):
       continue
-    steps = [row["step"] for row in h]
-    secs = [row["seconds"] for row in h]
     bpd = [row["bpd"] for row in h]
     label = name.replace("gaussian_", "").upper().replace("DSM_", "DSM σ=")
-    axes[0].plot(steps, bpd, marker=".", label=label)
-    axes[1].plot(secs, bpd, marker=".", label=label)
+    axes[0].plot([row["step"] for row in h], bpd, marker=".", label=label)
+    axes[1].plot([row["seconds"] for row in h], bpd, marker=".", label=label)
     finals += [b for b in bpd[1:] if np.isfinite(b)]
   if finals:
     lo = min(finals)
@@ -204,6 +162,101 @@ def plot_curves(path, results):
   fig.tight_layout()
   fig.savefig(path, dpi=90)
   plt.close(fig)
+
+
+def table_fig3a(runs):
+  return {n: {"bpd": r["final_test"]["bpd"], "steps": r["steps"],
+              "train_seconds": r["train_seconds"]}
+          for n, r in runs.items() if n.startswith("gaussian_") and "final_test" in r}
+
+
+# ------------------------------------------------------------------------------------
+# AR-CSM by quadrature vs the MLE MADEs
+# ------------------------------------------------------------------------------------
+
+
+def quadrature_grid(args, pre, arrays):
+  """The quadrature range: the exact support of the logit-transformed data, y =
+  logit(lambda + (1 - 2 lambda) x / 256) for x in [0, 256], or the data range + 10%."""
+  if args.grid == "support":
+    lo, hi = pre.from_pixels(np.array([0.0, pre.pixel_range]), np.float64)
+    return likelihood.Grid(float(lo), float(hi), args.num_points)
+  return likelihood.grid_from_data(pre(arrays.train[:2000], data_lib.dequant_rng(0, 0)),
+                                   args.num_points, margin=0.1)
+
+
+def validation_sigma(args, config, model, params, grid, fn, pre, arrays, log):
+  """(sigma*, per-level validation bits/dim) on held-out training images, or None."""
+  val = split_train(args, arrays)[1][:args.num_val]
+  if not len(val):
+    return None, None
+  y_val = pre(val, data_lib.dequant_rng(config.seed + 2, 0))
+  log(f"validation NLL per noise level on {len(y_val)} held-out training images")
+  per = likelihood.nll_per_sigma(model, params, y_val, noise.sigmas_from_config(
+      config.noise)[::-1], grid, fn=fn, preprocessor=pre, batch_size=args.quad_batch)
+  best = per.pop("best_sigma")
+  per["bpd"] = [r["bpd"] for r in per.pop("results")]
+  log("  " + ", ".join(f"sigma {s:.3g}: {b:.3f}" for s, b in zip(per["sigmas"], per["bpd"]))
+      + f" bits/dim -> sigma* = {best:.3g}")
+  return best, per
+
+
+def quadrature_check(args, model, params, grid, y, exact, pre):
+  """The quadrature on a model whose conditionals are known exactly.
+
+  The trained Gaussian MADE's score integrated on a grid twice as wide (same step; its
+  tails reach past the data support) against its exact NLL; and on `grid` itself,
+  where the difference is the gain from normalizing it on that range instead of R.
+  """
+  half = 0.5 * (grid.hi - grid.lo)
+  wide = likelihood.Grid(grid.lo - half, grid.hi + half, 2 * grid.num_points - 1)
+  check = {}
+  for key, g in (("wide_grid", wide), ("same_grid", grid)):
+    r = likelihood.evaluate_nll(model, params, y, grid=g, preprocessor=pre,
+                                batch_size=args.quad_batch)
+    check[key] = {"grid": g.to_dict(), "quadrature_bpd": r["bpd"], "exact_bpd": exact["bpd"],
+                  "error_nats_per_dim": (r["nll_nats"] - exact["nll_nats"]) / model.dim,
+                  "estimated_error_nats_per_dim": r["quad_error_nats_per_dim"],
+                  "edge_density_mean": r["edge_density_mean"]}
+  return check
+
+
+def compare(args, states, configs, grid, y_quad, pre, arrays, log):
+  """Test NLL of the AR-CSM (quadrature, sigma_min and sigma*) and the MLE MADEs (exact)."""
+  model, params = states["arcsm_csm"]
+  config = configs["arcsm_csm"]
+  sigma = likelihood.noise_level(config)
+  log(f"quadrature of the AR-CSM on {len(y_quad)} test images, {grid.num_points} nodes "
+      f"on [{grid.lo:.2f}, {grid.hi:.2f}], sigma {sigma:g}")
+  comp = {"num_examples": int(len(y_quad)), "models": {}}
+  fn = likelihood.make_log_likelihood_fn(model, grid, sigma)
+  best, per = validation_sigma(args, config, model, params, grid, fn, pre, arrays, log)
+  if per is not None:
+    comp["validation_per_sigma"] = per
+  quad = lambda s: likelihood.evaluate_nll(model, params, y_quad, grid=grid, sigma=s,
+                                           preprocessor=pre, batch_size=args.quad_batch,
+                                           log=log, fn=fn)
+  comp["models"]["arcsm_csm"] = quad(sigma)
+  if best is not None:
+    comp["models"]["arcsm_csm_best_sigma"] = quad(best)
+  for name in ("gaussian_mle", "mol_mle"):
+    m, p = states[name]
+    comp["models"][name] = likelihood.evaluate_nll(m, p, y_quad, method="exact",
+                                                   preprocessor=pre, batch_size=500)
+  m, p = states["gaussian_mle"]
+  comp["quadrature_check_gaussian_mle"] = quadrature_check(
+      args, m, p, grid, y_quad, comp["models"]["gaussian_mle"], pre)
+  log(f"quadrature check on the trained Gaussian MADE: {comp['quadrature_check_gaussian_mle']}")
+  return comp
+
+
+def table_arcsm(runs, comp):
+  run_of = lambda n: runs["arcsm_csm" if n.startswith("arcsm") else n]
+  return {n: {"bpd": r["bpd"], "bpd_stderr": r["bpd_stderr"],
+              "quad_error_bpd": r.get("quad_error_bpd"), "sigma": r.get("sigma"),
+              "steps": run_of(n)["steps"], "train_seconds": run_of(n)["train_seconds"],
+              "effective_parameters": run_of(n)["effective_parameters"]}
+          for n, r in comp["models"].items()}
 
 
 def plot_comparison(path, comp):
@@ -230,154 +283,113 @@ def plot_comparison(path, comp):
   plt.close(fig)
 
 
-def run(args):
+def plot_samples(path, args, states, configs, grid, pre, log):
+  """Rows of samples: the AR-CSM by annealed Langevin (Sec. 4.2), the MLE MADEs exactly
+  on the quadrature grid."""
+  log(f"sampling {args.num_samples} images: AR-CSM (Langevin), MLE MADEs (grid)")
+  rng = jax.random.PRNGKey(configs["arcsm_csm"].seed + 3)
+  model, params = states["arcsm_csm"]
+  sampler, _ = sampling.make_sampler_from_config(configs["arcsm_csm"], model, args.num_samples,
+                                                 log=log)
+  rows = [("AR-CSM, annealed Langevin", sampler(params, rng))]
+  for name, title in (("gaussian_mle", "Gaussian MADE, exact (grid)"),
+                      ("mol_mle", "MoL MADE, exact (grid)")):
+    m, p = states[name]
+    rows.append((title, jax.jit(lambda p, r, m=m: sampling.grid_sample(
+        m, p, r, args.num_samples, grid))(p, rng)))
+  fig, axes = plt.subplots(len(rows), 1, figsize=(max(4.0, args.num_samples * 0.6),
+                                                  0.9 * len(rows)))
+  for ax, (title, x) in zip(np.atleast_1d(axes), rows):
+    img = plotting.image_grid(pre.to_display(np.asarray(x)), ncols=args.num_samples)
+    ax.imshow(img[..., 0], cmap="gray", vmin=0, vmax=1)
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------
+# The experiment
+# ------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--out", required=True, help="output directory")
+  p.add_argument("--methods", default="mle,csm,dsm,ssm", help="Gaussian MADE objectives")
+  p.add_argument("--dsm_sigmas", default="0.01,0.05,0.1")
+  p.add_argument("--sm_target", choices=["joint", "conditional"], default="joint")
+  p.add_argument("--arcsm_comparison", type=int, default=1,
+                 help="1: AR-CSM + MoL quadrature comparison")
+  p.add_argument("--num_eval", type=int, default=500, help="test images per curve point")
+  p.add_argument("--num_final", type=int, default=10000, help="test images, final exact NLL")
+  p.add_argument("--num_quadrature", type=int, default=100, help="test images, quadrature")
+  p.add_argument("--holdout", type=int, default=1000, help="train images held out (validation)")
+  p.add_argument("--num_val", type=int, default=20, help="validation images to pick sigma*")
+  p.add_argument("--num_points", type=int, default=1025, help="quadrature nodes")
+  p.add_argument("--grid", choices=["support", "data"], default="support",
+                 help="quadrature range: the exact support [logit(lambda), logit(1-lambda)] "
+                      "of the logit-transformed data, or the training data range + 10%%")
+  p.add_argument("--quad_batch", type=int, default=10)
+  p.add_argument("--num_samples", type=int, default=16, help="0: no samples figure")
+  p.add_argument("--num_train", type=int, default=0, help="0: all but the held-out images")
+  return common.parse(p, argv, prefixes=("config",) + FAMILIES)
+
+
+def run(args, overrides):
   os.makedirs(args.out, exist_ok=True)
   start = time.perf_counter()
 
   def log(msg):
     print(f"{time.perf_counter() - start:7.1f}s {msg}", flush=True)
 
-  configs = run_configs(args)
-  first = next(iter(configs.values()))
-  arrays = datasets.load_arrays(first.data)
-  pre = datasets.get_preprocessor(first.data, arrays)
-  n_test = len(arrays.test)
-  y_test = pre(arrays.test, datasets.dequant_rng(args.seed + 1, 0))    # fixed dequantization
-  y_eval = y_test[:min(args.num_eval, n_test)]
-  y_final = y_test[:min(args.num_final, n_test)]
-  y_quad = y_test[:min(args.num_quadrature, n_test)]
+  configs = run_configs(args, overrides)
+  shared = common.apply(config_base.load_config("mnist_nll"), overrides["config"])
+  arrays = data_lib.load_arrays(shared.data)
+  pre = data_lib.get_preprocessor(shared.data, arrays)
+  y_test = pre(arrays.test, data_lib.dequant_rng(shared.seed + 1, 0))   # fixed dequantization
+  y_eval, y_final, y_quad = (y_test[:n] for n in (args.num_eval, args.num_final,
+                                                  args.num_quadrature))
   results = {"what": "MNIST test NLL of MADE models (Meng et al. 2020, Sec. 5.2, Fig. 3a); "
                      "bits/dim in pixel space of the dequantized data (x in [0,256)^784)",
-             "args": vars(args), "machine": common.machine(), "runs": {}}
+             "args": vars(args), "overrides": overrides,
+             "configs": {n: c.to_dict() for n, c in configs.items()},
+             "machine": common.machine(), "runs": {}}
   json_path = os.path.join(args.out, "mnist_nll.json")
+  save = lambda: common.write_json(json_path, dict(results,
+                                                   seconds=time.perf_counter() - start))
   states = {}
-  for i, (name, cfg) in enumerate(configs.items()):
-    log(f"run {i + 1}/{len(configs)}: {name} ({cfg.model.head} head, {cfg.loss.name} loss, "
-        f"{cfg.training.num_steps} steps)")
-    env = make_env(cfg, args, arrays)
-    model = env["model"]
-    eval_fn = None
+  for i, (name, config) in enumerate(configs.items()):
+    log(f"run {i + 1}/{len(configs)}: {name} ({config.model.head} head, {config.loss.name} "
+        f"loss, {config.training.num_steps} steps)")
+    model, params, entry = train_run(args, name, config, arrays, y_eval, pre, log)
+    states[name] = (model, params)
     if model.normalized:
-      fn = likelihood.make_exact_log_likelihood_fn(model)
-      eval_fn = lambda p, fn=fn, model=model: {
-          k: v for k, v in likelihood.evaluate_nll(
-              model, p, y_eval, method="exact", preprocessor=pre, batch_size=500,
-              fn=fn).items() if k in ("bpd", "nll_nats")}
-    state, info = fit(cfg, env, log=log, eval_fn=eval_fn, eval_every=args.eval_every,
-                      label=name)
-    states[name] = (model, state.ema_params, cfg)
-    entry = dict(info, **count_parameters(model, state.ema_params, cfg.model),
-                 head=cfg.model.head, loss=cfg.loss.name,
-                 sm_target=args.sm_target if cfg.loss.name in ("dsm", "ssm") else None)
-    if model.normalized:
-      entry["final_test"] = likelihood.evaluate_nll(model, state.ema_params, y_final,
-                                                    method="exact", preprocessor=pre,
-                                                    batch_size=500)
+      entry["final_test"] = likelihood.evaluate_nll(model, params, y_final, method="exact",
+                                                    preprocessor=pre, batch_size=500)
       log(f"[{name}] final test NLL {entry['final_test']['bpd']:.4f} bits/dim "
           f"({len(y_final)} images)")
     results["runs"][name] = entry
-    results["seconds"] = time.perf_counter() - start
-    common.write_json(json_path, results)
+    results["table_fig3a"] = table_fig3a(results["runs"])
+    save()
+    plot_curves(os.path.join(args.out, "mnist_nll_curves.png"), results["runs"])
 
-  results["table_fig3a"] = {n: {"bpd": r["final_test"]["bpd"], "steps": r["steps"],
-                                "train_seconds": r["train_seconds"]}
-                            for n, r in results["runs"].items()
-                            if n.startswith("gaussian_") and "final_test" in r}
-  plot_curves(os.path.join(args.out, "mnist_nll_curves.png"), results["runs"])
-
-  if args.arcsm:
-    model, params, cfg = states["arcsm_csm"]
-    sigma = likelihood.noise_level(cfg)
-    if args.grid == "support":       # y = logit(lambda + (1 - 2 lambda) x / 256), x in [0, 256]
-      lo, hi = pre.from_pixels(np.array([0.0, pre.pixel_range]), np.float64)
-      grid = likelihood.Grid(float(lo), float(hi), args.num_points)
-    else:
-      grid = likelihood.grid_from_data(pre(arrays.train[:2000], datasets.dequant_rng(0, 0)),
-                                       args.num_points, margin=0.1)
-    log(f"quadrature of the AR-CSM on {len(y_quad)} test images, {grid.num_points} nodes "
-        f"on [{grid.lo:.2f}, {grid.hi:.2f}], sigma {sigma:g}")
-    comp = {"num_examples": int(len(y_quad)), "models": {}}
-    fn = likelihood.make_log_likelihood_fn(model, grid, sigma)
-    val = split_train(args, arrays)[1][:args.num_val]
-    if len(val):
-      y_val = pre(val, datasets.dequant_rng(args.seed + 2, 0))
-      log(f"validation NLL per noise level on {len(y_val)} held-out training images")
-      per = likelihood.nll_per_sigma(model, params, y_val, noise.sigmas_from_config(
-          cfg.noise)[::-1], grid, fn=fn, preprocessor=pre, batch_size=args.quad_batch)
-      best = per.pop("best_sigma")
-      per["bpd"] = [r["bpd"] for r in per.pop("results")]
-      comp["validation_per_sigma"] = per
-      log("  " + ", ".join(f"sigma {s:.3g}: {b:.3f}" for s, b in zip(per["sigmas"], per["bpd"]))
-          + f" bits/dim -> sigma* = {best:.3g}")
-    comp["models"]["arcsm_csm"] = likelihood.evaluate_nll(
-        model, params, y_quad, grid=grid, sigma=sigma, preprocessor=pre,
-        batch_size=args.quad_batch, log=log, fn=fn)
-    if len(val):
-      comp["models"]["arcsm_csm_best_sigma"] = likelihood.evaluate_nll(
-          model, params, y_quad, grid=grid, sigma=best, preprocessor=pre,
-          batch_size=args.quad_batch, log=log, fn=fn)
-    for name in ("gaussian_mle", "mol_mle"):
-      m, p, _ = states[name]
-      comp["models"][name] = likelihood.evaluate_nll(m, p, y_quad, method="exact",
-                                                     preprocessor=pre, batch_size=500)
-    # the quadrature on a model whose conditionals are known exactly: the trained
-    # Gaussian MADE's score integrated on a grid twice as wide (same step; its tails
-    # reach past the data support) against its exact NLL; and on `grid` itself, where
-    # the difference is the gain from normalizing it on that range instead of R
-    m, p, _ = states["gaussian_mle"]
-    exact = comp["models"]["gaussian_mle"]
-    half = 0.5 * (grid.hi - grid.lo)
-    wide = likelihood.Grid(grid.lo - half, grid.hi + half, 2 * grid.num_points - 1)
-    check = {}
-    for key, g in (("wide_grid", wide), ("same_grid", grid)):
-      r = likelihood.evaluate_nll(m, p, y_quad, grid=g, preprocessor=pre,
-                                  batch_size=args.quad_batch)
-      check[key] = {"grid": g.to_dict(), "quadrature_bpd": r["bpd"],
-                    "exact_bpd": exact["bpd"],
-                    "error_nats_per_dim": (r["nll_nats"] - exact["nll_nats"]) / m.dim,
-                    "estimated_error_nats_per_dim": r["quad_error_nats_per_dim"],
-                    "edge_density_mean": r["edge_density_mean"]}
-    comp["quadrature_check_gaussian_mle"] = check
-    log(f"quadrature check on the trained Gaussian MADE: "
-        f"{comp['quadrature_check_gaussian_mle']}")
+  if args.arcsm_comparison:
+    grid = quadrature_grid(args, pre, arrays)
+    comp = compare(args, states, configs, grid, y_quad, pre, arrays, log)
     results["arcsm_comparison"] = comp
-    run_of = lambda n: results["runs"]["arcsm_csm" if n.startswith("arcsm") else n]
-    results["table_arcsm"] = {
-        n: {"bpd": r["bpd"], "bpd_stderr": r["bpd_stderr"],
-            "quad_error_bpd": r.get("quad_error_bpd"), "sigma": r.get("sigma"),
-            "steps": run_of(n)["steps"], "train_seconds": run_of(n)["train_seconds"],
-            "effective_parameters": run_of(n)["effective_parameters"]}
-        for n, r in comp["models"].items()}
+    results["table_arcsm"] = table_arcsm(results["runs"], comp)
+    save()
     plot_comparison(os.path.join(args.out, "mnist_nll_arcsm.png"), comp)
-
     if args.num_samples:
-      log(f"sampling {args.num_samples} images: AR-CSM (Langevin), MLE MADEs (grid)")
-      rng = jax.random.PRNGKey(args.seed + 3)
-      sig = noise.sigmas_from_config(cfg.noise)
-      rows = [("AR-CSM, annealed Langevin", sampling.make_sampler(
-          model, sig, args.num_samples, cfg.sampling.n_steps, cfg.sampling.step_lr,
-          cfg.sampling.denoise)(params, rng))]
-      for name, title in (("gaussian_mle", "Gaussian MADE, exact (grid)"),
-                          ("mol_mle", "MoL MADE, exact (grid)")):
-        m, p, _ = states[name]
-        rows.append((title, jax.jit(lambda p, r, m=m: sampling.grid_sample(
-            m, p, r, args.num_samples, grid))(p, rng)))
-      fig, axes = plt.subplots(len(rows), 1, figsize=(max(4.0, args.num_samples * 0.6),
-                                                      0.9 * len(rows)))
-      for ax, (title, x) in zip(np.atleast_1d(axes), rows):
-        img = plotting.image_grid(pre.inverse(np.asarray(x)), ncols=args.num_samples)
-        ax.imshow(img[..., 0], cmap="gray", vmin=0, vmax=1)
-        ax.set_title(title, fontsize=9)
-        ax.axis("off")
-      fig.tight_layout()
-      fig.savefig(os.path.join(args.out, "mnist_samples.png"), dpi=90)
-      plt.close(fig)
-  results["seconds"] = time.perf_counter() - start
-  common.write_json(json_path, results)
+      plot_samples(os.path.join(args.out, "mnist_samples.png"), args, states, configs, grid,
+                   pre, log)
+  save()
   log("Fig. 3a table (Gaussian MADE, exact test NLL, bits/dim):")
   for n, r in results["table_fig3a"].items():
     log(f"  {n:22s} {r['bpd']:9.4f}  ({r['steps']} steps, {r['train_seconds']:.0f}s)")
-  if args.arcsm:
+  if args.arcsm_comparison:
     log(f"AR-CSM vs MLE MADEs on {len(y_quad)} test images (bits/dim):")
     for n, r in results["table_arcsm"].items():
       q = f" quad. err. {r['quad_error_bpd']:.1e}" if r["quad_error_bpd"] is not None else ""
@@ -386,7 +398,7 @@ def run(args):
 
 
 def main(argv=None):
-  return run(parse_args(argv))
+  return run(*parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -13,9 +13,10 @@ def _finite(x):
 
 def test_bench_sampling_smoke(tmp_path):
   out = tmp_path / "bench.json"
-  bench_sampling.main(["--out", str(out), "--hidden", "16", "--context_size", "2",
-                       "--image_size", "3", "--batch", "2", "--num_scales", "2",
-                       "--n_steps", "2", "--naive_dims", "2", "--repeats", "1"])
+  bench_sampling.main(["--out", str(out), "--config.model.hidden_sizes=16",
+                       "--config.model.context_size=2", "--image_size", "3",
+                       "--config.sampling.num_samples=2", "--config.noise.num_levels=2",
+                       "--config.sampling.num_steps=2", "--naive_dims", "2", "--repeats", "1"])
   r = json.loads(out.read_text())
   assert _finite(r["speedup_over_naive"]) and r["speedup_over_naive"] > 0
   assert r["naive_dims_timed"] == 2 and "scaled" in r["naive_scaling"]
@@ -23,11 +24,13 @@ def test_bench_sampling_smoke(tmp_path):
 
 
 def test_toy2d_smoke(tmp_path):
-  toy2d.main(["--out", str(tmp_path), "--datasets", "ring8", "--steps", "20",
-              "--batch_size", "32", "--hidden", "16", "--head_hidden", "8",
-              "--context_size", "4", "--num_mixtures", "3", "--num_train", "500",
-              "--num_test", "100", "--num_val", "50", "--num_points", "65", "--num_samples", "50",
-              "--n_steps", "2", "--num_scales", "3", "--stride", "2"])
+  toy2d.main(["--out", str(tmp_path), "--datasets", "ring8",
+              "--config.training.num_steps=20", "--config.training.batch_size=32",
+              "--config.model.context_size=4", "--config.data.num_train=500",
+              "--config.data.num_test=100", "--arcsm.model.hidden_sizes=16,16",
+              "--arcsm.model.head_hidden=8", "--arcsm.sampling.num_steps=2",
+              "--arcsm.noise.num_levels=3", "--mol.model.num_mixtures=3", "--num_val", "50",
+              "--num_points", "65", "--num_samples", "50", "--stride", "2"])
   r = json.loads((tmp_path / "toy2d.json").read_text())
   row = r["table"]["ring8"]
   assert all(_finite(row[k]) for k in ("arcsm_nll", "mol_nll", "arcsm_quad_error"))
@@ -39,9 +42,11 @@ def test_toy2d_smoke(tmp_path):
 
 
 def test_mnist_nll_smoke(tmp_path, mnist_data_dir):
-  mnist_nll.main(["--out", str(tmp_path), "--data_dir", mnist_data_dir, "--hidden", "8",
-                  "--context_size", "2", "--head_hidden", "4", "--num_mixtures", "2",
-                  "--steps", "4", "--eval_every", "2", "--batch_size", "8",
+  mnist_nll.main(["--out", str(tmp_path), f"--config.data.data_dir={mnist_data_dir}",
+                  "--config.model.hidden_sizes=8", "--config.model.context_size=2",
+                  "--config.model.head_hidden=4", "--config.model.num_mixtures=2",
+                  "--config.training.num_steps=4", "--config.training.eval_every=2",
+                  "--config.training.batch_size=8",
                   "--dsm_sigmas", "0.1", "--num_eval", "16", "--num_final", "16",
                   "--num_quadrature", "2", "--num_points", "17", "--quad_batch", "2",
                   "--num_samples", "2", "--num_train", "256", "--num_val", "2"])

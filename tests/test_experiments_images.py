@@ -13,6 +13,8 @@ import sys
 import numpy as np
 import pytest
 
+from csm_jax import config_base
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0",
            JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
@@ -22,22 +24,19 @@ ENV = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0",
 # head) variants of configs/cifar10_pixelcnnpp.py at a tiny size, then draws the grids.
 # Compiling PixelCNN++ train steps would triple the time; real runs are in the README.
 DRIVER = """
-import importlib.util, os, sys
+import os, sys
 import jax
-from csm_jax import checkpoints, train
+from csm_jax import checkpoints, config_base, train
 from experiments import image_samples
 tmp = sys.argv[1]
-spec = importlib.util.spec_from_file_location("cfg", "configs/cifar10_pixelcnnpp.py")
-cfg_mod = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(cfg_mod)
+tiny = ["data.dataset=npz", f"data.path={tmp}/train.npz", f"data.test_path={tmp}/test.npz",
+        "model.nr_filters=4", "model.nr_resnet=1", "model.num_resolutions=2",
+        "model.context_size=4", "model.head_hidden=(8,)", "model.num_mixtures=2",
+        "model.dropout_rate=0.0"]
 for variant in ("mle", "csm"):
-  c = cfg_mod.get_config(variant)
-  c.data.dataset, c.data.path, c.data.test_path = "npz", tmp + "/train.npz", tmp + "/test.npz"
-  m = c.model
-  m.nr_filters, m.nr_resnet, m.num_scales, m.context_size = 4, 1, 2, 4
-  m.head_hidden, m.num_mixtures, m.dropout_rate = (8,), 2, 0.0
-  env = train.setup(c)
-  state = train.init_state(env["model"], env["optimizer"], jax.random.PRNGKey(c.seed))
+  c = config_base.load_config(f"configs/cifar10_pixelcnnpp.py:{variant}", tiny)
+  s = train.setup(c)
+  state = train.init_state(s.model, s.optimizer, jax.random.PRNGKey(c.seed))
   workdir = os.path.join(tmp, variant)
   os.makedirs(workdir)
   with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -46,12 +45,14 @@ for variant in ("mle", "csm"):
   ckpt.save(0, state)
   ckpt.close()
 image_samples.main(["--out", tmp + "/fig", "--mle_workdir", tmp + "/mle",
-                    "--csm_workdir", tmp + "/csm", "--num_samples=4", "--n_steps=2"])
+                    "--csm_workdir", tmp + "/csm", "--num_samples=4",
+                    "--config.sampling.num_steps=2"])
 """
 
-BENCH_ARGS = ["--image_size=4", "--batch=2", "--nr_filters=4", "--num_scales=2",
-              "--dropout_rate=0", "--repeats=2", "--warmup=0", "--sample_dims=2",
-              "--sample_batch=2", "--n_steps=2"]
+BENCH_ARGS = ["--image_size=4", "--config.training.batch_size=2", "--config.model.nr_filters=4",
+              "--config.model.num_resolutions=2", "--config.model.dropout_rate=0",
+              "--repeats=2", "--warmup=0", "--sample_dims=2",
+              "--config.sampling.num_samples=2", "--config.sampling.num_steps=2"]
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +78,9 @@ def _run(args, timeout=240):
 
 def test_config_switch():
   """configs/*_pixelcnnpp.py: CSM by default, the MLE baseline with ':mle'."""
-  import importlib.util
   for name in ("mnist", "cifar10", "celeba"):
-    spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}_pixelcnnpp.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    csm, mle = mod.get_config(), mod.get_config("mle")
+    path = str(REPO / "configs" / f"{name}_pixelcnnpp.py")
+    csm, mle = config_base.load_config(path), config_base.load_config(path + ":mle")
     assert csm.model.backbone == mle.model.backbone == "pixelcnnpp"
     assert (csm.model.head, csm.loss.name, csm.noise.enabled) == ("score", "csm", True)
     assert (mle.model.head, mle.loss.name, mle.noise.enabled) == ("discretized_logistic",
@@ -91,7 +89,7 @@ def test_config_switch():
     assert csm.data.dequantize and not mle.data.dequantize
     assert csm.data.logit_lambda == mle.data.logit_lambda == 0.0
     with pytest.raises(ValueError, match="variant"):
-      mod.get_config("nope")
+      config_base.load_config(path + ":nope")
 
 
 def test_image_samples_smoke(tmp_path, bench_run):

@@ -14,7 +14,9 @@ import pytest
 
 from csm_jax import config_base
 from csm_jax import losses
+from csm_jax import models
 from csm_jax.models import score_nets
+from experiments import matched_sizes
 
 N_SE = 4.0  # a mean within 4 standard errors: a false failure has probability ~6e-5
 
@@ -122,7 +124,7 @@ def test_ssm_is_unbiased_for_sm(x64):
   def all_variants(key):  # one compiled function for every variant
     return jnp.stack([
         losses.ssm_loss(g.model, g.params, x, jax.random.fold_in(key, i), False,
-                        n_projections=m, distribution=dist, variance_reduced=vr)[0]
+                        num_projections=m, distribution=dist, variance_reduced=vr)[0]
         for i, (dist, vr, m) in enumerate(SSM_VARIANTS)])
 
   est = _draws(all_variants, 3000)
@@ -187,9 +189,9 @@ def test_dsm_closed_form_minimizer_is_the_noisy_score(x64):
 # ----------------------------------------------------------------------------- AR-CSM model
 
 def _ar_model(order):
-  model = score_nets.ar_csm_for_dim(6, hidden=32, context_size=4, head_hidden=(16, 16),
-                                    order=order)
-  params = score_nets.init_params(model, jax.random.key(7))
+  model = matched_sizes.ar_csm_for_dim(6, hidden=32, context_size=4, head_hidden=(16, 16),
+                                       order=order)
+  params = model.init(jax.random.key(7))
   # Move the (zero-initialized) biases off zero so the check is not degenerate.
   params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(8), p.shape), params)
   return model, params
@@ -238,13 +240,13 @@ def test_ssm_on_ar_model_is_unbiased_for_csm(x64, order):
 def test_get_loss_fn_builds_each_objective(name):
   config = config_base.default_config()
   config.loss.name = name
-  ar = score_nets.ar_csm_for_dim(5, hidden=16, context_size=2, head_hidden=(8,))
+  ar = matched_sizes.ar_csm_for_dim(5, hidden=16, context_size=2, head_hidden=(8,))
   mlp = score_nets.mlp_score_model(5, (16, 16, 16))
   x = jax.random.normal(jax.random.key(0), (4, 5))
-  models = [ar] if name == "csm" else [ar, mlp]
-  for model in models:
+  nets = [ar] if name == "csm" else [ar, mlp]
+  for model in nets:
     loss_fn = losses.get_loss_fn(config, model)
-    params = score_nets.init_params(model, jax.random.key(1))
+    params = model.init(jax.random.key(1))
     (loss, metrics), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True),
                                      static_argnums=3)(params, x, jax.random.key(2), True)
     assert loss.shape == () and np.isfinite(float(loss))
@@ -254,7 +256,7 @@ def test_get_loss_fn_builds_each_objective(name):
 
 def test_get_loss_fn_rejects_unknown_and_mle_on_score_head():
   config = config_base.default_config()
-  model = score_nets.ar_csm_for_dim(5, hidden=16, context_size=2)
+  model = matched_sizes.ar_csm_for_dim(5, hidden=16, context_size=2)
   config.loss.name = "not_a_loss"
   with pytest.raises(ValueError, match="unknown loss.name"):
     losses.get_loss_fn(config, model)
@@ -270,12 +272,12 @@ def test_get_loss_fn_rejects_unknown_and_mle_on_score_head():
 @pytest.mark.parametrize("activation", ["softplus", "swish", "elu"])
 def test_mlp_score_net_and_matched_sizes(activation):
   dim = 20
-  ar, mlp = score_nets.matched_pair(dim, hidden=32, activation=activation)
-  p_ar = score_nets.init_params(ar, jax.random.key(0))
-  p_mlp = score_nets.init_params(mlp, jax.random.key(0))
-  n_ar, n_mlp = score_nets.num_params(p_ar), score_nets.num_params(p_mlp)
-  assert n_ar == score_nets.made_param_count(dim, 32)
-  assert n_mlp == score_nets.mlp_param_count(dim, mlp.net.hidden_sizes)
+  ar, mlp = matched_sizes.matched_pair(dim, hidden=32, activation=activation)
+  p_ar, p_mlp = ar.init(jax.random.key(0)), mlp.init(jax.random.key(0))
+  n_ar = models.count_parameters(p_ar, ar)["parameters"]
+  n_mlp = models.count_parameters(p_mlp, mlp)["parameters"]
+  assert n_ar == matched_sizes.made_param_count(dim, 32)
+  assert n_mlp == matched_sizes.mlp_param_count(dim, mlp.net.hidden_sizes)
   assert abs(n_mlp - n_ar) / n_ar < 0.05
   assert len(mlp.net.hidden_sizes) == 3 and len(ar.net.backbone.hidden_sizes) == 3
   x = jnp.ones((3, dim))
