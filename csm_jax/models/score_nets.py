@@ -10,7 +10,6 @@ import dataclasses
 from typing import Callable, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from csm_jax.models.ar import fast_init
