@@ -1,20 +1,48 @@
-"""Orbax checkpoints: keep the last K, written atomically, restored onto the mesh."""
+"""Orbax checkpoints: keep the last K, written atomically, restored onto the mesh.
 
+Restoring survives damage: the newest checkpoint that reads back is used, and each
+newer one that does not is skipped with a warning naming it and why (training moves
+it aside to checkpoints.damaged/ so that it is not overwritten or retried). A checkpoint
+whose arrays do not have the shapes of the model built from the config is a config
+mismatch, not damage, and is reported as such.
+"""
+
+import collections
 import os
+import shutil
+import time
 
+from absl import logging
 import jax
 import orbax.checkpoint as ocp
+
+
+class ConfigMismatchError(ValueError):
+  """A checkpoint holds arrays of other shapes than the model the config builds."""
+
+
+def _shape_counts(tree):
+  return collections.Counter(tuple(getattr(a, "shape", ())) for a in jax.tree.leaves(tree))
 
 
 class Checkpointer:
   """A thin wrapper around `ocp.CheckpointManager` for one train-state pytree."""
 
-  def __init__(self, directory: str, keep: int = 3):
+  def __init__(self, directory: str, keep: int = 3, create: bool = True):
+    if keep < 1:
+      raise ValueError(f"training.keep_checkpoints must be >= 1, got {keep}")
     self.directory = os.path.abspath(directory)
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+    if not create and not os.path.isdir(self.directory):
+      raise FileNotFoundError(f"no checkpoint in {self.directory}; train first (--mode=train)")
+    self._keep = keep
+    self._mgr = self._manager()
+    self.skipped = []   # (step, reason) of damaged checkpoints passed over by a restore
+
+  def _manager(self):
+    options = ocp.CheckpointManagerOptions(max_to_keep=self._keep, create=True,
                                            cleanup_tmp_directories=True,
                                            enable_async_checkpointing=False)
-    self._mgr = ocp.CheckpointManager(self.directory, options=options)
+    return ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self):
     return self._mgr.latest_step()
@@ -23,41 +51,75 @@ class Checkpointer:
     self._mgr.save(step, args=ocp.args.StandardSave(state), force=True)
     self._mgr.wait_until_finished()
 
+  def _item_path(self, step):
+    return os.path.join(self.directory, str(step), "default")  # the manager's one item
+
+  def _restore_first_good(self, like, read):
+    """read(step) of the newest step that reads back; damaged newer ones are skipped."""
+    steps = sorted(self._mgr.all_steps(), reverse=True)
+    if not steps:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}; train first (--mode=train)")
+    for step in steps:
+      try:
+        meta = ocp.PyTreeCheckpointer().metadata(self._item_path(step))
+        meta = getattr(meta, "item_metadata", meta)   # step metadata -> the item's
+        meta = getattr(meta, "tree", meta)            # -> its tree of array metadata
+      except Exception as e:  # pylint: disable=broad-except  (missing or unreadable files)
+        self._skip(step, f"unreadable metadata: {type(e).__name__}: {str(e)[:200]}")
+        continue
+      if not isinstance(meta, dict) or not jax.tree.leaves(meta):
+        self._skip(step, "no arrays in it (an empty or partly written step directory)")
+        continue
+      if like is not None and not _shape_counts(like) <= _shape_counts(meta):
+        raise ConfigMismatchError(
+            f"the checkpoint {self.directory}/{step} does not fit the model built from this "
+            "config (its arrays have other shapes); run with the config and --config.* "
+            "overrides it was trained with (the workdir's config.json)")
+      try:
+        return step, read(step)
+      except Exception as e:  # pylint: disable=broad-except  (truncated or corrupt arrays)
+        self._skip(step, f"{type(e).__name__}: {str(e)[:200]}")
+    raise FileNotFoundError(f"every checkpoint in {self.directory} is damaged: {self.skipped}")
+
+  def _skip(self, step, reason):
+    self.skipped.append((step, reason))
+    logging.warning("skipping damaged checkpoint %s/%s (%s)", self.directory, step, reason)
+
+  def quarantine_skipped(self):
+    """Moves the damaged checkpoints found by a restore to checkpoints.damaged/."""
+    if not self.skipped:
+      return
+    target = self.directory.rstrip("/") + ".damaged"
+    os.makedirs(target, exist_ok=True)
+    for step, _ in self.skipped:
+      src = os.path.join(self.directory, str(step))
+      if os.path.exists(src):
+        dst = os.path.join(target, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+        shutil.move(src, dst)
+        logging.warning("moved damaged checkpoint %s to %s", src, dst)
+    self._mgr.close()
+    self._mgr = self._manager()
+
   def restore_latest(self, like):
-    """Restores the latest checkpoint with the shapes, dtypes and shardings of `like`."""
-    step = self._mgr.latest_step()
-    if step is None:
+    """The newest readable checkpoint with the shapes, dtypes and shardings of `like`
+    (`like` itself when there is none); damaged newer ones are moved aside."""
+    if not self._mgr.all_steps():
       return like
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-    try:
-      return self._mgr.restore(step, args=ocp.args.StandardRestore(abstract))
-    except ValueError as e:
-      raise ValueError(
-          f"the checkpoint {self.directory}/{step} does not fit the model built from this "
-          "config; run with the same config and --config.* overrides it was trained with "
-          f"(orbax: {e})") from None
+    _, state = self._restore_first_good(
+        like, lambda step: self._mgr.restore(step, args=ocp.args.StandardRestore(abstract)))
+    self.quarantine_skipped()
+    return state
 
-  def restore_latest_partial(self, target: dict) -> dict:
-    """Only the top-level fields of the saved state named in `target` (a dict of
-    abstract arrays with shardings), from the latest checkpoint: e.g. the EMA
-    parameters without the optimizer state."""
-    step = self._mgr.latest_step()
-    if step is None:
-      raise FileNotFoundError(f"no checkpoint in {self.directory}")
-    path = os.path.join(self.directory, str(step), "default")  # the manager's one item
-    if not os.path.isdir(path):
-      raise FileNotFoundError(f"checkpoint {self.directory}/{step} has no state directory "
-                              f"{path}: incomplete or written by another tool")
+  def restore_latest_partial(self, target: dict):
+    """(step, fields): only the top-level fields of the saved state named in `target` (a
+    dict of abstract arrays with shardings), from the newest readable checkpoint: e.g.
+    the EMA parameters without the optimizer state. Read-only: nothing is moved."""
     restore_args = ocp.checkpoint_utils.construct_restore_args(target)
-    try:
-      return ocp.PyTreeCheckpointer().restore(
-          path, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
-                                            partial_restore=True))
-    except ValueError as e:
-      raise ValueError(
-          f"the checkpoint {self.directory}/{step} does not fit the model built from this "
-          "config; run with the same config and --config.* overrides it was trained with "
-          f"(orbax: {e})") from None
+    read = lambda step: ocp.PyTreeCheckpointer().restore(
+        self._item_path(step), args=ocp.args.PyTreeRestore(
+            item=target, restore_args=restore_args, partial_restore=True))
+    return self._restore_first_good(target, read)
 
   def close(self):
     self._mgr.wait_until_finished()

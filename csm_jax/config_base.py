@@ -17,6 +17,10 @@ REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fi
                             "configs")
 
 
+class ConfigError(ValueError):
+  """A config value that cannot work (the message names the field)."""
+
+
 def _ref(field_type):
   """An optional field: None until set, then only values of `field_type`."""
   return ml_collections.FieldReference(None, field_type=field_type)
@@ -92,6 +96,7 @@ def default_config() -> ml_collections.ConfigDict:
   t.log_every = 50
   t.eval_every = 1000
   t.checkpoint_every = 1000
+  t.checkpoint_every_secs = 600.0  # also save when this much time passed (0: off)
   t.keep_checkpoints = 3
 
   c.eval = e = ml_collections.ConfigDict()
@@ -230,6 +235,74 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
   config = module.get_config(variant) if variant else module.get_config()
   config.lock()
   return override(config, overrides)
+
+
+def command_line_overrides(argv: Sequence[str]) -> list:
+  """The 'a.b=value' overrides among ``--config.a.b=value`` arguments of argv.
+
+  A field given twice is refused: absl would silently combine the two (for tuples it
+  concatenates them).
+  """
+  out, seen = [], set()
+  args = list(argv)
+  for i, item in enumerate(args):
+    if not item.startswith("--config."):
+      continue
+    body = item[len("--config."):]
+    if "=" not in body and i + 1 < len(args):
+      body = f"{body}={args[i + 1]}"
+    field = body.split("=", 1)[0]
+    if field in seen:
+      raise ConfigError(f"--config.{field} is given more than once; give it once")
+    seen.add(field)
+    out.append(body)
+  return out
+
+
+def validate(config) -> ml_collections.ConfigDict:
+  """Checks every count, interval, size and noise level before anything runs or is
+  written; the message names the field. Returns the config."""
+  def need(ok, field, value, what):
+    if not ok:
+      raise ConfigError(f"config field {field} must be {what}, got {value!r}")
+
+  for field in ("training.num_steps", "training.batch_size", "training.log_every",
+                "training.checkpoint_every", "training.keep_checkpoints", "eval.batch_size",
+                "eval.num_batches", "likelihood.batch_size", "sampling.num_samples",
+                "sampling.num_steps", "model.context_size", "data.num_train", "data.num_test",
+                "data.dim", "model.num_mixtures", "loss.num_projections"):
+    section, name = field.split(".")
+    value = config[section][name]
+    need(isinstance(value, int) and value >= 1, field, value, "an integer >= 1")
+  for field in ("training.eval_every", "optim.warmup_steps", "training.checkpoint_every_secs"):
+    section, name = field.split(".")
+    need(config[section][name] >= 0, field, config[section][name], ">= 0 (0: off)")
+  m = config.model
+  need(all(h >= 1 for h in m.hidden_sizes), "model.hidden_sizes", m.hidden_sizes,
+       "positive widths")
+  need(all(h >= 1 for h in m.head_hidden), "model.head_hidden", m.head_hidden,
+       "positive widths")
+  o = config.optim
+  need(o.learning_rate > 0, "optim.learning_rate", o.learning_rate, "> 0")
+  need(0 <= o.ema_decay < 1, "optim.ema_decay", o.ema_decay, "in [0, 1)")
+  need(o.grad_clip >= 0, "optim.grad_clip", o.grad_clip, ">= 0 (0: no clipping)")
+  n = config.noise
+  if n.enabled:
+    need(n.sigma_min > 0, "noise.sigma_min", n.sigma_min, "> 0")
+    need(n.sigma_max >= n.sigma_min, "noise.sigma_max", n.sigma_max,
+         f">= noise.sigma_min ({n.sigma_min})")
+    need(isinstance(n.num_levels, int) and n.num_levels >= 1, "noise.num_levels",
+         n.num_levels, "an integer >= 1")
+  s = config.sampling
+  need(s.step_lr > 0, "sampling.step_lr", s.step_lr, "> 0")
+  if s.sigmas is not None:
+    need(len(s.sigmas) >= 1 and all(v > 0 for v in s.sigmas), "sampling.sigmas", s.sigmas,
+         "positive noise levels")
+  lk = config.likelihood
+  need(lk.num_points >= 5 and lk.num_points % 2 == 1, "likelihood.num_points",
+       lk.num_points, "odd and >= 5")
+  need(lk.margin >= 0, "likelihood.margin", lk.margin, ">= 0")
+  return config
 
 
 def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:

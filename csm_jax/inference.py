@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from csm_jax import checkpoints
+from csm_jax import config_base
 from csm_jax import data as data_lib
 from csm_jax import likelihood
 from csm_jax import losses
@@ -26,6 +27,7 @@ from csm_jax import plotting
 from csm_jax import sampling
 from csm_jax import sharding as sharding_lib
 from csm_jax import train
+from csm_jax import workdir as workdir_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +42,7 @@ class Inference:
 
 def build(config, mesh=None) -> Inference:
   """Data, preprocessor, model and mesh from a config (no loss, no optimizer)."""
+  config_base.validate(config)
   arrays = data_lib.load_arrays(config.data)
   model = models.get_model(config.model, arrays.shape)
   train.check_model_data(config, model, arrays)
@@ -62,11 +65,9 @@ def restore(inf: Inference, workdir: str, which: str = "ema_params"):
                                                                sharding=repl), shapes),
             "step": jax.ShapeDtypeStruct((), np.int32, sharding=repl)}
   ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                  inf.config.training.keep_checkpoints)
+                                  inf.config.training.keep_checkpoints, create=False)
   try:
-    if ckpt.latest_step() is None:
-      raise FileNotFoundError(f"no checkpoint in {ckpt.directory}; train first (--mode=train)")
-    restored = ckpt.restore_latest_partial(target)
+    _, restored = ckpt.restore_latest_partial(target)
   finally:
     ckpt.close()
   return restored[which], int(restored["step"])
@@ -75,6 +76,8 @@ def restore(inf: Inference, workdir: str, which: str = "ema_params"):
 def evaluate_workdir(config, workdir: str, log: Callable[[str], None] = logging.info) -> dict:
   """Test loss over the whole test split and the test NLL (config.likelihood) of the
   latest checkpoint's EMA parameters; written to workdir/eval_<step>.json."""
+  workdir_lib.require_checkpoints(workdir)
+  workdir_lib.check_writable(workdir)
   inf = build(config)
   params, step = restore(inf, workdir)
   bs = config.eval.batch_size
@@ -95,6 +98,8 @@ def sample_workdir(config, workdir: str, log: Callable[[str], None] = logging.in
                    rng: Optional[jax.Array] = None) -> str:
   """config.sampling.num_samples samples of the latest checkpoint's EMA parameters;
   writes workdir/samples/samples_<step>.npy (model space) and .png; returns the base path."""
+  workdir_lib.require_checkpoints(workdir)
+  workdir_lib.check_writable(os.path.join(workdir, "samples"))
   inf = build(config)
   params, step = restore(inf, workdir)
   sampler, info = sampling.make_sampler_from_config(config, inf.model, mesh=inf.mesh, log=log)

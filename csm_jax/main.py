@@ -5,6 +5,7 @@
 """
 
 import logging as logging_std
+import sys
 
 from absl import app
 from absl import flags
@@ -17,6 +18,8 @@ config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
 flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"], "What to do.")
 flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (TPU pods, multi-node GPU).")
+flags.DEFINE_bool("allow_config_change", False, "Train on a workdir whose recorded config "
+                  "differs in model/data/optimization fields (the change is recorded).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -37,10 +40,23 @@ def main(argv):
   logging.info("JAX %s, backend %s, %d devices (%d local), process %d/%d", jax.__version__,
                jax.default_backend(), jax.device_count(), jax.local_device_count(),
                jax.process_index(), jax.process_count())
-  from csm_jax import inference, train  # pylint: disable=g-import-not-at-top
-  run = {"train": train.train_and_evaluate, "eval": inference.evaluate_workdir,
-         "sample": inference.sample_workdir}[FLAGS.mode]
-  run(FLAGS.config, FLAGS.workdir)
+  from csm_jax import checkpoints, config_base, data, inference, train, workdir  # pylint: disable=g-import-not-at-top
+  try:
+    overrides = config_base.command_line_overrides(sys.argv[1:])
+    if FLAGS.mode == "train":
+      train.train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.allow_config_change)
+    else:  # the workdir's recorded config, with evaluation/sampling overrides only
+      config = workdir.eval_config(FLAGS.workdir, FLAGS.config, overrides)
+      run = inference.evaluate_workdir if FLAGS.mode == "eval" else inference.sample_workdir
+      run(config, FLAGS.workdir)
+  except train.Interrupted as e:
+    logging.warning("%s", e)
+    sys.exit(128 + e.signum)
+  except (workdir.WorkdirError, checkpoints.ConfigMismatchError, FileNotFoundError,
+          FloatingPointError, config_base.ConfigError, data.DataNotFoundError,
+          data.CorruptDataError) as e:
+    logging.error("%s", e)  # one clear line (a problem with the inputs, not a crash)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ import time
 
 
 class MetricWriter:
-  """Appends one JSON object per call; on resume drops rows past the resumed step."""
+  """Appends one JSON object per call; on resume drops rows past the resumed step (all
+  rows when a run starts again from step 0), so no step is written twice."""
 
   def __init__(self, workdir: str, resume_step: int = 0):
     self.path = os.path.join(workdir, "metrics.jsonl")
@@ -19,7 +20,7 @@ class MetricWriter:
             row = json.loads(line)
           except json.JSONDecodeError:
             continue  # a line cut by a kill
-          if row.get("step", 0) <= resume_step:
+          if resume_step > 0 and row.get("step", 0) <= resume_step:
             keep.append(line if line.endswith("\n") else line + "\n")
       with open(self.path + ".tmp", "w") as f:
         f.writelines(keep)

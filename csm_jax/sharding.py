@@ -8,6 +8,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from csm_jax.config_base import ConfigError
+
 
 def data_mesh(devices=None) -> Mesh:
   """A 1-D mesh over all (or the given) devices with axis name 'data'."""
@@ -24,8 +26,8 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, name: str = "batch_size"):
-  if batch_size % mesh.size:
-    raise ValueError(f"{name}={batch_size} must be divisible by the number of devices "
+  if batch_size < 1 or batch_size % mesh.size:
+    raise ConfigError(f"{name}={batch_size} must be divisible by the number of devices "
                      f"({mesh.size}); pick a multiple of {mesh.size}")
 
 

@@ -12,9 +12,12 @@ exactly the parameters of an uninterrupted run (on a fixed machine and device co
                                 benchmarks and small studies
 """
 
+import contextlib
 import dataclasses
 import json
 import os
+import signal
+import threading
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -27,12 +30,14 @@ import numpy as np
 import optax
 
 from csm_jax import checkpoints
+from csm_jax import config_base
 from csm_jax import data as data_lib
 from csm_jax import likelihood
 from csm_jax import losses
 from csm_jax import metrics as metrics_lib
 from csm_jax import models
 from csm_jax import sharding as sharding_lib
+from csm_jax import workdir as workdir_lib
 
 
 @flax.struct.dataclass
@@ -181,6 +186,7 @@ def setup(config, mesh=None, arrays: Optional[data_lib.Arrays] = None,
   `arrays` replaces the dataset config.data names (e.g. a training split with a
   held-out part); `loss_fn` replaces the loss config.loss names.
   """
+  config_base.validate(config)
   mesh = mesh or sharding_lib.data_mesh()
   sharding_lib.check_batch_size(config.training.batch_size, mesh, "training.batch_size")
   arrays = data_lib.load_arrays(config.data) if arrays is None else arrays
@@ -231,15 +237,42 @@ def make_eval_fn(config, model, pre, test, mesh, loss_fn):
 # ------------------------------------------------------------------------------------
 
 
+class Interrupted(Exception):
+  """Training stopped by SIGINT or SIGTERM, after saving a checkpoint of `step`."""
+
+  def __init__(self, step: int, signum: int, directory: str):
+    self.step, self.signum = step, signum
+    name = signal.Signals(signum).name
+    super().__init__(f"{name} received: stopped at step {step} with a checkpoint of it in "
+                     f"{directory}; run the same command again to resume from there")
+
+
+@contextlib.contextmanager
+def _catch_stop_signals(enabled: bool):
+  """Yields a list that SIGINT / SIGTERM append their number to (instead of killing)."""
+  received = []
+  if not enabled or threading.current_thread() is not threading.main_thread():
+    yield received
+    return
+  handler = lambda signum, frame: received.append(signum)
+  old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    yield received
+  finally:
+    for sig, h in old.items():
+      signal.signal(sig, h)
+
+
 def train_loop(s: Setup, workdir: Optional[str] = None,
                eval_fn: Optional[Callable[[Any], dict]] = None,
                eval_every: Optional[int] = None, log: Callable[[str], None] = logging.info,
                label: str = "", callbacks: Sequence[Callable] = ()):
   """Trains s.model to config.training.num_steps; returns (state, info).
 
-  With a `workdir`: resumes from its latest checkpoint, saves every
-  training.checkpoint_every steps (and at the end) and appends metrics to
-  workdir/metrics.jsonl (and TensorBoard). `eval_fn(ema_params) -> dict` runs at step 0
+  With a `workdir`: resumes from its latest readable checkpoint, saves every
+  training.checkpoint_every steps, at the first logged step, every
+  training.checkpoint_every_secs seconds and at the end, and on SIGINT / SIGTERM (then
+  raises `Interrupted`), and appends metrics to workdir/metrics.jsonl (and TensorBoard). `eval_fn(ema_params) -> dict` runs at step 0
   (fresh runs), every `eval_every` steps (default training.eval_every; 0: never) and at
   the end.
   A non-finite loss or gradient stops training with FloatingPointError naming the step.
@@ -250,11 +283,9 @@ def train_loop(s: Setup, workdir: Optional[str] = None,
   config, t = s.config, s.config.training
   n = int(t.num_steps)
   eval_every = t.eval_every if eval_every is None else eval_every
-  for name, value, least in (("training.num_steps", n, 0), ("training.log_every", t.log_every, 1),
-                             ("training.checkpoint_every", t.checkpoint_every, 1),
-                             ("training.eval_every", eval_every, 0)):
-    if value < least:
-      raise ValueError(f"{name} must be >= {least}, got {value}")
+  config_base.validate(config)
+  if eval_every < 0:
+    raise ValueError(f"eval_every must be >= 0 (0: never), got {eval_every}")
   prefix = f"[{label}] " if label else ""
   repl = sharding_lib.replicated(s.mesh)
   state = initial_state(s)
@@ -293,40 +324,52 @@ def train_loop(s: Setup, workdir: Optional[str] = None,
   if eval_fn is not None and eval_every and start == 0:
     evaluate(0)
   progress = metrics_lib.Progress(start, n)
-  tick = time.perf_counter()
-  for step in range(start, n):
-    state, metrics = step_fn(state, batch, base_rng)
-    done = step + 1
-    if done < n:
-      batch = s.batcher.train(done)  # host work overlaps the asynchronous device step
-    is_log = done % t.log_every == 0 or done == n
-    is_eval = eval_fn is not None and eval_every and (done % eval_every == 0 or done == n)
-    is_ckpt = ckpt is not None and (done % t.checkpoint_every == 0 or done == n)
-    if is_log or is_eval or is_ckpt:
-      bad = int(state.bad_step)
-      if bad >= 0:
-        where = (f"the last good checkpoint (step {ckpt.latest_step()}) left in "
-                 f"{ckpt.directory}" if ckpt is not None else "no checkpoint written")
-        raise FloatingPointError(
-            f"{prefix}non-finite loss or gradient at step {bad} (0-based); training stopped "
-            f"with the state of step {bad} kept in memory and {where}. Lower "
-            "optim.learning_rate, check the data, or raise noise.sigma_min.")
-    if is_log:
-      row = {k: float(v) for k, v in metrics.items()}
-      row.update(progress.update(done))
-      info["final_loss"] = row["loss"]
-      if writer is not None:
-        writer.write(done, row)
-      log(f"{prefix}step {done}/{n} loss {row['loss']:.4f}  {row['steps_per_sec']:.2f} "
-          f"steps/s  ETA {progress.eta_str(done)}")
-      for cb in callbacks:
-        cb(done, state, row)
-    if is_eval:
-      info["train_seconds"] += time.perf_counter() - tick
-      evaluate(done)
-      tick = time.perf_counter()
-    if is_ckpt:
-      ckpt.save(done, state)
+  tick = last_save = time.perf_counter()
+  with _catch_stop_signals(ckpt is not None) as stop:
+    for step in range(start, n):
+      state, metrics = step_fn(state, batch, base_rng)
+      done = step + 1
+      if stop:  # SIGINT / SIGTERM: keep this step, then stop
+        ckpt.save(done, state)
+        ckpt.close()
+        writer.close()
+        raise Interrupted(done, stop[0], ckpt.directory)
+      if done < n:
+        batch = s.batcher.train(done)  # host work overlaps the asynchronous device step
+      is_log = done % t.log_every == 0 or done == n
+      is_eval = eval_fn is not None and eval_every and (done % eval_every == 0 or done == n)
+      is_ckpt = ckpt is not None and (
+          done % t.checkpoint_every == 0 or done == n
+          or (is_log and ckpt.latest_step() is None)            # a first checkpoint early
+          or (t.checkpoint_every_secs
+              and time.perf_counter() - last_save >= t.checkpoint_every_secs))
+      if is_log or is_eval or is_ckpt:
+        bad = int(state.bad_step)
+        if bad >= 0:
+          last = None if ckpt is None else ckpt.latest_step()
+          where = ("no checkpoint written" if last is None else
+                   f"the last good checkpoint (step {last}) left in {ckpt.directory}")
+          raise FloatingPointError(
+              f"{prefix}non-finite loss or gradient at step {bad} (0-based); training stopped "
+              f"with the state of step {bad} kept in memory and {where}. Lower "
+              "optim.learning_rate, check the data, or raise noise.sigma_min.")
+      if is_log:
+        row = {k: float(v) for k, v in metrics.items()}
+        row.update(progress.update(done))
+        info["final_loss"] = row["loss"]
+        if writer is not None:
+          writer.write(done, row)
+        log(f"{prefix}step {done}/{n} loss {row['loss']:.4f}  {row['steps_per_sec']:.2f} "
+            f"steps/s  ETA {progress.eta_str(done)}")
+        for cb in callbacks:
+          cb(done, state, row)
+      if is_eval:
+        info["train_seconds"] += time.perf_counter() - tick
+        evaluate(done)
+        tick = time.perf_counter()
+      if is_ckpt:
+        ckpt.save(done, state)
+        last_save = time.perf_counter()
   jax.block_until_ready(state)
   info["train_seconds"] += time.perf_counter() - tick
   if ckpt is not None:
@@ -336,12 +379,20 @@ def train_loop(s: Setup, workdir: Optional[str] = None,
   return state, info
 
 
-def train_and_evaluate(config, workdir: str):
-  """Trains to config.training.num_steps, resuming from workdir's latest checkpoint."""
-  s = setup(config)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
-  eval_fn = make_eval_fn(config, s.model, s.pre, s.arrays.test, s.mesh, s.loss_fn)
-  state, _ = train_loop(s, workdir=workdir, eval_fn=eval_fn)
+def train_and_evaluate(config, workdir: str, allow_config_change: bool = False):
+  """Trains to config.training.num_steps, resuming from workdir's latest checkpoint.
+
+  Takes the workdir's training lock, refuses a config whose model/data/optimization
+  fields differ from the workdir's record (unless allow_config_change, which records
+  the change), and writes the record only once the config has built a working setup.
+  """
+  config_base.validate(config)
+  owner = jax.process_index() == 0  # multi-host: the writing process owns the workdir
+  with workdir_lib.lock(workdir) if owner else contextlib.nullcontext():
+    changes = workdir_lib.check_config(workdir, config, allow_config_change)
+    s = setup(config)
+    if owner:
+      workdir_lib.write_record(workdir, config, changes)
+    eval_fn = make_eval_fn(config, s.model, s.pre, s.arrays.test, s.mesh, s.loss_fn)
+    state, _ = train_loop(s, workdir=workdir, eval_fn=eval_fn)
   return state

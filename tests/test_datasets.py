@@ -1,6 +1,7 @@
 """Tests for csm_jax.data: tfds loading and caching, npz, synthetic, preprocessing."""
 
 import os
+import re
 import sys
 import time
 
@@ -85,6 +86,91 @@ def test_resolve_data_dir(monkeypatch, tmp_path):
   assert data_lib.resolve_data_dir(None) == str(tmp_path / 'env')
   monkeypatch.delenv('TFDS_DATA_DIR')
   assert data_lib.resolve_data_dir(None) == os.path.expanduser('~/tensorflow_datasets')
+
+
+@pytest.mark.skipif(not os.path.isfile(
+    os.path.join(SHARED_TFDS, 'mnist', '3.0.1', 'dataset_info.json')),
+                    reason='prepared MNIST not available')
+def test_truncated_tfds_shard_names_split_and_dir(tmp_path):
+  """A truncated array_record shard: an error naming split and data dir, no cache."""
+  src = os.path.join(SHARED_TFDS, 'mnist', '3.0.1')
+  dst = tmp_path / 'tfds' / 'mnist' / '3.0.1'
+  dst.mkdir(parents=True)
+  for name in os.listdir(src):
+    if name.endswith('.json'):
+      (dst / name).write_bytes(open(os.path.join(src, name), 'rb').read())
+    elif '-test.' in name:
+      os.symlink(os.path.join(src, name), dst / name)   # intact, not read first
+    else:                                               # train: the first half only
+      with open(os.path.join(src, name), 'rb') as f:
+        (dst / name).write_bytes(f.read(os.path.getsize(os.path.join(src, name)) // 2))
+  cfg = _cfg(dataset='mnist', data_dir=str(tmp_path / 'tfds'),
+             cache_dir=str(tmp_path / 'cache'))
+  t0 = time.time()
+  with pytest.raises(data_lib.CorruptDataError) as e:
+    data_lib.load_arrays(cfg)
+  assert time.time() - t0 < 10.0
+  msg = str(e.value)
+  assert "split 'train'" in msg and str(dst) in msg and 'mnist' in msg, msg
+  assert '3.0.1' in msg and 'TFDS_DATA_DIR' in msg and 're-prepare' in msg, msg
+  assert e.value.__cause__ is not None                  # the reader's own error, chained
+  assert not (tmp_path / 'cache').exists() or not os.listdir(tmp_path / 'cache')
+
+
+class _FakeBuilder:
+  """Just what `_cached_split` reads from a tfds builder."""
+  name, version = 'fake', '1.0.0'
+
+  def __init__(self, data_path, source):
+    self.data_path, self._source = data_path, source
+    split = type('Split', (), {'num_examples': len(source)})()
+    self.info = type('Info', (), {'splits': {'train': split}})()
+
+  def as_data_source(self, split):
+    del split
+    return self._source
+
+
+class _BrokenSource:
+  def __len__(self):
+    return 4
+
+  def __getitems__(self, indices):
+    raise RuntimeError('Corrupted Riegeli/records file')
+
+  def __getitem__(self, i):
+    raise RuntimeError('Corrupted Riegeli/records file')
+
+
+def test_unreadable_tfds_source_is_reported_with_its_dir(tmp_path):
+  builder = _FakeBuilder(str(tmp_path / 'fake' / '1.0.0'), _BrokenSource())
+  with pytest.raises(data_lib.CorruptDataError) as e:
+    tfds_source._cached_split(builder, 'train', str(tmp_path / 'c.npy'), None)
+  msg = str(e.value)
+  assert "'fake' 1.0.0, split 'train'" in msg and str(tmp_path / 'fake') in msg, msg
+  assert 'Corrupted Riegeli/records file' in msg and 'TFDS_DATA_DIR' in msg
+  assert isinstance(e.value.__cause__, RuntimeError)
+  assert not os.path.exists(tmp_path / 'c.npy')
+
+
+@pytest.mark.parametrize('damage', ['random', 'truncated', 'object'])
+def test_corrupt_npy_cache_is_ignored_and_redecoded(tmp_path, caplog, damage):
+  images = [{'image': np.full((2, 2, 1), i, np.uint8)} for i in range(3)]
+  builder = _FakeBuilder(str(tmp_path), images)
+  cache = tmp_path / 'c.npy'
+  if damage == 'random':
+    cache.write_bytes(np.random.default_rng(0).bytes(300))
+  elif damage == 'truncated':
+    np.save(cache, np.zeros((3, 2, 2, 1), np.uint8))
+    cache.write_bytes(cache.read_bytes()[:-5])  # data cut short
+  else:
+    np.save(cache, np.array([None, 1], dtype=object))
+  with caplog.at_level('WARNING', logger=tfds_source.__name__):
+    array = tfds_source._cached_split(builder, 'train', str(cache), None)
+  assert array.shape == (3, 2, 2, 1) and array[2].max() == 2
+  assert str(cache) in caplog.text and 'Ignoring unreadable cache' in caplog.text
+  assert 'allow_pickle' not in caplog.text
+  np.testing.assert_array_equal(np.load(cache), array)  # rewritten, readable again
 
 
 def test_celeba_pipeline_with_mock_data(tmp_path, monkeypatch):
@@ -184,6 +270,72 @@ def test_npz_tmp_files_and_errors(tmp_path):
   err('dtype', x=np.zeros((10, 3), np.int64))
   with pytest.raises(FileNotFoundError):
     data_lib.load_npz(str(tmp_path / 'missing.npz'))
+
+
+def _damaged_npz(tmp_path, damage):
+  """A file named *.npz damaged in the way `damage` says; returns its path."""
+  p = tmp_path / f'{damage}.npz'
+  good = np.arange(2000, dtype=np.float64).reshape(100, 20)
+  if damage == 'random':                 # numpy would call it pickled data
+    p.write_bytes(np.random.default_rng(0).bytes(1000))
+  elif damage == 'truncated':            # a valid npz cut at half its size
+    np.savez(p, x=good)
+    p.write_bytes(p.read_bytes()[:p.stat().st_size // 2])
+  elif damage == 'object':               # np.savez pickles object arrays by default
+    np.savez(p, x=np.array([1, 'a', None], dtype=object))
+  elif damage == 'member_truncated':     # zip intact, the array's data cut short
+    import io, zipfile  # pylint: disable=g-import-not-at-top,multiple-imports
+    buf = io.BytesIO()
+    np.save(buf, good)
+    with zipfile.ZipFile(p, 'w') as z:
+      z.writestr('x.npy', buf.getvalue()[:500])
+  elif damage == 'bad_crc':              # bytes flipped inside the array data
+    np.savez(p, x=good)
+    raw = bytearray(p.read_bytes())
+    raw[300:400] = bytes(b ^ 0xff for b in raw[300:400])
+    p.write_bytes(bytes(raw))
+  elif damage == 'not_npy_member':       # a zip whose member has no .npy header
+    import zipfile  # pylint: disable=g-import-not-at-top
+    with zipfile.ZipFile(p, 'w') as z:
+      z.writestr('x.npy', b'these are not array bytes' * 8)
+  elif damage == 'text':
+    p.write_text('not an archive\n')
+  elif damage == 'npy':                  # a single .npy renamed to .npz
+    with open(p, 'wb') as f:
+      np.save(f, good)
+  elif damage == 'empty':
+    p.write_bytes(b'')
+  return p
+
+
+@pytest.mark.parametrize('damage, what', [
+    ('random', 'not a valid .npz archive'),
+    ('truncated', 'truncated or damaged'),
+    ('object', 'dtype object'),
+    ('member_truncated', "array 'x' is truncated or damaged"),
+    ('bad_crc', "array 'x' is truncated or damaged"),
+    ('not_npy_member', "member 'x' is not a .npy array"),
+    ('text', 'not a zip file'),
+    ('npy', 'not a .npz archive'),
+    ('empty', 'empty'),
+])
+def test_damaged_npz_names_the_file_and_never_suggests_pickles(tmp_path, damage, what):
+  p = _damaged_npz(tmp_path, damage)
+  for load in (lambda: data_lib.load_npz(str(p)),
+               lambda: data_lib.load_arrays(_cfg(dataset='npz', path=str(p)))):
+    with pytest.raises(data_lib.CorruptDataError) as e:
+      load()
+    assert isinstance(e.value, ValueError)
+    msg = str(e.value)
+    assert str(p) in msg and what in msg, msg
+    # Never advice to load unsafely, neither here nor in a chained cause.
+    for text in (msg, str(e.value.__cause__ or '')):
+      assert 'allow_pickle' not in text and 'pickle.load' not in text, text
+  # As a separate test file, too.
+  good = tmp_path / 'good.npz'
+  np.savez(good, x=np.zeros((10, 3), np.float32))
+  with pytest.raises(data_lib.CorruptDataError, match=re.escape(str(p))):
+    data_lib.load_npz(str(good), str(p))
 
 
 # ----------------------------------------------------------------------------- synthetic

@@ -13,14 +13,14 @@ declared, with its default, in `csm_jax.config_base.default_config().data`.
 from csm_jax.data.batching import batch_indices, dequant_rng
 from csm_jax.data.npz import load_npz
 from csm_jax.data.preprocess import Preprocessor, get_preprocessor
-from csm_jax.data.sources import (Arrays, DataNotFoundError, IMAGE_SHAPES, image_shape,
-                                  load_arrays)
+from csm_jax.data.sources import (Arrays, CorruptDataError, DataNotFoundError,
+                                  IMAGE_SHAPES, image_shape, load_arrays)
 from csm_jax.data.tfds_source import TFDS_NAMES, celeba_transform, resolve_data_dir
 from csm_jax.data.toy import TOY2D_NAMES, gaussian_covariance, toy2d_sample
 
 __all__ = [
-    'Arrays', 'DataNotFoundError', 'IMAGE_SHAPES', 'Preprocessor', 'TFDS_NAMES',
-    'TOY2D_NAMES', 'batch_indices', 'celeba_transform', 'dequant_rng',
+    'Arrays', 'CorruptDataError', 'DataNotFoundError', 'IMAGE_SHAPES', 'Preprocessor',
+    'TFDS_NAMES', 'TOY2D_NAMES', 'batch_indices', 'celeba_transform', 'dequant_rng',
     'gaussian_covariance', 'get_preprocessor', 'image_shape', 'load_arrays', 'load_npz',
     'resolve_data_dir', 'toy2d_sample',
 ]

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
-from csm_jax.data.sources import Arrays
+from csm_jax.data.sources import Arrays, CorruptDataError
 
 
 def _resolve_npz_dir(path: str) -> tuple[str, Optional[str]]:
@@ -30,12 +30,91 @@ def _resolve_npz_dir(path: str) -> tuple[str, Optional[str]]:
       f'and at most one test*.npz; found {[os.path.basename(f) for f in files]}.')
 
 
+_ZIP_MAGICS = (b'PK\x03\x04', b'PK\x05\x06')  # a zip's first entry; an empty zip
+_NPY_MAGIC = b'\x93NUMPY'
+
+
+def _detail(e: BaseException) -> str:
+  """`e` as ' (Type: message)' for an error message; numpy's own advice is left out."""
+  text = str(e)
+  if 'pickle' in text:  # numpy suggests loading pickles; csm_jax never does
+    return ''
+  kind = type(e).__name__
+  if type(e).__module__ not in ('builtins', 'numpy'):
+    kind = f'{type(e).__module__}.{kind}'  # e.g. zlib.error, zipfile.BadZipFile
+  return f' ({kind}: {text})' if text else f' ({kind})'
+
+
+def _member_dtype(f: Any, key: str) -> Optional[np.dtype]:
+  """The dtype in the .npy header of array `key` of the open npz `f`; None if unreadable."""
+  names = f.zip.namelist()
+  name = key if key in names else key + '.npy'
+  try:
+    with f.zip.open(name) as member:
+      version = np.lib.format.read_magic(member)
+      header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                else np.lib.format.read_array_header_2_0)
+      return header(member)[2]
+  except Exception:  # pylint: disable=broad-except  (damaged header: caller reports it)
+    return None
+
+
 def _read_npz(path: str) -> dict:
-  """All arrays of the .npz at `path` (no pickles), read into memory."""
+  """All arrays of the .npz at `path`, read into memory; never unpickles anything.
+
+  A file that is there but cannot be read raises `CorruptDataError` (a ValueError)
+  naming the file and what is wrong: not an npz (zip) archive, truncated or damaged, or
+  holding an array of dtype object (pickled Python objects, which are never loaded).
+  """
   if not os.path.isfile(path):
     raise FileNotFoundError(f'npz file not found: {path!r}.')
-  with np.load(path, allow_pickle=False) as f:
-    return {k: f[k] for k in f.files}
+  size = os.path.getsize(path)
+  with open(path, 'rb') as raw:
+    magic = raw.read(6)
+  if size == 0:
+    raise CorruptDataError(f'npz file {path!r} is empty (0 bytes): not a valid .npz '
+                           'archive. Re-create it with np.savez.')
+  if magic == _NPY_MAGIC:
+    raise CorruptDataError(
+        f'npz file {path!r} is a single .npy array, not a .npz archive. Save it with '
+        "np.savez(path, x=array) (key 'x', or 'train' and 'test').")
+  if not magic.startswith(_ZIP_MAGICS):
+    raise CorruptDataError(
+        f'npz file {path!r} is not a valid .npz archive: it is not a zip file (first '
+        f'bytes {magic[:4]!r}, expected {_ZIP_MAGICS[0]!r}). It may be damaged or of '
+        'another format; re-create it with np.savez.')
+  try:
+    f = np.load(path, allow_pickle=False)
+  except (MemoryError, PermissionError):
+    raise
+  except Exception as e:
+    raise CorruptDataError(
+        f'npz file {path!r} ({size} bytes) is truncated or damaged: it starts like a '
+        f'zip archive but its index cannot be read{_detail(e)}. Re-create or re-copy '
+        'it.') from e
+  with f:
+    data = {}
+    for key in f.files:
+      try:
+        value = f[key]
+      except (MemoryError, PermissionError):
+        raise
+      except Exception as e:
+        dtype = _member_dtype(f, key)
+        if dtype is not None and dtype.hasobject:
+          raise CorruptDataError(
+              f'npz file {path!r}: array {key!r} has dtype object (pickled Python '
+              'objects), which csm_jax never loads. Save numeric arrays instead: uint8 '
+              'images or floating point data.') from None  # numpy's error is about pickles
+        raise CorruptDataError(
+            f'npz file {path!r} ({size} bytes): array {key!r} is truncated or damaged'
+            f'{_detail(e)}. Re-create or re-copy the file.') from e
+      if not isinstance(value, np.ndarray):
+        raise CorruptDataError(
+            f'npz file {path!r}: member {key!r} is not a .npy array (no .npy header); '
+            'not a valid .npz archive. Re-create it with np.savez.')
+      data[key] = value
+    return data
 
 
 def _check_array(x: np.ndarray, what: str) -> np.ndarray:

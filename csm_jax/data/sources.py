@@ -30,6 +30,14 @@ class DataNotFoundError(RuntimeError):
   """A dataset is not available locally and cannot be prepared here."""
 
 
+class CorruptDataError(ValueError):
+  """A data file is there but cannot be read: damaged, truncated or of another format.
+
+  The message names the file (or tfds split and directory) and what is wrong; the
+  original error, if any, is chained as ``__cause__``.
+  """
+
+
 class Arrays(NamedTuple):
   """In-memory dataset. Images: uint8 (N, H, W, C); synthetic: float32 (N, D)."""
   train: np.ndarray

@@ -4,7 +4,8 @@ Finds or prepares the data in the tfds data dir (`resolve_data_dir`), failing fa
 it is missing and there is no network (`_network_available`) or no TensorFlow to prepare
 it; decodes a split once into uint8 (N, H, W, C) (CelebA: centre crop and resize,
 `celeba_transform`) and caches it as .npy in ``data.cache_dir``, written atomically and
-re-decoded when stale.
+re-decoded when stale. Shards that cannot be read raise `CorruptDataError` naming the
+split and the directory.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from csm_jax.data.sources import Arrays, DataNotFoundError
+from csm_jax.data.sources import Arrays, CorruptDataError, DataNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -202,6 +203,40 @@ def load_tfds(data_config: Any, dataset: str) -> Arrays:
   return Arrays(splits['train'], splits['test'], tuple(int(s) for s in shape), True)
 
 
+def _corrupt_split_error(builder: Any, split: str, error: Exception) -> CorruptDataError:
+  """What to raise when reading the shards of `split` failed with `error`."""
+  where = str(builder.data_path)
+  try:
+    shards = sorted(os.path.basename(p) for p in glob.glob(
+        os.path.join(where, f'*-{split}.*')))
+  except OSError:
+    shards = []
+  found = f' (shards: {shards})' if shards else ''
+  return CorruptDataError(
+      f'Could not read tfds dataset {builder.name!r} {builder.version}, split '
+      f'{split!r}, from the data dir {where}{found}: {type(error).__name__}: {error}. '
+      'The prepared files look truncated or corrupt (e.g. an interrupted copy or '
+      'download). Fix: point TFDS_DATA_DIR (or --config.data.data_dir) at a good copy, '
+      'or move that directory aside and re-prepare the dataset (needs the network and '
+      'TensorFlow).')
+
+
+def _read_cache(path: str) -> Optional[np.ndarray]:
+  """The array in the .npy cache file `path`, or None (with a warning) if unreadable."""
+  try:
+    with open(path, 'rb') as f:
+      if f.read(6) != b'\x93NUMPY':
+        logger.warning('Ignoring unreadable cache %s: not a .npy file (damaged?); it '
+                       'will be decoded again.', path)
+        return None
+    return np.load(path, allow_pickle=False)
+  except (OSError, ValueError, EOFError) as e:
+    reason = 'holds an array of dtype object' if 'pickle' in str(e) else f'{e}'
+    logger.warning('Ignoring unreadable cache %s: %s; it will be decoded again.', path,
+                   reason)
+    return None
+
+
 def _cached_split(builder: Any, split: str, path: str,
                   transform: Optional[Callable]) -> np.ndarray:
   """The decoded split from the cache at `path` if it is fresh, else decoded and saved.
@@ -215,17 +250,20 @@ def _cached_split(builder: Any, split: str, path: str,
   except Exception:  # pylint: disable=broad-except  (info without splits, e.g. mocks)
     pass
   if os.path.isfile(path):
-    try:
-      array = np.load(path)
+    array = _read_cache(path)
+    if array is not None:
       if array.dtype == np.uint8 and array.ndim == 4 and (
           expected is None or len(array) == expected):
         return array
       logger.warning('Ignoring stale cache %s.', path)
-    except (OSError, ValueError) as e:
-      logger.warning('Ignoring unreadable cache %s: %s', path, e)
   start = time.time()
-  source = builder.as_data_source(split=split)
-  array = _decode_source(source, transform)
+  try:
+    source = builder.as_data_source(split=split)
+    array = _decode_source(source, transform)
+  except (DataNotFoundError, MemoryError):
+    raise
+  except Exception as e:
+    raise _corrupt_split_error(builder, split, e) from e
   logger.info('Decoded %s/%s: %s in %.1fs.', builder.name, split, array.shape,
               time.time() - start)
   try:
