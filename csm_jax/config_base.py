@@ -124,6 +124,12 @@ def default_config() -> ml_collections.ConfigDict:
   # dimensions per compiled call, progress and ETA logged after each (None: ~20 reports;
   # 0: the whole sampler in one call)
   s.chunk_dims = _ref(int)
+  # 'sequential': dimension after dimension (D stages); 'fixed_point': the same sample by
+  # Jacobi sweeps, every dimension at once per sweep, until the largest change of a
+  # coordinate between sweeps is <= fixed_point_tol (0: exactly) or max_sweeps (None: D).
+  s.method = "sequential"
+  s.max_sweeps = _ref(int)
+  s.fixed_point_tol = 1e-4
   c.lock()
   return c
 
@@ -295,6 +301,11 @@ def validate(config) -> ml_collections.ConfigDict:
          n.num_levels, "an integer >= 1")
   s = config.sampling
   need(s.step_lr > 0, "sampling.step_lr", s.step_lr, "> 0")
+  need(s.method in ("sequential", "fixed_point"), "sampling.method", s.method,
+       "'sequential' or 'fixed_point'")
+  need(s.max_sweeps is None or s.max_sweeps >= 1, "sampling.max_sweeps", s.max_sweeps,
+       ">= 1 (None: D)")
+  need(s.fixed_point_tol >= 0, "sampling.fixed_point_tol", s.fixed_point_tol, ">= 0")
   if s.sigmas is not None:
     need(len(s.sigmas) >= 1 and all(v > 0 for v in s.sigmas), "sampling.sigmas", s.sigmas,
          "positive noise levels")

@@ -106,6 +106,9 @@ def sample_workdir(config, workdir: str, log: Callable[[str], None] = logging.in
   log(f"sampling with {json.dumps(info)}")
   rng = jax.random.PRNGKey(config.seed + 20_000) if rng is None else rng
   x = np.asarray(sampler(params, rng))
+  if "sweeps" in info:
+    log(f"fixed-point sampling used {info['sweeps']} sweeps for {inf.model.dim} dimensions "
+        f"(largest change in the last one {info['max_change']:.3g})")
   os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
   base = os.path.join(workdir, "samples", f"samples_{step:08d}")
   np.save(base + ".npy", x)

@@ -11,7 +11,20 @@ the two samplers are also checked to agree on those dimensions (same random numb
 the difference is reported relative to the largest |x|, as float32 rounding grows with
 the samples of a random-init model).
 
+Parallel sampling (fixed point, `sampling.fixed_point_sample`): for each batch size of
+``--fixed_point_batches``, the sequential cached sampler and the fixed-point sampler with
+the same random numbers (tolerance sampling.fixed_point_tol), compiled and timed: sweeps
+to converge, wall time, the largest difference to the sequential sample, and the work
+each spends (context passes and head evaluations: a sweep runs every dimension's chain,
+so K sweeps cost about K times the sequential sampler's head work, to cut its D
+sequential stages to K). On a CPU, which is throughput-bound, this extra work can make
+the fixed-point sampler slower; on a GPU the sequential sampler is latency-bound.
+``--workdir W`` uses a trained model (W's recorded config and latest EMA parameters)
+instead of a random initialization: sweeps depend on the model.
+
   python -m experiments.bench_sampling --out /tmp/bench_sampling.json
+  python -m experiments.bench_sampling --out /tmp/b.json --workdir /tmp/csm_mnist \
+      --naive_dims 0 --fixed_point_batches 1,8
   python -m experiments.bench_sampling --out /tmp/b.json --config=configs/mnist_made.py \\
       --config.model.hidden_sizes=64,64 --config.noise.num_levels=10 \\
       --config.sampling.num_steps=10 --config.sampling.num_samples=16
@@ -28,7 +41,8 @@ import time
 import jax
 import numpy as np
 
-from csm_jax import config_base, models, sampling
+from csm_jax import config_base, inference, models, sampling
+from csm_jax import data as data_lib
 from experiments import common
 
 
@@ -38,7 +52,12 @@ def parse_args(argv=None):
   p.add_argument("--config", default="mnist_made", help="configs/NAME.py[:variant] or a path")
   p.add_argument("--naive_dims", type=int, default=4, help="k: naive timed on k dims")
   p.add_argument("--repeats", type=int, default=3)
-  p.add_argument("--image_size", type=int, default=28, help="D = image_size^2 (smoke runs)")
+  p.add_argument("--image_size", type=int, default=0,
+                 help="images of image_size^2 pixels (smoke runs; 0: the dataset's shape)")
+  p.add_argument("--workdir", default=None,
+                 help="a trained run: its recorded config and EMA parameters")
+  p.add_argument("--fixed_point_batches", default="1,8",
+                 help="batch sizes for the fixed-point vs sequential comparison ('': skip)")
   return common.parse(p, argv, prefixes=("config",))
 
 
@@ -72,12 +91,72 @@ def agreement(model, outs, k):
   return diff, diff / max(float(np.abs(outs["naive_k"][:, first]).max()), 1e-30)
 
 
-def run(args, overrides):
+def load_model(args, overrides):
+  """(config, model, params, where the parameters come from)."""
+  if args.workdir:
+    cfg = common.apply(config_base.load_workdir_config(args.workdir), overrides["config"])
+    inf = inference.build(cfg)
+    params, step = inference.restore(inf, args.workdir)
+    return cfg, inf.model, params, f"{args.workdir}, EMA parameters of step {step}"
   cfg = common.apply(config_base.load_config(args.config), overrides["config"])
-  model = models.get_model(cfg.model, (args.image_size, args.image_size, 1))
+  shape = data_lib.image_shape(cfg.data, cfg.data.dataset)
+  if args.image_size:
+    shape = (args.image_size, args.image_size, shape[-1])
+  model = models.get_model(cfg.model, shape)
+  return cfg, model, model.init(jax.random.PRNGKey(cfg.seed)), "random init"
+
+
+def _timed(fn):
+  t0 = time.perf_counter()
+  out = jax.block_until_ready(fn())
+  return time.perf_counter() - t0, out
+
+
+def fixed_point_vs_sequential(cfg, model, params, batch, rng):
+  """One batch size: both samplers compiled, timed (second call) and compared."""
+  c = config_base.override(cfg.copy_and_resolve_references(),
+                           [f"sampling.num_samples={batch}", "sampling.chunk_dims=0"])
+  seq, info = sampling.make_sampler_from_config(c, model)
+  seq_compile, _ = _timed(lambda: seq(params, rng))
+  seq_s, x_seq = _timed(lambda: seq(params, rng))
+  c.sampling.method = "fixed_point"
+  par, fp_info = sampling.make_sampler_from_config(c, model)
+  par_compile, _ = _timed(lambda: par(params, rng))
+  par_s, x_par = _timed(lambda: par(params, rng))
+  dim, steps = model.dim, info["L"] * info["T"] + int(info["denoise"])
+  sweeps = fp_info["sweeps"]
+  return {
+      "batch": batch, "sweeps": sweeps, "last_change": fp_info["max_change"],
+      "max_abs_diff_to_sequential": float(np.abs(np.asarray(x_par) - np.asarray(x_seq)).max()),
+      "sequential_seconds": seq_s, "fixed_point_seconds": par_s,
+      "speedup": seq_s / par_s, "compile_seconds": {"sequential": seq_compile,
+                                                     "fixed_point": par_compile},
+      "sequential_stages": dim, "fixed_point_stages": sweeps,
+      "context_passes": {"sequential": dim, "fixed_point": sweeps},
+      "head_evaluations": {"sequential": batch * dim * steps,
+                           "fixed_point": sweeps * batch * dim * steps},
+      "tolerance": fp_info["fixed_point_tol"]}
+
+
+def run(args, overrides):
+  cfg, model, params, source = load_model(args, overrides)
   dim = model.dim
-  params = model.init(jax.random.PRNGKey(cfg.seed))
   rng = jax.random.PRNGKey(cfg.seed + 1)
+  result = {"what": "samplers of the AR-CSM (Meng et al. 2020, Sec. 4.2): cached vs naive "
+                    "Langevin, and the fixed-point (parallel) sampler vs the sequential one",
+            "params": source, "dim": dim, "machine": common.machine()}
+  if args.fixed_point_batches:
+    result["fixed_point"] = []
+    for b in (int(v) for v in args.fixed_point_batches.split(",")):
+      row = fixed_point_vs_sequential(cfg, model, params, b, rng)
+      result["fixed_point"].append(row)
+      common.write_json(args.out, result)
+      print(f"batch {b}: fixed point {row['sweeps']} sweeps (D={dim}), "
+            f"{row['fixed_point_seconds']:.2f}s vs sequential {row['sequential_seconds']:.2f}s"
+            f" ({row['speedup']:.2f}x), max diff {row['max_abs_diff_to_sequential']:.2e}",
+            flush=True)
+  if not args.naive_dims:
+    return result
   k = min(args.naive_dims, dim)
   fns, info = make_samplers(cfg, model, k)
   compiled, compile_s = compile_all(fns, params, rng)
@@ -94,9 +173,9 @@ def run(args, overrides):
   naive_full = med["naive_k"] * dim / k
   speedup = naive_full / med["cached"]
   num_l, num_t, batch = info["L"], info["T"], cfg.sampling.num_samples
-  result = {
-      "what": "cached-context vs naive 1-D annealed Langevin sampler (Meng et al. 2020, "
-              "Sec. 4.2), jit-compiled, median seconds after compilation, timed round robin",
+  result.update({
+      "what_naive": "cached-context vs naive 1-D annealed Langevin sampler, jit-compiled, "
+                    "median seconds after compilation, timed round robin",
       "speedup_over_naive": float(speedup),
       "cached_seconds": med["cached"],
       "naive_seconds_first_k_dims": med["naive_k"],
@@ -120,8 +199,7 @@ def run(args, overrides):
                                 f" head passes on 1 dim",
                       "naive": f"{dim * num_l * num_t} full passes "
                                f"(context + head on all {dim} dims)"},
-      "machine": common.machine(),
-  }
+  })
   common.write_json(args.out, result)
   print(f"cached {med['cached']:.2f}s, naive {med['naive_k']:.2f}s on {k} dims -> "
         f"{naive_full:.1f}s estimated for D={dim}: speedup {speedup:.1f}x", flush=True)

@@ -14,13 +14,18 @@ def _finite(x):
 def test_bench_sampling_smoke(tmp_path):
   out = tmp_path / "bench.json"
   bench_sampling.main(["--out", str(out), "--config.model.hidden_sizes=16",
-                       "--config.model.context_size=2", "--image_size", "3",
+                       "--config.model.context_size=2", "--image_size", "3", "--fixed_point_batches", "1,2",
                        "--config.sampling.num_samples=2", "--config.noise.num_levels=2",
                        "--config.sampling.num_steps=2", "--naive_dims", "2", "--repeats", "1"])
   r = json.loads(out.read_text())
   assert _finite(r["speedup_over_naive"]) and r["speedup_over_naive"] > 0
   assert r["naive_dims_timed"] == 2 and "scaled" in r["naive_scaling"]
   assert r["max_rel_diff_naive_vs_cached_first_k"] < 1e-4
+  assert [row["batch"] for row in r["fixed_point"]] == [1, 2]
+  for row in r["fixed_point"]:
+    assert 1 <= row["sweeps"] <= r["dim"] + 1 and row["max_abs_diff_to_sequential"] < 1e-3
+    assert row["head_evaluations"]["fixed_point"] == (
+        row["sweeps"] * row["head_evaluations"]["sequential"])
 
 
 def test_toy2d_smoke(tmp_path):

@@ -179,3 +179,87 @@ def test_grid_sampler_on_made_matches_its_own_density():
   counts = np.histogram(np.asarray(x[:, 0]), np.linspace(grid.lo, grid.hi, 9))[0] / len(x)
   se = np.sqrt(expected * (1 - expected) / len(x))
   np.testing.assert_array_less(np.abs(counts - expected), 4 * se + 1e-12)
+
+
+# ------------------------------------------------------------------------------------
+# Parallel (fixed-point) sampling: the sequential sample by Jacobi sweeps
+# ------------------------------------------------------------------------------------
+
+_FP_KW = dict(sigmas=(1.0, 0.3), n_steps=3, step_lr=0.05, denoise=True)
+
+
+def _pixelcnnpp_model():
+  from tests.helpers import tiny_model_config
+  cfg = tiny_model_config(head="score")
+  cfg.backbone, cfg.nr_filters, cfg.nr_resnet = "pixelcnnpp", 4, 1
+  cfg.num_resolutions, cfg.dropout_rate = 1, 0.0
+  from csm_jax import models
+  return models.get_model(cfg, (2, 2, 3))
+
+
+@pytest.mark.parametrize("which", ["made_natural", "made_random", "pixelcnnpp"])
+def test_fixed_point_langevin_equals_the_sequential_sample(which):
+  model = (_pixelcnnpp_model() if which == "pixelcnnpp"
+           else tiny_model(7, order=which.split("_")[1], hidden=(16, 16)))
+  params = model.init(jax.random.PRNGKey(0))
+  rng = jax.random.PRNGKey(3)
+  seq = sampling.sample(model, params, rng, 5, **_FP_KW)
+  x, sweeps, change = jax.jit(lambda p, r: sampling.fixed_point_sample(
+      "langevin", model, p, r, 5, **_FP_KW))(params, rng)
+  np.testing.assert_allclose(np.asarray(x), np.asarray(seq), atol=1e-5, rtol=0)
+  assert 1 <= int(sweeps) <= model.dim + 1 and float(change) == 0.0
+  # after k sweeps the first k dimensions of the order are exact, whatever the model
+  for k in (1, 2, 3):
+    xk, used, _ = sampling.fixed_point_sample("langevin", model, params, rng, 5,
+                                              max_sweeps=k, **_FP_KW)
+    first = np.asarray(model.order[:k])
+    assert int(used) == k
+    np.testing.assert_allclose(np.asarray(xk)[:, first], np.asarray(seq)[:, first],
+                               atol=1e-5, rtol=0)
+
+
+def test_fixed_point_early_stop_stops():
+  model = tiny_model(7, order="random", hidden=(16, 16))
+  params = model.init(jax.random.PRNGKey(0))
+  _, sweeps, change = sampling.fixed_point_sample("langevin", model, params,
+                                                  jax.random.PRNGKey(3), 5, tol=1e9,
+                                                  **_FP_KW)
+  assert int(sweeps) == 1 and float(change) <= 1e9
+  lines = []
+  run = sampling.make_fixed_point_sampler("langevin", model, 5, max_sweeps=2, log=lines.append,
+                                          **_FP_KW)
+  _, stats = run(params, jax.random.PRNGKey(3))
+  assert stats["sweeps"] == 2 and len(lines) == 2 and "sweep 2" in lines[-1]
+
+
+def test_fixed_point_grid_and_ancestral_equal_their_sequential_versions():
+  model = tiny_model(6, order="random", hidden=(16, 16))
+  params = model.init(jax.random.PRNGKey(0))
+  grid = likelihood.Grid(-4.0, 4.0, 65)
+  rng = jax.random.PRNGKey(5)
+  seq = sampling.grid_sample(model, params, rng, 4, grid, sigma=0.3)
+  x, _, _ = sampling.fixed_point_sample("grid", model, params, rng, 4, grid=grid, sigma=0.3)
+  np.testing.assert_allclose(np.asarray(x), np.asarray(seq), atol=1e-5, rtol=0)
+  mass = tiny_model(6, head="discretized_logistic", order="random")
+  params = mass.init(jax.random.PRNGKey(1))
+  seq = sampling.ancestral_sample(mass, params, rng, 4)
+  x, _, _ = sampling.fixed_point_sample("ancestral", mass, params, rng, 4)
+  np.testing.assert_array_equal(np.asarray(x), np.asarray(seq))
+
+
+def test_fixed_point_is_selected_by_the_config():
+  from tests.helpers import tiny_train_config
+  config = tiny_train_config(**{"sampling.num_samples": 4, "sampling.num_steps": 2,
+                                "sampling.chunk_dims": 0})
+  model = tiny_model(4)
+  params = model.init(jax.random.PRNGKey(0))
+  seq, _ = sampling.make_sampler_from_config(config, model)
+  config.sampling.method = "fixed_point"
+  config.sampling.fixed_point_tol = 0.0
+  lines = []
+  par, info = sampling.make_sampler_from_config(config, model, log=lines.append)
+  x = par(params, jax.random.PRNGKey(1))
+  np.testing.assert_allclose(np.asarray(x), np.asarray(seq(params, jax.random.PRNGKey(1))),
+                             atol=1e-5, rtol=0)
+  assert info["method"] == "fixed_point" and 1 <= info["sweeps"] <= 5
+  assert "sweeps for D=4" in lines[-1]
