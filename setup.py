@@ -25,7 +25,7 @@ setup(
         "tensorboardX",        # TensorBoard event files without TensorFlow
     ],
     extras_require={
-        "test": ["pytest", "pytest-xdist"],
+        "test": ["pytest", "pytest-xdist", "nbclient", "nbformat", "ipykernel"],
         # tfds needs TensorFlow only to download and prepare a dataset the first time.
         "prepare": ["tensorflow-cpu"],
     },

@@ -1,11 +1,13 @@
-"""PNG output: image grids and 2-D scatter plots (matplotlib, Agg backend)."""
+"""PNG output: image grids and 2-D scatter plots (matplotlib).
+
+The backend is left to matplotlib (Agg without a display, inline in a notebook), so
+importing the library never takes plots away from a notebook.
+"""
 
 import math
 
-import matplotlib
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 
 def image_grid(images: np.ndarray, ncols: int = None) -> np.ndarray:

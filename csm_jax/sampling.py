@@ -324,7 +324,8 @@ def _sweep(model, params, update):
 
 def fixed_point_iterate(sweep, x0, max_sweeps: int, tol: float):
   """Sweeps x <- sweep(x) from x0 in a `lax.while_loop` until the largest change is at
-  most `tol` or `max_sweeps` sweeps ran; returns (x, sweeps, last change)."""
+  most `tol` or `max_sweeps` sweeps ran; returns (x, sweeps, last change). A non-finite
+  change (a diverging chain) also stops it: check `last change <= tol` for convergence."""
   def cond(c):
     _, k, delta = c
     return (k < max_sweeps) & (delta > tol)
@@ -375,7 +376,8 @@ def fixed_point_sample(kind, model, params, rng, num_samples, max_sweeps=None, t
 
 def make_fixed_point_sampler(kind, model, num_samples, max_sweeps=None, tol=0.0, log=None,
                              **kwargs):
-  """(params, rng) -> (x, {'sweeps', 'max_change'}): `fixed_point_sample` compiled.
+  """(params, rng) -> (x, {'sweeps', 'max_change', 'converged'}): `fixed_point_sample`
+  compiled; 'converged' is False when the cap was reached or a chain diverged (NaN).
 
   With `log(str)` the sweeps run one compiled call each, with the change and timing
   logged after each (same result as the single compiled loop).
@@ -387,7 +389,7 @@ def make_fixed_point_sampler(kind, model, num_samples, max_sweeps=None, tol=0.0,
 
     def run(params, rng):
       x, k, delta = fn(params, rng)
-      return x, {"sweeps": int(k), "max_change": float(delta)}
+      return x, {"sweeps": int(k), "max_change": float(delta), "converged": bool(delta <= tol)}
     return run
 
   start = jax.jit(lambda params, rng: _fixed_point_parts(kind, model, params, rng,
@@ -402,7 +404,7 @@ def make_fixed_point_sampler(kind, model, num_samples, max_sweeps=None, tol=0.0,
       delta, x, k = float(jnp.max(jnp.abs(new - x))), new, k + 1
       log(f"fixed-point sampling: sweep {k}, largest change {delta:.3g}, "
           f"{time.perf_counter() - t0:.1f}s")
-    return x, {"sweeps": k, "max_change": delta}
+    return x, {"sweeps": k, "max_change": delta, "converged": bool(delta <= tol)}
   return run_logged
 
 
@@ -482,7 +484,9 @@ def _fixed_point_from_config(config, model, n, opt, log):
     info.update(stats)
     if log is not None:
       log(f"fixed-point sampling: {stats['sweeps']} sweeps for D={model.dim} dimensions, "
-          f"largest change in the last sweep {stats['max_change']:.3g}")
+          f"largest change in the last sweep {stats['max_change']:.3g}"
+          + ("" if stats["converged"] else " -- NOT converged (sweep cap reached or a "
+             "chain diverged): the samples are not the sequential sampler's"))
     return x
   return sampler, info
 

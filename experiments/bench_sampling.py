@@ -127,6 +127,8 @@ def fixed_point_vs_sequential(cfg, model, params, batch, rng):
   sweeps = fp_info["sweeps"]
   return {
       "batch": batch, "sweeps": sweeps, "last_change": fp_info["max_change"],
+      "converged": fp_info["converged"],
+      "finite_samples": bool(np.isfinite(np.asarray(x_seq)).all()),
       "max_abs_diff_to_sequential": float(np.abs(np.asarray(x_par) - np.asarray(x_seq)).max()),
       "sequential_seconds": seq_s, "fixed_point_seconds": par_s,
       "speedup": seq_s / par_s, "compile_seconds": {"sequential": seq_compile,
