@@ -103,13 +103,17 @@ def default_config() -> ml_collections.ConfigDict:
   e.batch_size = 500
   e.num_batches = 4  # periodic eval; --mode=eval uses the whole test split
 
-  # Test NLL in --mode=eval: exact for normalized heads, 1-D quadrature for AR-CSM heads.
+  # Test NLL in --mode=eval: exact for normalized heads, 1-D quadrature for AR-CSM heads
+  # (grid interior, outer nodes and analytic tails beyond it: nothing truncated).
   c.likelihood = lk = ml_collections.ConfigDict()
   lk.num_examples = 500        # test examples (0: skip; -1: the whole test split)
   lk.num_points = 2049         # K, odd (the coarse grid of the error estimate has (K+1)/2)
-  lk.grid_min = _ref(float)    # None: the data range widened by `margin`
+  lk.grid_min = _ref(float)    # None: the training data range widened by `margin`
   lk.grid_max = _ref(float)
   lk.margin = 0.1              # fraction of the data range added on each side
+  lk.grid_num_train = 10000    # training examples whose range sets unset ends (never test)
+  lk.outer_points = 128        # M, even: nodes per side past the grid, cells growing from h
+  lk.outer_reach = 8.0         # ... out to this many grid widths (then analytic tails)
   lk.batch_size = 64
   lk.batch_chunk = _ref(int)   # examples per inner quadrature step (None: auto)
   lk.node_chunk = _ref(int)    # grid nodes per vmapped head call (None: auto)
@@ -313,6 +317,14 @@ def validate(config) -> ml_collections.ConfigDict:
   need(lk.num_points >= 5 and lk.num_points % 2 == 1, "likelihood.num_points",
        lk.num_points, "odd and >= 5")
   need(lk.margin >= 0, "likelihood.margin", lk.margin, ">= 0")
+  need(isinstance(lk.grid_num_train, int) and lk.grid_num_train >= 1,
+       "likelihood.grid_num_train", lk.grid_num_train, "an integer >= 1")
+  need(isinstance(lk.outer_points, int) and lk.outer_points >= 0 and lk.outer_points % 2 == 0,
+       "likelihood.outer_points", lk.outer_points, "an even integer >= 0 (0: tails at the ends)")
+  need(lk.outer_reach > 0, "likelihood.outer_reach", lk.outer_reach, "> 0")
+  if lk.grid_min is not None and lk.grid_max is not None:
+    need(lk.grid_max > lk.grid_min, "likelihood.grid_max", lk.grid_max,
+         f"> likelihood.grid_min ({lk.grid_min})")
   return config
 
 

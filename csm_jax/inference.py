@@ -86,7 +86,8 @@ def evaluate_workdir(config, workdir: str, log: Callable[[str], None] = logging.
   result = evaluate(params, num_batches=max(1, len(inf.arrays.test) // bs))
   result["step"] = step
   y = inf.pre(inf.arrays.test, data_lib.dequant_rng(config.seed + 2, 0))
-  result["likelihood"] = likelihood.nll_from_config(config, inf.model, params, y, inf.pre, log)
+  result["likelihood"] = likelihood.nll_from_config(config, inf.model, params, y, inf.pre, log,
+                                                    train=inf.arrays.train)
   path = os.path.join(workdir, f"eval_{step:08d}.json")
   with open(path, "w") as f:
     json.dump(result, f, indent=2)

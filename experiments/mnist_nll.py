@@ -177,7 +177,8 @@ def table_fig3a(runs):
 
 def quadrature_grid(args, pre, arrays):
   """The quadrature range: the exact support of the logit-transformed data, y =
-  logit(lambda + (1 - 2 lambda) x / 256) for x in [0, 256], or the data range + 10%."""
+  logit(lambda + (1 - 2 lambda) x / 256) for x in [0, 256], or the training data range
+  + 10%; never the test set. The model's mass beyond it is included (outer nodes, tails)."""
   if args.grid == "support":
     lo, hi = pre.from_pixels(np.array([0.0, pre.pixel_range]), np.float64)
     return likelihood.Grid(float(lo), float(hi), args.num_points)
@@ -204,9 +205,9 @@ def validation_sigma(args, config, model, params, grid, fn, pre, arrays, log):
 def quadrature_check(args, model, params, grid, y, exact, pre):
   """The quadrature on a model whose conditionals are known exactly.
 
-  The trained Gaussian MADE's score integrated on a grid twice as wide (same step; its
-  tails reach past the data support) against its exact NLL; and on `grid` itself,
-  where the difference is the gain from normalizing it on that range instead of R.
+  The trained Gaussian MADE's score integrated on a grid twice as wide (same step) and
+  on `grid` itself, against its exact NLL: both normalize over R (outer nodes and tails
+  carry the mass past the grid), so both differences are quadrature error.
   """
   half = 0.5 * (grid.hi - grid.lo)
   wide = likelihood.Grid(grid.lo - half, grid.hi + half, 2 * grid.num_points - 1)
