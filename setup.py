@@ -23,6 +23,9 @@ setup(
         "matplotlib",
         "pillow",
         "tensorboardX",        # TensorBoard event files without TensorFlow
+        "scipy",               # classical denoising baselines (median, Gaussian filters)
+        "dm-pix>=0.4",         # PSNR / SSIM of restorations
+        "scikit-learn",        # AUROC of out-of-distribution statistics
     ],
     extras_require={
         "test": ["pytest", "pytest-xdist", "nbclient", "nbformat", "ipykernel"],

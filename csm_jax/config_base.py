@@ -74,6 +74,8 @@ def default_config() -> ml_collections.ConfigDict:
   l.variance_reduced = True    # ssm
   l.dsm_sigma = 0.1
   l.sm_chunk_size = _ref(int)  # sm: one-hot jvps per chunk (None: all D at once)
+  l.mle_target_sigma = 0.0     # mle: fit q(x_d + sigma eps | x_<d) (clean contexts), the
+                               # noisy conditional of Tweedie denoising; 0: plain MLE
 
   c.noise = n = ml_collections.ConfigDict()
   n.enabled = True
@@ -303,6 +305,8 @@ def validate(config) -> ml_collections.ConfigDict:
          f">= noise.sigma_min ({n.sigma_min})")
     need(isinstance(n.num_levels, int) and n.num_levels >= 1, "noise.num_levels",
          n.num_levels, "an integer >= 1")
+  need(config.loss.mle_target_sigma >= 0, "loss.mle_target_sigma",
+       config.loss.mle_target_sigma, ">= 0 (0: plain MLE)")
   s = config.sampling
   need(s.step_lr > 0, "sampling.step_lr", s.step_lr, "> 0")
   need(s.method in ("sequential", "fixed_point"), "sampling.method", s.method,

@@ -43,9 +43,17 @@ def csm_loss(model, sigmas, params, x, rng, train=True):
   return loss, {"loss": loss, "score_sq": (0.5 * s ** 2).sum(-1).mean()}
 
 
-def mle_loss(model, params, x, rng, train=True):
-  """Negative log-likelihood -sum_d log q(x_d | x_<d) of a normalized AR model."""
-  ctx = model.context(params, x, train, rng)
+def mle_loss(model, params, x, rng, train=True, target_sigma=0.0):
+  """Negative log-likelihood -sum_d log q(x_d | x_<d) of a normalized AR model.
+
+  With target_sigma > 0 the targets are x~_d = x_d + target_sigma eps_d and the
+  contexts stay clean: q then models the noisy conditional p(x~_d | x_<d) whose score
+  is what an AR-CSM head learns at that sigma (used by Tweedie denoising, denoise.py).
+  """
+  k_drop, k_eps = jax.random.split(rng) if target_sigma else (rng, None)
+  ctx = model.context(params, x, train, k_drop)
+  if target_sigma:
+    x = x + target_sigma * jax.random.normal(k_eps, x.shape, x.dtype)
   nll = -model.log_cond(params, ctx, x).sum(axis=-1).mean()
   return nll, {"loss": nll, "nll": nll}
 
@@ -107,6 +115,8 @@ def get_loss_fn(config, model):
     raise ValueError(f"loss.name={name!r} differentiates the model in x, but the "
                      "discretized_logistic head is a probability mass: train it with "
                      "loss.name='mle', or use model.head='score' for score matching")
+  if name != "mle" and lc.mle_target_sigma:
+    raise ValueError(f"loss.mle_target_sigma applies to loss.name='mle', not {name!r}")
   if name == "csm":
     return functools.partial(csm_loss, model, noise_lib.sigmas_from_config(config.noise))
   if name == "mle":
@@ -114,7 +124,7 @@ def get_loss_fn(config, model):
       raise ValueError("loss.name='mle' needs a normalized head (gaussian, logistic_mixture, "
                        f"discretized_logistic); model.head={config.model.head!r} is an "
                        "unnormalized score head")
-    return functools.partial(mle_loss, model)
+    return functools.partial(mle_loss, model, target_sigma=float(lc.mle_target_sigma))
   if name == "sm":
     return functools.partial(sm_loss, model, chunk_size=lc.sm_chunk_size)
   if name == "ssm":

@@ -38,3 +38,21 @@ def save_samples(path: str, samples: np.ndarray, data_shape: tuple, title: str =
     plt.title(title)
   fig.savefig(path, dpi=100, bbox_inches="tight")
   plt.close(fig)
+
+
+def save_image_rows(path: str, rows: dict, title: str = ""):
+  """One labelled row of images per entry of `rows` {label: (N, H, W, C) in [0, 1]}."""
+  labels = list(rows)
+  fig, axes = plt.subplots(len(labels), 1, figsize=(1.1 * len(rows[labels[0]]) + 1.5,
+                                                     1.2 * len(labels) + 0.4), squeeze=False)
+  for ax, label in zip(axes[:, 0], labels):
+    imgs = np.clip(np.asarray(rows[label], np.float32), 0.0, 1.0)
+    grid = image_grid(imgs, ncols=len(imgs))
+    ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=1)
+    ax.set_yticks([])
+    ax.set_xticks([])
+    ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+  if title:
+    fig.suptitle(title, fontsize=9)
+  fig.savefig(path, dpi=100, bbox_inches="tight")
+  plt.close(fig)

@@ -91,3 +91,25 @@ def follow_num_steps(config, overrides: Sequence[str], log_reports: int):
   if not is_set(overrides, "training.log_every"):
     config.training.log_every = max(1, n // log_reports)
   return config
+
+
+def train_or_restore(name: str, config, out_dir: str, log, workdir=None, arrays=None):
+  """(model, EMA params, config, info) of one model an experiment needs.
+
+  With `workdir` (a run of `python -m csm_jax.main`): its recorded config and latest
+  checkpoint, nothing trained. Otherwise trained by the library's loop in
+  OUT_DIR/models/NAME, which a rerun resumes (or skips, when finished); `arrays`
+  replaces the config's dataset (e.g. a training split with held-out images removed).
+  """
+  from csm_jax import inference, train  # pylint: disable=g-import-not-at-top
+  if workdir:
+    config = config_base.load_workdir_config(workdir)
+    inf = inference.build(config)
+    params, step = inference.restore(inf, workdir)
+    log(f"[{name}] restored step {step} from {workdir}")
+    return inf.model, params, config, {"workdir": workdir, "steps": step, "trained": False}
+  path = os.path.join(out_dir, "models", name)
+  s = train.setup(config, arrays=arrays)
+  state, info = train.train_loop(s, workdir=path, log=log, label=name)
+  info = {k: v for k, v in info.items() if k != "history"}
+  return s.model, state.ema_params, config, dict(info, workdir=path, trained=True)
