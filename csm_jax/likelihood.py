@@ -555,8 +555,13 @@ def make_exact_log_likelihood_fn(model) -> Callable:
 def evaluate_nll(model, params, y, *, method: str = "quadrature", grid: Optional[Grid] = None,
                  sigma: float = 1.0, preprocessor=None, batch_size: int = 64,
                  batch_chunk=None, node_chunk=None, log: Optional[Callable] = None,
-                 log_every_sec: float = 30.0, fn: Optional[Callable] = None) -> dict:
+                 log_every_sec: float = 30.0, fn: Optional[Callable] = None,
+                 per_example: bool = False) -> dict:
   """Test NLL of `model` on model-space data y (N, D): nats, bits/dim, quadrature error.
+
+  per_example: also return res['per_example'] = {'log_lik': (N,) float64 log-likelihood
+  in `space` (pixel space for discrete data), 'error': (N,) quadrature error (zeros for
+  'exact')} as numpy arrays (for per-image statistics such as OOD scores; not JSON).
 
   method 'quadrature' (any AR model, `grid` needed: take its range from training data,
   never from y) or 'exact' (normalized heads).
@@ -642,10 +647,14 @@ def evaluate_nll(model, params, y, *, method: str = "quadrature", grid: Optional
       "bpd_stderr": float(nll_out.std(ddof=1) / ln2d / math.sqrt(n)) if n > 1 else float("nan"),
       "seconds": float(time.perf_counter() - start),
   }
+  if per_example:
+    res["per_example"] = {"log_lik": log_q + ldj, "error": np.zeros(n)}
   if method == "quadrature":
     cat = {k: np.concatenate(v) for k, v in parts.items()}
     interior = np.abs(log_q - cat["coarse"])                # |h - 2h| change, per example
     err = interior + cat["tail_error"] + cat["outside_error"]
+    if per_example:
+      res["per_example"]["error"] = err
     res.update({
         "grid": grid.to_dict(), "sigma": float(sigma),
         "quad_error_nats": float(err.mean()),               # per example, all parts
@@ -703,7 +712,7 @@ def grid_training_data(config, train, preprocessor=None) -> np.ndarray:
 
 
 def nll_from_config(config, model, params, y, preprocessor=None, log: Optional[Callable] = None,
-                    train=None) -> Optional[dict]:
+                    train=None, per_example: bool = False) -> Optional[dict]:
   """Test NLL of model-space data y (N, D) as config.likelihood asks; None if disabled.
 
   Exact for normalized heads; for AR-CSM heads by quadrature over R (grid interior plus
@@ -717,7 +726,8 @@ def nll_from_config(config, model, params, y, preprocessor=None, log: Optional[C
   if lk.num_examples == 0:
     return None
   y = np.asarray(y if lk.num_examples < 0 else y[:lk.num_examples])
-  kw = dict(preprocessor=preprocessor, batch_size=lk.batch_size, log=log)
+  kw = dict(preprocessor=preprocessor, batch_size=lk.batch_size, log=log,
+            per_example=per_example)
   if model.normalized:
     return evaluate_nll(model, params, y, method="exact", **kw)
   data, source = None, "config (likelihood.grid_min, grid_max)"
