@@ -24,10 +24,11 @@ def scan_dims(per_dim: Callable, x, start, length: int, num_dims: int):
 
   `per_dim(x, t) -> x` updates dimension order[t]; positions past the end (the padding
   of the last chunk) leave x unchanged, so every chunk has the same static length.
+  x may be a pytree of arrays (e.g. samples and per-dimension statistics).
   """
   def body(x, t):
     new = per_dim(x, jnp.minimum(t, num_dims - 1))
-    return jnp.where(t < num_dims, new, x), None
+    return jax.tree.map(lambda a, b: jnp.where(t < num_dims, a, b), new, x), None
 
   x, _ = jax.lax.scan(body, x, start + jnp.arange(length))
   return x

@@ -3,7 +3,11 @@
 `sample`: for t = 1..D (x_{order[t]}), compute the context of that dimension once
 from the already sampled x_<d, then run annealed Langevin dynamics on the scalar x_d
 through sigma_1..sigma_L, T steps each, with step alpha_i = step_lr * sigma_i^2 /
-sigma_L^2, running only the head: D context passes plus D*L*T head evaluations.
+sigma_L^2, running only the head: D context passes plus D*L*T head evaluations. With
+`mh_nodes` (config sampling.mh_correction) each step is Metropolis-adjusted (MALA): the
+1-D energy difference is a Gauss-Lobatto quadrature of the head along the move, so every
+level's chain leaves q_sigma(x_d | x_<d) exactly invariant, at mh_nodes - 1 head
+evaluations per step.
 `naive_sample` re-evaluates the whole model at every step (D*L*T full passes) and is
 the reference; both draw the same random numbers, so with the same rng they agree to
 rounding. `grid_sample` is ancestral sampling without Langevin: each 1-D conditional
@@ -49,10 +53,102 @@ def _langevin_1d(score_fn, xd, key, sig_steps, alpha_steps, denoise):
 
   idx = jnp.arange(sig_steps.shape[0])
   xd, _ = jax.lax.scan(step, xd, (idx, sig_steps, alpha_steps))
+  return _denoise(score_fn, xd, sig_steps, denoise)
+
+
+def _denoise(score_fn, xd, sig_steps, denoise):
   if denoise:
     s_last = sig_steps[-1]
     xd = xd + s_last ** 2 * score_fn(xd, jnp.full_like(xd, s_last))
   return xd
+
+
+def lobatto(n: int):
+  """Gauss-Lobatto nodes u_k on [0, 1] (u_0 = 0, u_{n-1} = 1) and weights (sum 1), n >= 2.
+
+  The Gauss-Legendre family with both end points among the nodes: the MALA ratio needs
+  the score at both ends anyway, so n nodes cost n - 2 extra evaluations and integrate
+  polynomials of degree 2n - 3 exactly (n = 2: trapezoid, exact for a Gaussian head).
+  """
+  if n < 2:
+    raise ValueError(f"Gauss-Lobatto quadrature needs n >= 2 nodes, got {n}")
+  p = np.polynomial.legendre.Legendre.basis(n - 1)
+  t = np.concatenate([[-1.0], np.sort(p.deriv().roots().real), [1.0]]) if n > 2 else \
+      np.array([-1.0, 1.0])
+  w = 2.0 / (n * (n - 1) * p(t) ** 2)
+  return (t + 1) / 2, w / 2
+
+
+def energy_difference(score_fn, x, x_new, s_x, nodes):
+  """(log q(x_new) - log q(x), score at x_new) for a 1-D score: the integral of s along
+  [x, x_new] by `nodes`-point Gauss-Lobatto quadrature; s_x = score_fn(x) is reused.
+
+  score_fn maps (B,) -> (B,); the n - 1 other nodes go through one vmapped call.
+  """
+  u, w = lobatto(nodes)
+  pts = x + jnp.asarray(u[1:], x.dtype)[:, None] * (x_new - x)         # (n-1, B)
+  s_pts = jax.vmap(score_fn)(pts)
+  integral = w[0] * s_x + jnp.tensordot(jnp.asarray(w[1:], x.dtype), s_pts, axes=1)
+  return (x_new - x) * integral, s_pts[-1]
+
+
+def _mala_1d(score_fn, xd, key, sig_steps, alpha_steps, denoise, n_steps, nodes):
+  """Metropolis-adjusted annealed Langevin on one coordinate per example (MALA).
+
+  At each level (sigma_i, alpha_i), T steps: propose x' = x + alpha/2 s(x) + sqrt(alpha) z
+  (the unadjusted step, with the same z) and accept with probability
+  min(1, exp(E(x') - E(x)) q(x | x') / q(x' | x)), E = log q_sigma(. | x_<d) up to a
+  constant, so the chain leaves each level's 1-D conditional invariant; E(x') - E(x) is
+  `energy_difference`. Returns (xd, acceptance rate per example).
+  """
+  num = sig_steps.shape[0]
+  sig_lv = sig_steps.reshape(-1, n_steps)[:, 0]
+  alpha_lv = alpha_steps.reshape(-1, n_steps)[:, 0]
+
+  def level(carry, inp):
+    xd, acc = carry
+    lv, sigma, alpha = inp
+    sig = jnp.full_like(xd, sigma)
+    f = lambda y: score_fn(y, sig)
+
+    def step(c, t):
+      x, s_x, acc = c
+      i = lv * n_steps + t                        # the unadjusted sampler's step index
+      k = jax.random.fold_in(key, i)
+      z = jax.random.normal(k, x.shape, x.dtype)
+      u = jax.random.uniform(jax.random.fold_in(k, 1), x.shape, x.dtype)
+      prop = x + 0.5 * alpha * s_x + jnp.sqrt(alpha) * z
+      d_energy, s_prop = energy_difference(f, x, prop, s_x, nodes)
+      log_fwd = -0.5 * z ** 2                                          # q(x' | x)
+      log_bwd = -(x - prop - 0.5 * alpha * s_prop) ** 2 / (2 * alpha)  # q(x | x')
+      ok = jnp.log(u) < d_energy + log_bwd - log_fwd                   # NaN: rejected
+      return (jnp.where(ok, prop, x), jnp.where(ok, s_prop, s_x), acc + ok), None
+
+    (xd, _, acc), _ = jax.lax.scan(step, (xd, f(xd), acc), jnp.arange(n_steps))
+    return (xd, acc), None
+
+  (xd, acc), _ = jax.lax.scan(level, (xd, jnp.zeros_like(xd)),
+                              (jnp.arange(sig_lv.shape[0]), sig_lv, alpha_lv))
+  return _denoise(score_fn, xd, sig_steps, denoise), acc / num
+
+
+def _chain_1d(score_fn, xd, key, sig_steps, alpha_steps, denoise, mh):
+  """(xd, acceptance rate per example): unadjusted Langevin (mh None, rate 1) or MALA
+  (mh = (T, Gauss-Lobatto nodes))."""
+  if mh is None:
+    return (_langevin_1d(score_fn, xd, key, sig_steps, alpha_steps, denoise),
+            jnp.ones_like(xd))
+  return _mala_1d(score_fn, xd, key, sig_steps, alpha_steps, denoise, *mh)
+
+
+def _mh(n_steps, mh_nodes):
+  """The `mh` argument of `_chain_1d` (None: unadjusted)."""
+  if not mh_nodes:
+    return None
+  if int(mh_nodes) < 2:
+    raise ValueError(f"mh_nodes (Gauss-Lobatto nodes of the MH energy difference, both ends "
+                     f"included) must be >= 2, got {mh_nodes}")
+  return (int(n_steps), int(mh_nodes))
 
 
 def _constrain(x, sharding):
@@ -60,11 +156,14 @@ def _constrain(x, sharding):
 
 
 def _langevin_chunk(model, params, x, k_run, start, length, num_dims, sig_steps,
-                    alpha_steps, denoise, cached, sharding):
-  """Samples dimensions order[start:start+length] (those < num_dims) of x in place."""
+                    alpha_steps, denoise, cached, sharding, mh=None, acc=None):
+  """Samples dimensions order[start:start+length] (those < num_dims) of x in place;
+  returns (x, acc) with acc[d] the mean acceptance rate of dimension d (1: unadjusted)."""
   order = jnp.asarray(model.order)
+  acc = jnp.ones((model.dim,), jnp.float32) if acc is None else acc
 
-  def per_dim(x, t):
+  def per_dim(carry, t):
+    x, acc = carry
     d = order[t]
     key = jax.random.fold_in(k_run, t)
     if cached:
@@ -76,10 +175,11 @@ def _langevin_chunk(model, params, x, k_run, start, length, num_dims, sig_steps,
         full = model.full_score(params, y, jnp.broadcast_to(sig[:, None], y.shape))
         return jax.lax.dynamic_index_in_dim(full, d, axis=1, keepdims=False)
     xd0 = jax.lax.dynamic_index_in_dim(x, d, axis=1, keepdims=False)
-    xd = _langevin_1d(score_fn, xd0, key, sig_steps, alpha_steps, denoise)
-    return _constrain(jax.lax.dynamic_update_index_in_dim(x, xd, d, axis=1), sharding)
+    xd, rate = _chain_1d(score_fn, xd0, key, sig_steps, alpha_steps, denoise, mh)
+    x = _constrain(jax.lax.dynamic_update_index_in_dim(x, xd, d, axis=1), sharding)
+    return x, acc.at[d].set(jnp.mean(rate).astype(acc.dtype))
 
-  return chunked.scan_dims(per_dim, x, start, length, num_dims)
+  return chunked.scan_dims(per_dim, (x, acc), start, length, num_dims)
 
 
 def _start(model, rng, num_samples, sigmas, init_scale, x_init, sharding):
@@ -90,62 +190,85 @@ def _start(model, rng, num_samples, sigmas, init_scale, x_init, sharding):
 
 
 def _sample(model, params, rng, num_samples, sigmas, n_steps, step_lr, denoise,
-            init_scale, cached, x_init=None, num_dims=None, sharding=None):
+            init_scale, cached, x_init=None, num_dims=None, sharding=None, mh_nodes=0):
+  """(x, acceptance rate per dimension)."""
   x, k_run = _start(model, rng, num_samples, sigmas, init_scale, x_init, sharding)
   sig_steps, alpha_steps = _schedule(sigmas, n_steps, step_lr)
   steps = chunked.dims_to_sample(model.dim, num_dims)
   return _langevin_chunk(model, params, x, k_run, 0, steps, steps, sig_steps, alpha_steps,
-                         denoise, cached, sharding)
+                         denoise, cached, sharding, _mh(n_steps, mh_nodes))
 
 
 def sample(model, params, rng, num_samples, sigmas, n_steps=10, step_lr=1e-2,
-           denoise=True, init_scale=None, x_init=None, num_dims=None, sharding=None):
+           denoise=True, init_scale=None, x_init=None, num_dims=None, sharding=None,
+           mh_nodes=0, return_acceptance=False):
   """Cached-context 1-D annealed Langevin sampler; returns (num_samples, D).
 
   Cost: D context passes plus D*L*T head evaluations. Jit it (see `make_sampler`).
   `x_init` replaces the N(0, sigma_1^2) start (init_scale overrides sigma_1);
   `num_dims` stops after the first k dimensions of the order (for timing);
   `sharding` constrains the batch layout of x throughout (data parallel).
+  `mh_nodes` >= 2 makes every step Metropolis-adjusted (`_mala_1d`: MALA, energy
+  differences by that many Gauss-Lobatto nodes; D*L*(1 + T*(mh_nodes - 1)) head
+  evaluations); 0 (default): unadjusted. `return_acceptance`: also the (D,) mean
+  acceptance rate of each dimension (ones when unadjusted).
   """
-  return _sample(model, params, rng, num_samples, sigmas, n_steps, step_lr, denoise,
-                 init_scale, cached=True, x_init=x_init, num_dims=num_dims, sharding=sharding)
+  x, acc = _sample(model, params, rng, num_samples, sigmas, n_steps, step_lr, denoise,
+                   init_scale, cached=True, x_init=x_init, num_dims=num_dims,
+                   sharding=sharding, mh_nodes=mh_nodes)
+  return (x, acc) if return_acceptance else x
 
 
 def naive_sample(model, params, rng, num_samples, sigmas, n_steps=10, step_lr=1e-2,
-                 denoise=True, init_scale=None, x_init=None, num_dims=None, sharding=None):
+                 denoise=True, init_scale=None, x_init=None, num_dims=None, sharding=None,
+                 mh_nodes=0, return_acceptance=False):
   """Reference sampler: the whole model is re-evaluated at each of D*L*T steps."""
-  return _sample(model, params, rng, num_samples, sigmas, n_steps, step_lr, denoise,
-                 init_scale, cached=False, x_init=x_init, num_dims=num_dims, sharding=sharding)
+  x, acc = _sample(model, params, rng, num_samples, sigmas, n_steps, step_lr, denoise,
+                   init_scale, cached=False, x_init=x_init, num_dims=num_dims,
+                   sharding=sharding, mh_nodes=mh_nodes)
+  return (x, acc) if return_acceptance else x
+
+
+def head_evaluations(dim, num_levels, n_steps, mh_nodes=0, denoise=True):
+  """Head evaluations per sample of the cached sampler: D*L*T unadjusted; with MALA
+  D*L*(1 + T*(mh_nodes - 1)) (the score at each level's start, then the proposal's and
+  the interior quadrature nodes' per step); + D for the denoising step."""
+  per_level = n_steps * (mh_nodes - 1) + 1 if mh_nodes else n_steps
+  return dim * (num_levels * per_level + int(bool(denoise)))
 
 
 def make_sampler(model, sigmas, num_samples, n_steps=10, step_lr=1e-2, denoise=True,
                  init_scale=None, cached=True, out_sharding=None, num_dims=None,
-                 chunk_dims=None, log=None):
+                 chunk_dims=None, log=None, mh_nodes=0, return_acceptance=False):
   """(params, rng) -> samples, jit-compiled; batch sharded by `out_sharding` if given.
 
   With `chunk_dims` the dimensions are sampled in jit-compiled chunks of that many,
   and `log(str)` (if given) reports progress and ETA after each; same samples.
+  `mh_nodes` and `return_acceptance` as in `sample`.
   """
   sigmas = tuple(np.asarray(sigmas).tolist())
+  mh = _mh(n_steps, mh_nodes)
+  pick = (lambda out: out) if return_acceptance else (lambda out: out[0])
   if not chunk_dims:
-    fn = sample if cached else naive_sample
-    f = functools.partial(fn, model, sigmas=sigmas, num_samples=num_samples,
+    f = functools.partial(_sample, model, sigmas=sigmas, num_samples=num_samples,
                           n_steps=n_steps, step_lr=step_lr, denoise=denoise,
-                          init_scale=init_scale, num_dims=num_dims, sharding=out_sharding)
-    return jax.jit(lambda params, rng: f(params=params, rng=rng))
+                          init_scale=init_scale, cached=cached, num_dims=num_dims,
+                          sharding=out_sharding, mh_nodes=mh_nodes)
+    return jax.jit(lambda params, rng: pick(f(params=params, rng=rng)))
 
   steps = chunked.dims_to_sample(model.dim, num_dims)
   sig_steps, alpha_steps = _schedule(sigmas, n_steps, step_lr)
   start_fn = jax.jit(lambda rng: _start(model, rng, num_samples, sigmas, init_scale, None,
                                         out_sharding))
-  chunk_fn = jax.jit(lambda params, x, k_run, start: _langevin_chunk(
-      model, params, x, k_run, start, chunk_dims, steps, sig_steps, alpha_steps, denoise,
-      cached, out_sharding))
+  chunk_fn = jax.jit(lambda params, carry, k_run, start: _langevin_chunk(
+      model, params, carry[0], k_run, start, chunk_dims, steps, sig_steps, alpha_steps,
+      denoise, cached, out_sharding, mh, carry[1]))
 
   def run(params, rng):
     x, k_run = start_fn(rng)
-    return chunked.run_in_chunks(lambda x, t: chunk_fn(params, x, k_run, t), x, steps,
-                                 chunk_dims, log, "Langevin sampling")
+    carry = (x, jnp.ones((model.dim,), jnp.float32))
+    return pick(chunked.run_in_chunks(lambda c, t: chunk_fn(params, c, k_run, t), carry,
+                                      steps, chunk_dims, log, "Langevin sampling"))
   return run
 
 
@@ -267,9 +390,10 @@ def _position_keys(model, key):
   return jax.vmap(lambda t: jax.random.fold_in(key, t))(jnp.asarray(model.rank))
 
 
-def _langevin_all(model, params, x_start, k_run, sig_steps, alpha_steps, denoise):
-  """F for the cached Langevin sampler: every dimension's 1-D chain, run from its start
-  value x_start[:, d] given the context of the current iterate, in parallel."""
+def _langevin_all(model, params, x_start, k_run, sig_steps, alpha_steps, denoise, mh=None):
+  """F for the cached Langevin sampler (MALA with `mh`): every dimension's 1-D chain, run
+  from its start value x_start[:, d] given the context of the current iterate, in
+  parallel. The accept/reject draws are fixed too, so F stays deterministic."""
   keys = _position_keys(model, k_run)
 
   def update(ctx, x):
@@ -278,7 +402,7 @@ def _langevin_all(model, params, x_start, k_run, sig_steps, alpha_steps, denoise
     def chain(ctx_d, xd0, key):  # the sequential sampler's per-dimension chain
       score_fn = lambda xd, sig: model.score(params, ctx_d[:, None], xd[:, None],
                                              sig[:, None])[:, 0]
-      return _langevin_1d(score_fn, xd0, key, sig_steps, alpha_steps, denoise)
+      return _chain_1d(score_fn, xd0, key, sig_steps, alpha_steps, denoise, mh)[0]
 
     return jax.vmap(chain, in_axes=(1, 1, 0), out_axes=1)(ctx, x_start, keys)
   return update
@@ -340,13 +464,14 @@ def fixed_point_iterate(sweep, x0, max_sweeps: int, tol: float):
 
 def _fixed_point_parts(kind, model, params, rng, num_samples, *, sigmas=None, n_steps=10,
                        step_lr=1e-2, denoise=True, init_scale=None, x_init=None, grid=None,
-                       sigma=1.0, node_chunk=None):
+                       sigma=1.0, node_chunk=None, mh_nodes=0):
   """(sweep, x^(0)) of the fixed-point version of the sequential sampler `kind`
   ('langevin', 'grid' or 'ancestral'), with exactly its random numbers."""
   if kind == "langevin":
     x0, k_run = _start(model, rng, num_samples, sigmas, init_scale, x_init, None)
     sig_steps, alpha_steps = _schedule(sigmas, n_steps, step_lr)
-    update = _langevin_all(model, params, x0, k_run, sig_steps, alpha_steps, denoise)
+    update = _langevin_all(model, params, x0, k_run, sig_steps, alpha_steps, denoise,
+                           _mh(n_steps, mh_nodes))
   elif kind == "grid":
     x0 = jnp.zeros((num_samples, model.dim), jnp.float32) if x_init is None else x_init
     update = _grid_all(model, params, rng, grid, sigma, node_chunk)
@@ -366,7 +491,7 @@ def fixed_point_sample(kind, model, params, rng, num_samples, max_sweeps=None, t
   returns (x (num_samples, D), sweeps used, last change). Jit-able.
 
   kind 'langevin' takes sampling.sample's keywords (sigmas, n_steps, step_lr, denoise,
-  init_scale, x_init), 'grid' grid_sample's (grid, sigma, node_chunk), 'ancestral' none.
+  init_scale, x_init, mh_nodes), 'grid' grid_sample's (grid, sigma, node_chunk), 'ancestral' none.
   `max_sweeps` defaults to D (enough for the exact sample); `tol` is the largest change
   of any coordinate between two sweeps at which to stop (0: until exact).
   """
@@ -422,7 +547,10 @@ def make_sampler_from_config(config, model, num_samples: Optional[int] = None, m
   A probability-mass head is sampled exactly and ancestrally; every other model with
   the cached-context annealed Langevin sampler on config.sampling.sigmas (default: the
   training noise schedule). Keyword `overrides` replace config.sampling fields
-  (num_steps, step_lr, denoise, chunk_dims, method, max_sweeps, fixed_point_tol). With a
+  (num_steps, step_lr, denoise, chunk_dims, method, max_sweeps, fixed_point_tol,
+  mh_correction, mh_nodes). With sampling.mh_correction every Langevin step is
+  Metropolis-adjusted (MALA, `_mala_1d`) and each call records the mean and smallest
+  per-dimension acceptance rate in info['acceptance_mean'] / ['acceptance_min']. With a
   `mesh` the batch is sharded over it. `cached=False` gives the naive Langevin reference
   (full passes; for benchmarks). With sampling.method='fixed_point' the same sample is
   computed by parallel sweeps (`fixed_point_sample`); each call then records the sweeps
@@ -430,7 +558,7 @@ def make_sampler_from_config(config, model, num_samples: Optional[int] = None, m
   """
   s = config.sampling
   fields = ("num_steps", "step_lr", "denoise", "chunk_dims", "method", "max_sweeps",
-            "fixed_point_tol")
+            "fixed_point_tol", "mh_correction", "mh_nodes")
   unknown = set(overrides) - set(fields)
   if unknown:
     raise ValueError(f"unknown sampler overrides {sorted(unknown)}")
@@ -451,14 +579,39 @@ def make_sampler_from_config(config, model, num_samples: Optional[int] = None, m
     info = {"sampler": "exact ancestral (discretized logistic mixture)"}
     return make_ancestral_sampler(model, n, num_dims=num_dims, chunk_dims=chunk, log=log), info
   sigmas = _sigmas_from_config(config)
-  info = {"sampler": f"{'cached-context' if cached else 'naive'} annealed Langevin",
+  mh_nodes = _mh_nodes(opt)
+  info = {"sampler": f"{'cached-context' if cached else 'naive'} annealed Langevin"
+                     + (" (Metropolis-adjusted)" if mh_nodes else ""),
           "L": len(sigmas),
           "T": opt["num_steps"], "step_lr": opt["step_lr"], "denoise": opt["denoise"],
-          "sigmas": [float(v) for v in sigmas]}
-  sampler = make_sampler(model, sigmas, n, opt["num_steps"], opt["step_lr"], opt["denoise"],
-                         out_sharding=None if mesh is None else sharding_lib.batch_sharding(mesh),
-                         cached=cached, num_dims=num_dims, chunk_dims=chunk, log=log)
+          "sigmas": [float(v) for v in sigmas], "mh_nodes": mh_nodes,
+          "head_evaluations_per_sample": head_evaluations(
+              dims, len(sigmas), opt["num_steps"], mh_nodes, opt["denoise"])}
+  run = make_sampler(model, sigmas, n, opt["num_steps"], opt["step_lr"], opt["denoise"],
+                     out_sharding=None if mesh is None else sharding_lib.batch_sharding(mesh),
+                     cached=cached, num_dims=num_dims, chunk_dims=chunk, log=log,
+                     mh_nodes=mh_nodes, return_acceptance=True)
+
+  def sampler(params, rng):
+    x, acc = run(params, rng)
+    if mh_nodes:
+      acc = np.asarray(acc)[np.asarray(model.order)[:dims]]
+      info.update(acceptance_mean=float(acc.mean()), acceptance_min=float(acc.min()))
+      if log is not None:
+        log(f"MALA acceptance rate: mean {acc.mean():.3f}, smallest {acc.min():.3f} "
+            f"(over {dims} dimensions)")
+    return x
   return sampler, info
+
+
+def _mh_nodes(opt) -> int:
+  """Gauss-Lobatto nodes of the MH correction asked for (0: unadjusted Langevin)."""
+  if not opt["mh_correction"]:
+    return 0
+  if not (isinstance(opt["mh_nodes"], int) and opt["mh_nodes"] >= 2):
+    raise ValueError(f"sampling.mh_nodes must be an integer >= 2 (Gauss-Lobatto nodes, both "
+                     f"ends included), got {opt['mh_nodes']!r}")
+  return opt["mh_nodes"]
 
 
 def _fixed_point_from_config(config, model, n, opt, log):
@@ -472,10 +625,11 @@ def _fixed_point_from_config(config, model, n, opt, log):
     sigmas = _sigmas_from_config(config)
     kind = "langevin"
     kwargs = dict(sigmas=tuple(float(v) for v in sigmas), n_steps=opt["num_steps"],
-                  step_lr=opt["step_lr"], denoise=opt["denoise"])
+                  step_lr=opt["step_lr"], denoise=opt["denoise"], mh_nodes=_mh_nodes(opt))
     info.update(sampler="cached-context annealed Langevin, fixed-point sweeps",
                 L=len(sigmas), T=opt["num_steps"], step_lr=opt["step_lr"],
-                denoise=opt["denoise"], sigmas=list(kwargs["sigmas"]))
+                denoise=opt["denoise"], sigmas=list(kwargs["sigmas"]),
+                mh_nodes=kwargs["mh_nodes"])
   run = make_fixed_point_sampler(kind, model, n, opt["max_sweeps"], opt["fixed_point_tol"],
                                  log=log, **kwargs)
 
