@@ -40,6 +40,7 @@ def get_config(variant: str = "csm"):
     c.noise.sigma_max = 1.0
     c.noise.sigma_min = 0.01
     c.noise.num_levels = 10
+    c.sampling.step_lr = 2 * c.noise.sigma_min ** 2   # c = 2, the default rule (config_base)
   else:
     c.model.head = "gaussian"
     c.loss.name = "mle"

@@ -123,25 +123,49 @@ def restoration_sigmas(sigmas: Sequence[float], start_sigma: float) -> tuple:
 
 
 def langevin_restore(model, params, rng, y, sigmas: Sequence[float], start_sigma: float,
-                     n_steps: int = 10, step_lr: float = 2e-5, denoise: bool = True):
+                     n_steps: int = 10, step_lr: float = 2e-5, denoise: bool = True,
+                     mh_nodes: int = 0):
   """Annealed 1-D Langevin started at y, levels sigma <= start_sigma; (B, D) -> (B, D).
 
   Exactly `sampling.sample(..., x_init=y)` on the truncated schedule: dimension d's
-  chain starts at y_d, its context comes from the restored x_<d.
+  chain starts at y_d, its context comes from the restored x_<d. step_lr is alpha at
+  the last level (alpha_i = step_lr sigma_i^2 / sigma_L^2); mh_nodes >= 2: MALA steps.
   """
   _require_score(model)
   chex.assert_shape(y, (None, model.dim))
   levels = restoration_sigmas(sigmas, start_sigma)
   return sampling.sample(model, params, rng, y.shape[0], levels, n_steps=n_steps,
-                         step_lr=step_lr, denoise=denoise, x_init=y)
+                         step_lr=step_lr, denoise=denoise, x_init=y, mh_nodes=mh_nodes)
 
 
 def make_langevin_restorer(model, sigmas: Sequence[float], start_sigma: float,
-                           n_steps: int = 10, step_lr: float = 2e-5, denoise: bool = True):
+                           n_steps: int = 10, step_lr: float = 2e-5, denoise: bool = True,
+                           mh_nodes: int = 0):
   """jit-compiled (params, rng, y) -> restored y (see `langevin_restore`)."""
   levels = restoration_sigmas(sigmas, start_sigma)
   return jax.jit(lambda params, rng, y: langevin_restore(
-      model, params, rng, y, levels, start_sigma, n_steps, step_lr, denoise))
+      model, params, rng, y, levels, start_sigma, n_steps, step_lr, denoise, mh_nodes))
+
+
+def restorer_from_config(config, model, start_sigma: float, **overrides):
+  """`make_langevin_restorer` with the sampler settings of config.sampling (num_steps,
+  step_lr, denoise, mh_correction / mh_nodes; keyword overrides replace them) on the
+  training noise schedule (or sampling.sigmas)."""
+  from csm_jax import noise as noise_lib  # pylint: disable=g-import-not-at-top
+  s = config.sampling
+  opt = {"num_steps": s.num_steps, "step_lr": s.step_lr, "denoise": s.denoise,
+         "mh_nodes": s.mh_nodes if s.mh_correction else 0}
+  unknown = set(overrides) - set(opt)
+  if unknown:
+    raise ValueError(f"unknown restorer overrides {sorted(unknown)}")
+  opt.update({k: v for k, v in overrides.items() if v is not None})
+  sigmas = s.sigmas or noise_lib.sigmas_from_config(config.noise)
+  if sigmas is None:
+    raise ValueError("a model trained without noise levels: set sampling.sigmas")
+  fn = make_langevin_restorer(model, sigmas, start_sigma, int(opt["num_steps"]),
+                              float(opt["step_lr"]), bool(opt["denoise"]), int(opt["mh_nodes"]))
+  return fn, dict(opt, start_sigma=float(start_sigma),
+                  levels=list(restoration_sigmas(sigmas, start_sigma)))
 
 
 # ------------------------------------------------------------------------------------

@@ -69,8 +69,10 @@ def parse_args(argv=None):
   p.add_argument("--start_sigmas", default="0.1,0.2,0.36,0.6",
                  help="candidate starting levels of the salt-and-pepper Langevin "
                       "restoration (chosen on held-out images; the nearest trained levels)")
-  p.add_argument("--num_steps", type=int, default=20, help="Langevin steps per level")
-  p.add_argument("--step_lr", type=float, default=2e-5, help="Langevin step rule")
+  p.add_argument("--num_steps", type=int, default=None,
+                 help="Langevin steps per level (default: the model config's sampling)")
+  p.add_argument("--step_lr", type=float, default=None,
+                 help="Langevin step at the last level (default: the model config's)")
   p.add_argument("--csm_workdir", default=None)
   p.add_argument("--mle_workdir", default=None)
   p.add_argument("--cifar_csm_workdir", default=None)
@@ -191,12 +193,10 @@ def mnist_settings(run, args, overrides, settings):
         run.record(s, tag, clean, img, {"seconds": time.perf_counter() - t0})
         rows[tag.replace(" tweedie", "").replace("autoregressive", "AR")] = img
     t0 = time.perf_counter()
-    restore = denoise.make_langevin_restorer(csm_model, sigmas, args.sigma, args.num_steps,
-                                             args.step_lr)
+    restore, opt = denoise.restorer_from_config(csm_c, csm_model, args.sigma,
+                                                num_steps=args.num_steps, step_lr=args.step_lr)
     img = _images(pre, restore(csm_params, k_lang, y), shape)
-    run.record(s, "AR-CSM langevin", clean, img,
-               {"seconds": time.perf_counter() - t0, "start_sigma": args.sigma,
-                "T": args.num_steps, "step_lr": args.step_lr})
+    run.record(s, "AR-CSM langevin", clean, img, dict(opt, seconds=time.perf_counter() - t0))
     rows["AR-CSM langevin"] = img
     plotting.save_image_rows(os.path.join(args.out, f"{s}.png"),
                              {k: v[:args.num_show] for k, v in rows.items()},
@@ -215,28 +215,27 @@ def mnist_settings(run, args, overrides, settings):
     med = denoise.median_filter(np.asarray(y).reshape((-1,) + shape))
     run.record(s, "median 3x3", clean, med)
     rows["median 3x3"] = med
-    _langevin_sp(run, s, args, csm_model, csm_params, sigmas, y, y_held, clean, clean_held,
-                 pre, shape, k_lang, rows)
+    _langevin_sp(run, s, args, csm_model, csm_params, csm_c, sigmas, y, y_held, clean,
+                 clean_held, pre, shape, k_lang, rows)
     plotting.save_image_rows(os.path.join(args.out, f"{s}.png"),
                              {k: v[:args.num_show] for k, v in rows.items()},
                              f"MNIST, salt-and-pepper p={args.sp_rate}")
 
 
-def _langevin_sp(run, s, args, model, params, sigmas, y, y_held, clean, clean_held, pre,
-                 shape, key, rows):
+def _langevin_sp(run, s, args, model, params, config, sigmas, y, y_held, clean, clean_held,
+                 pre, shape, key, rows):
   cands = sorted({min(sigmas, key=lambda v: abs(np.log(v / float(c))))
                   for c in args.start_sigmas.split(",")}, reverse=True)
-  restorers = {c: denoise.make_langevin_restorer(model, sigmas, c, args.num_steps,
-                                                 args.step_lr) for c in cands}
+  restorers = {c: denoise.restorer_from_config(config, model, c, num_steps=args.num_steps,
+                                               step_lr=args.step_lr) for c in cands}
   k_held, k_test = jax.random.split(key)
-  best, scores = _choose_start(run, restorers.get, params, y_held, clean_held, cands, pre,
-                               shape, k_held)
+  best, scores = _choose_start(run, lambda c: restorers[c][0], params, y_held, clean_held,
+                               cands, pre, shape, k_held)
   t0 = time.perf_counter()
-  img = _images(pre, restorers[best](params, k_test, y), shape)
+  img = _images(pre, restorers[best][0](params, k_test, y), shape)
   run.record(s, "AR-CSM langevin", clean, img,
-             {"seconds": time.perf_counter() - t0, "start_sigma": best,
-              "heldout_psnr_by_start": {str(k): v for k, v in scores.items()},
-              "T": args.num_steps, "step_lr": args.step_lr})
+             dict(restorers[best][1], seconds=time.perf_counter() - t0,
+                  heldout_psnr_by_start={str(k): v for k, v in scores.items()}))
   rows["AR-CSM langevin"] = img
 
 
@@ -269,8 +268,8 @@ def cifar_setting(run, args, overrides):
   run.record(s, "median 3x3", clean, med)
   rows["median 3x3"] = med
   sigmas = [float(v) for v in noise_lib.sigmas_from_config(cfg.noise)]
-  _langevin_sp(run, s, args, model, params, sigmas, y, y_held, clean, clean_held, pre, shape,
-               k_lang, rows)
+  _langevin_sp(run, s, args, model, params, cfg, sigmas, y, y_held, clean, clean_held, pre,
+               shape, k_lang, rows)
   plotting.save_image_rows(os.path.join(args.out, f"{s}.png"),
                            {k: v[:args.num_show] for k, v in rows.items()},
                            f"CIFAR-10, salt-and-pepper p={args.sp_rate}")
