@@ -66,7 +66,7 @@ def parse_args(argv=None):
                  help="training images kept out of training (the held-out pool)")
   p.add_argument("--sigma", type=float, default=0.6, help="Gaussian noise, [0, 1] scale")
   p.add_argument("--sp_rate", type=float, default=0.1, help="salt-and-pepper rate p")
-  p.add_argument("--start_sigmas", default="0.1,0.2,0.36,0.6",
+  p.add_argument("--start_sigmas", default="0.03,0.06,0.1,0.2,0.36,0.6",
                  help="candidate starting levels of the salt-and-pepper Langevin "
                       "restoration (chosen on held-out images; the nearest trained levels)")
   p.add_argument("--num_steps", type=int, default=None,
