@@ -284,3 +284,31 @@ def test_mlp_score_net_and_matched_sizes(activation):
   assert mlp.full_score(p_mlp, x, None).shape == (3, dim)
   with pytest.raises(ValueError, match="activation"):
     score_nets.mlp_score_model(dim, (8,), "tanhh").init(jax.random.key(0))
+
+
+def test_mle_on_noisy_targets_matches_the_gaussian_expectation():
+  """loss.mle_target_sigma: with clean contexts and targets x + sigma eps, the expected
+  Gaussian-head NLL is sum_d 1/2 log(2 pi v_d) + ((x_d - mu_d)^2 + sigma^2) / (2 v_d),
+  with (mu_d, v_d) read off the head's log-density (a quadratic in x_d)."""
+  from csm_jax import losses as losses_lib
+  from tests.helpers import tiny_model
+  model = tiny_model(3, head="gaussian")
+  params = model.init(jax.random.PRNGKey(0))
+  x = jnp.array([[0.3, -0.7, 1.1]])
+  ctx = model.context(params, x)
+  f = lambda y: np.asarray(model.log_cond(params, ctx, y), np.float64)[0]
+  l0, lp, lm = f(x), f(x + 1.0), f(x - 1.0)
+  a = 0.5 * (lp + lm) - l0                 # -1 / (2 v)
+  b = 0.5 * (lp - lm)                      # (mu - x) / v
+  v = -0.5 / a
+  mu = np.asarray(x[0]) + b * v
+  sigma, n = 0.4, 40000
+  want = np.sum(0.5 * np.log(2 * np.pi * v) + ((np.asarray(x[0]) - mu) ** 2 + sigma ** 2)
+                / (2 * v))
+  xs = jnp.tile(x, (n, 1))
+  loss, _ = losses_lib.mle_loss(model, params, xs, jax.random.PRNGKey(1), False, sigma)
+  se = np.sqrt(np.sum((sigma ** 4 / 2 + sigma ** 2 * (np.asarray(x[0]) - mu) ** 2) / v ** 2)
+               / n)
+  assert abs(float(loss) - want) < 5 * se + 1e-5
+  plain, _ = losses_lib.mle_loss(model, params, x, jax.random.PRNGKey(1), False)
+  np.testing.assert_allclose(float(plain), -np.sum(l0), rtol=1e-5)

@@ -96,3 +96,20 @@ def test_svhn_path_under_mock_data(tmp_path, monkeypatch):
     images = ood.load_image_set("svhn", cfg, 4)
   assert images.shape == (4, 32, 32, 3) and images.dtype == np.uint8
   assert ood.convert(images, (28, 28, 1)).shape == (4, 28, 28, 1)
+
+
+def test_table1_aurocs_and_markdown():
+  """experiments/ood.py: typicality where a held-out reference exists, one-sided
+  otherwise; the average row is over the OOD sets; the Markdown table has every row."""
+  from experiments import ood as ood_exp
+  rng = np.random.default_rng(4)
+  inn, ref = rng.standard_normal(300), rng.standard_normal(1000)
+  stats = {"h": {"in": inn, "far": inn + 10.0, "same": rng.standard_normal(300)},
+           "loglik": {"in": -inn ** 2, "far": -(inn + 10.0) ** 2, "same": -inn ** 2}}
+  table = ood_exp.aurocs(stats, {"h": ref}, "in")
+  assert table["far"]["h"] == 1.0 and abs(table["same"]["h"] - 0.5) < 0.1
+  assert table["far"]["loglik"] > 0.99 and table["same"]["loglik"] == pytest.approx(0.5)
+  assert table["average"]["h"] == pytest.approx((table["far"]["h"] + table["same"]["h"]) / 2)
+  md = ood_exp.markdown({"paper": ood_exp.PAPER, "settings": {"s": {
+      "in_distribution": "in", "columns": ["h", "loglik"], "auroc": table}}})
+  assert "| far | 1.00 |" in md and "| average |" in md and "AR-CSM 0.68/0.57/0.95" in md
