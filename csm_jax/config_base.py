@@ -17,6 +17,10 @@ REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fi
                             "configs")
 
 
+# losses.PROJECTIONS, repeated here so that configs load without JAX (a test keeps them equal).
+_SSM_PROJECTIONS = ("gaussian", "rademacher", "sphere", "gaussian_unit")
+
+
 class ConfigError(ValueError):
   """A config value that cannot work (the message names the field)."""
 
@@ -70,7 +74,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.loss = l = ml_collections.ConfigDict()
   l.name = "csm"               # csm | mle | sm | ssm | dsm
   l.num_projections = 1        # ssm
-  l.projection = "gaussian"    # ssm: gaussian | rademacher
+  l.projection = "gaussian"    # ssm: gaussian | rademacher | sphere | gaussian_unit (E vv^T = I/D)
   l.variance_reduced = True    # ssm
   l.dsm_sigma = 0.1
   l.sm_chunk_size = _ref(int)  # sm: one-hot jvps per chunk (None: all D at once)
@@ -312,6 +316,11 @@ def validate(config) -> ml_collections.ConfigDict:
        "positive widths")
   need(all(h >= 1 for h in m.head_hidden), "model.head_hidden", m.head_hidden,
        "positive widths")
+  lo = config.loss
+  need(lo.projection in _SSM_PROJECTIONS, "loss.projection", lo.projection,
+       "one of " + ", ".join(_SSM_PROJECTIONS))
+  need(isinstance(lo.variance_reduced, bool), "loss.variance_reduced", lo.variance_reduced,
+       "True or False")
   o = config.optim
   need(o.learning_rate > 0, "optim.learning_rate", o.learning_rate, "> 0")
   need(0 <= o.ema_decay < 1, "optim.ema_decay", o.ema_decay, "in [0, 1)")

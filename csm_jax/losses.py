@@ -70,20 +70,51 @@ def sm_loss(model, params, x, rng, train=True, chunk_size=None):
   return loss, {"loss": loss}
 
 
+PROJECTIONS = ("gaussian", "rademacher", "sphere", "gaussian_unit")
+
+
 def random_projections(rng, shape, distribution, dtype=jnp.float32):
-  """Gaussian or Rademacher projection vectors v with E[v v^T] = I."""
+  """Projection vectors v of `shape` (..., D), one per row, drawn by `distribution`:
+
+    gaussian        v ~ N(0, I)                               E[v v^T] = I
+    rademacher      v_d = +-1 independently                   E[v v^T] = I
+    sphere          v = sqrt(D) g / ||g||, g ~ N(0, I)        E[v v^T] = I
+    gaussian_unit   v = g / ||g||, g ~ N(0, I) (||v|| = 1)     E[v v^T] = I / D
+
+  `gaussian_unit` is the convention of the plain SSM losses of the reference code
+  (ermongroup/sliced_score_matching): with it SSM estimates SM / D, not SM (see ssm_loss).
+  """
   if distribution == "gaussian":
     return jax.random.normal(rng, shape, dtype)
   if distribution == "rademacher":
     return jax.random.rademacher(rng, shape).astype(dtype)
-  raise ValueError(f"ssm distribution must be 'gaussian' or 'rademacher', got {distribution!r}")
+  if distribution in ("sphere", "gaussian_unit"):
+    g = jax.random.normal(rng, shape, dtype)
+    scale = jnp.sqrt(jnp.asarray(shape[-1], dtype)) if distribution == "sphere" else 1.0
+    return scale * g / jnp.linalg.norm(g, axis=-1, keepdims=True)
+  raise ValueError(f"loss.projection (the SSM projection distribution) must be one of "
+                   f"{', '.join(PROJECTIONS)}; got {distribution!r}")
 
 
 def ssm_loss(model, params, x, rng, train=True, num_projections=1,
              distribution="gaussian", variance_reduced=True):
-  """Sliced score matching: E_v[1/2 (v^T s)^2 + v^T (ds/dx) v].
+  """Sliced score matching (Song et al. 2019) with M = num_projections vectors v per example.
 
-  The variance-reduced form replaces 1/2 (v^T s)^2 by its expectation 1/2 ||s||^2.
+  Per example, with s = s(x) and J = ds/dx:
+
+    plain             mean_m [1/2 (v_m^T s)^2 + v_m^T J v_m]
+    variance_reduced  1/2 ||s||^2 + mean_m v_m^T J v_m
+
+  For projections with E[v v^T] = I (gaussian, rademacher, sphere) both forms are unbiased
+  for exact SM, 1/2 ||s||^2 + tr J, whose minimizer is the true score. With unit-length
+  projections (gaussian_unit, E[v v^T] = I / D) they are not:
+
+    plain             E_v = (1/2 ||s||^2 + tr J) / D = SM / D: the same minimizer (the
+                      true score), only the scale of the objective changes;
+    variance_reduced  E_v = 1/2 ||s||^2 + tr J / D, which equals, up to a constant,
+                      1/2 E||s - s_p / D||^2 (integration by parts, E_p[div s] =
+                      -E_p[s^T grad log p]): its minimizer is s_p / D, the true score
+                      shrunk D times, never the true score itself.
   """
   k_v, k_drop = jax.random.split(rng)
   v = random_projections(k_v, (num_projections,) + x.shape, distribution, x.dtype)
@@ -128,6 +159,9 @@ def get_loss_fn(config, model):
   if name == "sm":
     return functools.partial(sm_loss, model, chunk_size=lc.sm_chunk_size)
   if name == "ssm":
+    if lc.projection not in PROJECTIONS:
+      raise ValueError(f"loss.projection must be one of {', '.join(PROJECTIONS)}; "
+                       f"got {lc.projection!r}")
     return functools.partial(ssm_loss, model, num_projections=lc.num_projections,
                              distribution=lc.projection, variance_reduced=lc.variance_reduced)
   if name == "dsm":

@@ -4,6 +4,11 @@ Trains one network per run from the same initialization on the same data stream:
 
   csm-made             noise-free CSM on a MADE AR-CSM (fast diagonal, paper Eq. 5)
   ssm-NET              sliced score matching, 1 Gaussian projection, variance reduced
+  ssm_plain-NET        the same, plain: 1/2 (v^T s)^2 instead of 1/2 ||s||^2
+  ssm_unit-NET         plain SSM with a unit-length projection v = g / ||g|| (the
+                       convention of the reference code's plain SSM); estimates SM / D
+  ssm_unit_vr-NET      variance-reduced SSM with a unit-length projection; estimates
+                       1/2 ||s||^2 + tr(ds/dx) / D, minimized by s / D, not by the score
   dsm_SIGMA-NET        denoising score matching at SIGMA in {0.01, 0.05, 0.1}
 
 where NET is `made` (the very same AR-CSM network, so only the objective differs) or
@@ -17,7 +22,9 @@ against step and against training wall-clock seconds (compile and evaluation exc
 For the AR-CSM the learned object is the vector of conditional scores, whose true
 value is also -x / 0.01 (the coordinates are independent). DSM is evaluated at clean x;
 its optimum, the score of the noisy data -x / (0.01 + sigma^2), has relative error
-(sigma^2 / (0.01 + sigma^2))^2, recorded as `dsm_bias_floor`.
+(sigma^2 / (0.01 + sigma^2))^2, recorded as `dsm_bias_floor`. Likewise each SSM run
+records `optimum_rel_fisher`, the relative error of its objective's minimizer: 0, except
+(1 - 1/D)^2 for ssm_unit_vr (see losses.ssm_loss).
 
 Loss variance (Fig. 1b): at fixed parameters of the MADE AR-CSM (its initialization, and
 the CSM-trained parameters), the variance of each objective's minibatch estimate over
@@ -26,6 +33,9 @@ variance of its gradient. (Exact SM equals noise-free CSM draw by draw on an AR-
 ~D times the cost; --variance_sm 1 includes it.)
 
   python -m experiments.gaussian_convergence --out /tmp/convergence
+  python -m experiments.gaussian_convergence --out /tmp/ssm_conv --steps 20000 \
+      --eval_every 200 --csm 0 --dsm_sigmas "" --ssm_variants unit_vr,unit,plain,vr
+                                                      # the SSM discrepancy (README)
 """
 
 import argparse
@@ -48,6 +58,23 @@ from experiments import common
 from experiments import matched_sizes
 
 
+# --ssm_variants: name -> (run name prefix, projection distribution, variance_reduced).
+SSM_VARIANTS = {
+    "vr": ("ssm", "gaussian", True),
+    "plain": ("ssm_plain", "gaussian", False),
+    "unit": ("ssm_unit", "gaussian_unit", False),
+    "unit_vr": ("ssm_unit_vr", "gaussian_unit", True),
+    "sphere": ("ssm_sphere", "sphere", False),
+    "sphere_vr": ("ssm_sphere_vr", "sphere", True),
+}
+
+
+def ssm_optimum_rel_fisher(distribution, variance_reduced, dim):
+  """Relative Fisher error of the minimizer of the SSM variant's expected objective:
+  s / D for variance-reduced SSM with unit-length projections, else the score itself."""
+  return (1.0 - 1.0 / dim) ** 2 if (distribution == "gaussian_unit" and variance_reduced) else 0.0
+
+
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--out", required=True, help="output directory")
@@ -60,7 +87,12 @@ def parse_args(argv=None):
   p.add_argument("--num_eval", type=int, default=2000, help="held-out samples")
   p.add_argument("--dsm_sigmas", default="0.01,0.05,0.1")
   p.add_argument("--nets", default="made,mlp",
-                 help="networks for SSM and DSM (CSM always trains the MADE AR-CSM)")
+                 help="networks for SSM and DSM (CSM trains the MADE AR-CSM)")
+  p.add_argument("--ssm_variants", default="vr,plain,unit,unit_vr",
+                 help="SSM runs per network, from " + ",".join(SSM_VARIANTS) + " (see the "
+                      "docstring); empty: no SSM")
+  p.add_argument("--csm", type=int, default=1,
+                 help="train the CSM run and do the loss-variance study at its parameters (0/1)")
   p.add_argument("--hidden", type=int, default=128, help="MADE hidden width (3 layers)")
   p.add_argument("--context_size", type=int, default=4)
   p.add_argument("--head_hidden", default="32,32")
@@ -93,12 +125,19 @@ def build_runs(args):
   ar, mlp = matched_sizes.matched_pair(args.dim, args.hidden, args.context_size,
                                        _head_hidden(args), args.activation)
   nets = {"made": ar, "mlp": mlp}
-  runs = {"csm-made": ("csm", "made", ar, functools.partial(losses.csm_loss, ar, None))}
+  runs = {}
+  if args.csm:
+    runs["csm-made"] = ("csm", "made", ar, functools.partial(losses.csm_loss, ar, None))
   for net in [n for n in args.nets.split(",") if n]:
     if net not in nets:
       raise ValueError(f"unknown net {net!r}; known: {sorted(nets)}")
     m = nets[net]
-    runs[f"ssm-{net}"] = ("ssm", net, m, functools.partial(losses.ssm_loss, m, num_projections=1))
+    for variant in [v for v in args.ssm_variants.split(",") if v]:
+      if variant not in SSM_VARIANTS:
+        raise ValueError(f"unknown --ssm_variants entry {variant!r}; known: {list(SSM_VARIANTS)}")
+      prefix, dist, vr = SSM_VARIANTS[variant]
+      runs[f"{prefix}-{net}"] = (prefix, net, m, functools.partial(
+          losses.ssm_loss, m, num_projections=1, distribution=dist, variance_reduced=vr))
     for sigma in [float(s) for s in args.dsm_sigmas.split(",") if s]:
       runs[f"dsm_{sigma:g}-{net}"] = (f"dsm_{sigma:g}", net, m,
                                        functools.partial(losses.dsm_loss, m, sigma=sigma))
@@ -134,7 +173,8 @@ def _summary(curve, step_losses, args):
   hit = next((k for k, e in enumerate(errors) if e <= args.threshold), None)
   return {
       "eval_steps": eval_steps, "eval_seconds": eval_seconds, "rel_fisher": errors,
-      "loss": np.asarray(jax.device_get(jnp.stack(step_losses)), np.float64).tolist(),
+      # device_get of the list, not jnp.stack: stacking 20k scalars compiles for minutes
+      "loss": np.asarray(jax.device_get(step_losses), np.float64).tolist(),
       "final_rel_fisher": errors[-1], "min_rel_fisher": float(min(errors)),
       "train_seconds": eval_seconds[-1],
       "seconds_per_step": eval_seconds[-1] / max(1, args.steps),
@@ -262,6 +302,8 @@ def plot(results, out_dir):
 
   # Loss (and gradient) variance at fixed parameters.
   var = results["variance"]
+  if not var:  # --csm 0: no variance study
+    return
   groups = list(var)
   objs = list(var[groups[0]])
   panels = [("var", "variance of the minibatch loss")]
@@ -314,6 +356,10 @@ def train_all(runs, args, results, write, t_start):
     rec, params = train_run(name, model, loss_fn, inits[net], evaluators[net], args,
                             _progress(k, len(runs), args, t_start))
     rec.update(objective=objective, net=net)
+    ssm = {prefix: (dist, vr) for prefix, dist, vr in SSM_VARIANTS.values()}.get(objective)
+    if ssm is not None:
+      rec.update(ssm_projection=ssm[0], ssm_variance_reduced=ssm[1],
+                 optimum_rel_fisher=ssm_optimum_rel_fisher(*ssm, args.dim))
     if objective.startswith("dsm_"):
       sigma = float(objective[4:])
       rec.update(dsm_sigma=sigma, dsm_bias_floor=(sigma ** 2 / (args.std ** 2 + sigma ** 2)) ** 2)
@@ -351,15 +397,17 @@ def run(args):
   results = {"config": dict(vars(args), **common.machine()), "runs": {}, "variance": {}}
   print(f"{len(runs)} runs x {args.steps} steps, D={args.dim}, batch={args.batch}", flush=True)
   trained, inits = train_all(runs, args, results, write, t_start)
-  print("loss variance at fixed AR-CSM parameters ...", flush=True)
-  ar_model, ar_trained = trained["csm-made"]
-  results["variance"] = variance_study(ar_model, inits["made"], ar_trained, args)
+  if "csm-made" in trained:
+    print("loss variance at fixed AR-CSM parameters ...", flush=True)
+    ar_model, ar_trained = trained["csm-made"]
+    results["variance"] = variance_study(ar_model, inits["made"], ar_trained, args)
   results["wall_seconds"] = time.time() - t_start
   write(results)
   plot(results, args.out)
   _print_table(results, args.threshold)
-  print(f"wrote {args.out}/convergence.json, convergence_loss.png, convergence_error.png, "
-        f"loss_variance.png in {results['wall_seconds']:.0f}s", flush=True)
+  pngs = "convergence_loss.png, convergence_error.png" + (
+      ", loss_variance.png" if results["variance"] else "")
+  print(f"wrote {args.out}/convergence.json, {pngs} in {results['wall_seconds']:.0f}s", flush=True)
   return results
 
 

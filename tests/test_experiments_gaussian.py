@@ -3,6 +3,8 @@
 import json
 import math
 
+import pytest
+
 from experiments import gaussian_convergence
 from experiments import gaussian_scaling
 
@@ -41,7 +43,13 @@ def test_gaussian_convergence_smoke(tmp_path):
                              "--head_hidden", "4", "--nets", "made", "--dsm_sigmas", "0.1",
                              "--var_draws", "4"])
   res = json.loads((out / "convergence.json").read_text())
-  assert set(res["runs"]) == {"csm-made", "ssm-made", "dsm_0.1-made"}
+  assert set(res["runs"]) == {"csm-made", "ssm-made", "ssm_plain-made", "ssm_unit-made",
+                              "ssm_unit_vr-made", "dsm_0.1-made"}
+  runs = res["runs"]
+  assert (runs["ssm_unit-made"]["ssm_projection"], runs["ssm_unit-made"]["ssm_variance_reduced"]
+          ) == ("gaussian_unit", False)
+  assert runs["ssm_unit_vr-made"]["optimum_rel_fisher"] == (1 - 1 / 4) ** 2
+  assert runs["ssm-made"]["optimum_rel_fisher"] == runs["ssm_unit-made"]["optimum_rel_fisher"] == 0
   for name, r in res["runs"].items():
     assert len(r["loss"]) == 6 and all(_finite(v) for v in r["loss"])
     assert r["eval_steps"] == [0, 3, 6]
@@ -57,3 +65,16 @@ def test_gaussian_convergence_smoke(tmp_path):
       assert _finite(rec["var"]) and rec["var"] >= 0 and _finite(rec["grad_var"])
   for png in ("convergence_loss.png", "convergence_error.png", "loss_variance.png"):
     assert (out / png).stat().st_size > 0
+
+
+def test_gaussian_convergence_run_list():
+  """--csm 0 drops the CSM run; --ssm_variants picks and orders the SSM runs."""
+  args = gaussian_convergence.parse_args(["--out", "unused", "--dim", "3", "--hidden", "8",
+                                          "--head_hidden", "4", "--csm", "0", "--dsm_sigmas", "",
+                                          "--ssm_variants", "unit_vr,vr,sphere"])
+  runs = gaussian_convergence.build_runs(args)
+  assert list(runs) == ["ssm_unit_vr-made", "ssm-made", "ssm_sphere-made",
+                        "ssm_unit_vr-mlp", "ssm-mlp", "ssm_sphere-mlp"]
+  args.ssm_variants = "unit_normal"
+  with pytest.raises(ValueError, match="--ssm_variants"):
+    gaussian_convergence.build_runs(args)

@@ -7,6 +7,8 @@ On an AR-CSM, exact SM (one-hot trace) equals noise-free CSM (fast diagonal),
 because the Jacobian of the conditional scores is triangular in the variable order.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -110,13 +112,13 @@ def test_sm_matches_closed_form_in_expectation(x64):
   _assert_unbiased(_draws(one, 400), g.sm_value())
 
 
-SSM_VARIANTS = [(dist, vr, m) for dist in ("gaussian", "rademacher") for vr in (True, False)
-                for m in (1, 3)]
+SSM_VARIANTS = ([(dist, vr, m) for dist in ("gaussian", "rademacher") for vr in (True, False)
+                 for m in (1, 3)] + [("sphere", vr, 1) for vr in (True, False)])
 
 
 def test_ssm_is_unbiased_for_sm(x64):
-  """Given the batch, E_v[SSM] = SM exactly (E v v^T = I), for both projection
-  distributions, both forms and 1 or 3 projections; checked over projection draws."""
+  """Given the batch, E_v[SSM] = SM exactly (E v v^T = I), for the gaussian, rademacher
+  and sphere projections, both forms and 1 or 3 projections; checked over projection draws."""
   g = _Gaussian()
   x = g.sample(jax.random.key(3), 32)
   sm, _ = losses.sm_loss(g.model, g.params, x, jax.random.key(0), False)
@@ -156,6 +158,90 @@ def test_ssm_variance_reduction_helps(x64):
     var[vr] = _draws(lambda k: losses.ssm_loss(g.model, g.params, x, k, False,
                                                variance_reduced=vr)[0], 2000).var()
   assert var[True] < var[False]
+
+
+def test_projection_norms_and_second_moments(x64):
+  """gaussian_unit rows have norm 1 and E v v^T = I / D; sphere rows norm sqrt(D), E v v^T = I."""
+  dim, n = 5, 20000
+  for dist, norm, scale in (("gaussian_unit", 1.0, 1.0 / dim), ("sphere", np.sqrt(dim), 1.0)):
+    v = np.asarray(losses.random_projections(jax.random.key(0), (n, dim), dist, jnp.float64))
+    np.testing.assert_allclose(np.linalg.norm(v, axis=-1), norm, rtol=1e-12)
+    second = v.T @ v / n
+    # each entry of v v^T is bounded by ||v||^2, so its mean has SE <= ||v||^2 / sqrt(n)
+    np.testing.assert_allclose(second, scale * np.eye(dim), atol=5 * norm ** 2 / np.sqrt(n))
+
+
+def _unit_ssm_expectations(g, x):
+  """E_v of the two unit-projection SSM forms on the batch x for s = W x + b (E vv^T = I/D):
+  plain 1/2 mean||s||^2 / D + tr W / D (= SM / D), VR 1/2 mean||s||^2 + tr W / D."""
+  s = np.asarray(x) @ g.w.T + g.b
+  half_sq = 0.5 * (s ** 2).sum(-1).mean()
+  tr = np.trace(g.w)
+  return {False: (half_sq + tr) / g.dim, True: half_sq + tr / g.dim}
+
+
+def test_ssm_with_unit_projections_closed_forms(x64):
+  """With v = g / ||g||: plain SSM estimates SM / D, variance-reduced SSM estimates
+  1/2 ||s||^2 + tr(ds/dx) / D (a different objective), for 1 and 3 projections."""
+  g = _Gaussian()
+  x = g.sample(jax.random.key(5), 32)
+  sm = float(losses.sm_loss(g.model, g.params, x, jax.random.key(0), False)[0])
+  target = _unit_ssm_expectations(g, x)
+  np.testing.assert_allclose(target[False], sm / g.dim, rtol=1e-12)
+  variants = [(vr, m) for vr in (False, True) for m in (1, 3)]
+
+  def all_variants(key):
+    return jnp.stack([
+        losses.ssm_loss(g.model, g.params, x, jax.random.fold_in(key, i), False,
+                        num_projections=m, distribution="gaussian_unit", variance_reduced=vr)[0]
+        for i, (vr, m) in enumerate(variants)])
+
+  est = _draws(all_variants, 2000)
+  for i, (vr, m) in enumerate(variants):
+    try:
+      _assert_unbiased(est[:, i], target[vr])
+    except AssertionError as e:
+      raise AssertionError(f"unit SSM variance_reduced={vr}, M={m}: {e}") from None
+  # and the VR form is far from SM / D here: a real difference, not MC noise
+  assert abs(target[True] - sm / g.dim) > 20 * est[:, 2].std()
+
+
+def test_unit_vr_ssm_minimizer_is_the_score_over_d(x64):
+  """On a batch, SM over linear scores s = W x + b is minimized by the batch Gaussian fit
+  W* = -C^-1, b* = C^-1 xbar (C the batch covariance). The expected gradient of plain
+  unit-projection SSM vanishes there; that of variance-reduced unit-projection SSM vanishes
+  at (W*, b*) / D instead, and not at (W*, b*)."""
+  g = _Gaussian()
+  x = g.sample(jax.random.key(6), 64)
+  xn = np.asarray(x)
+  xbar = xn.mean(0)
+  prec = np.linalg.inv(np.cov(xn.T, bias=True))
+  fit = (-prec, prec @ xbar)
+
+  @functools.partial(jax.jit, static_argnums=2)
+  def draws(w, b, vr, keys):
+    def one(key):
+      gr = jax.grad(lambda p: losses.ssm_loss(
+          g.model, p, x, key, False, distribution="gaussian_unit", variance_reduced=vr)[0])(
+              {"params": {"W": w, "b": b}})["params"]
+      return jnp.concatenate([gr["W"].ravel(), gr["b"]])
+    return jax.vmap(one)(keys)
+
+  def grads(w, b, vr):
+    d = np.asarray(draws(jnp.asarray(w), jnp.asarray(b), vr,
+                         jax.random.split(jax.random.key(1), 4000)))
+    return d.mean(0), d.std(0, ddof=1) / np.sqrt(len(d))
+
+  def assert_stationary(mean, se, what):
+    assert np.all(np.abs(mean) <= 5 * se + 1e-9), f"{what}: mean gradient {mean} (SE {se})"
+
+  assert_stationary(*grads(*fit, vr=False), "plain unit SSM at the SM minimizer")
+  assert_stationary(*grads(fit[0] / g.dim, fit[1] / g.dim, vr=True),
+                    "VR unit SSM at the SM minimizer / D")
+  mean, se = grads(*fit, vr=True)
+  # there its expected W-gradient is -(1 - 1/D) I exactly
+  np.testing.assert_allclose(mean[:g.dim ** 2].reshape(g.dim, g.dim),
+                             -(1 - 1 / g.dim) * np.eye(g.dim), atol=5 * se.max() + 1e-9)
 
 
 @pytest.mark.parametrize("sigma", [0.1, 0.5, 1.0])
@@ -263,8 +349,32 @@ def test_get_loss_fn_rejects_unknown_and_mle_on_score_head():
   config.loss.name = "mle"
   with pytest.raises(ValueError):
     losses.get_loss_fn(config, model)
-  with pytest.raises(ValueError, match="ssm distribution"):
+  with pytest.raises(ValueError, match="loss.projection"):
     losses.random_projections(jax.random.key(0), (2, 3), "uniform")
+  config.loss.name = "ssm"
+  config.loss.projection = "unit"
+  with pytest.raises(ValueError, match="loss.projection"):
+    losses.get_loss_fn(config, model)
+  with pytest.raises(config_base.ConfigError, match="loss.projection"):
+    config_base.validate(config)
+
+
+def test_ssm_projection_from_config(x64):
+  """loss.projection and loss.variance_reduced reach ssm_loss; the config's list of
+  projections is the library's."""
+  assert config_base._SSM_PROJECTIONS == losses.PROJECTIONS
+  g = _Gaussian()
+  x = g.sample(jax.random.key(2), 8)
+  config = config_base.default_config()
+  config.loss.name = "ssm"
+  for dist in ("gaussian_unit", "sphere"):
+    for vr in (True, False):
+      config.loss.projection, config.loss.variance_reduced = dist, vr
+      config_base.validate(config)
+      got = losses.get_loss_fn(config, g.model)(g.params, x, jax.random.key(3), False)[0]
+      want = losses.ssm_loss(g.model, g.params, x, jax.random.key(3), False,
+                             distribution=dist, variance_reduced=vr)[0]
+      assert float(got) == float(want)
 
 
 # ----------------------------------------------------------------------------- score nets
