@@ -93,8 +93,16 @@ def follow_num_steps(config, overrides: Sequence[str], log_reports: int):
   return config
 
 
-def train_or_restore(name: str, config, out_dir: str, log, workdir=None, arrays=None):
-  """(model, EMA params, config, info) of one model an experiment needs.
+PARAMS = {"ema": "ema_params", "raw": "params"}
+
+
+def train_or_restore(name: str, config, out_dir: str, log, workdir=None, arrays=None,
+                     params: str = "ema"):
+  """(model, parameters, config, info) of one model an experiment needs.
+
+  `params`: 'ema' (the EMA of the iterates, what eval and sampling use) or 'raw' (the
+  last iterate: for short runs, where an EMA with a long horizon still remembers the
+  initialization).
 
   With `workdir` (a run of `python -m csm_jax.main`): its recorded config and latest
   checkpoint, nothing trained. Otherwise trained by the library's loop in
@@ -102,14 +110,18 @@ def train_or_restore(name: str, config, out_dir: str, log, workdir=None, arrays=
   replaces the config's dataset (e.g. a training split with held-out images removed).
   """
   from csm_jax import inference, train  # pylint: disable=g-import-not-at-top
+  if params not in PARAMS:
+    raise ValueError(f"params must be one of {sorted(PARAMS)}, got {params!r}")
   if workdir:
     config = config_base.load_workdir_config(workdir)
     inf = inference.build(config)
-    params, step = inference.restore(inf, workdir)
-    log(f"[{name}] restored step {step} from {workdir}")
-    return inf.model, params, config, {"workdir": workdir, "steps": step, "trained": False}
+    values, step = inference.restore(inf, workdir, PARAMS[params])
+    log(f"[{name}] restored step {step} ({params} parameters) from {workdir}")
+    return inf.model, values, config, {"workdir": workdir, "steps": step, "trained": False,
+                                       "params": params}
   path = os.path.join(out_dir, "models", name)
   s = train.setup(config, arrays=arrays)
   state, info = train.train_loop(s, workdir=path, log=log, label=name)
   info = {k: v for k, v in info.items() if k != "history"}
-  return s.model, state.ema_params, config, dict(info, workdir=path, trained=True)
+  values = state.ema_params if params == "ema" else state.params
+  return s.model, values, config, dict(info, workdir=path, trained=True, params=params)

@@ -46,12 +46,13 @@ CIFAR_NPZ = ("../shared/data/cifar10_subset/train_first4000.npz",
 MNIST_CPU = ("model.hidden_sizes=(512, 512)", "model.context_size=8",
              "training.num_steps=1500",
              "training.batch_size=64", "training.log_every=200", "training.eval_every=0",
-             "training.checkpoint_every=500", "optim.warmup_steps=100")
+             "training.checkpoint_every=500", "optim.warmup_steps=100",
+             "optim.ema_decay=0.99")
 CIFAR_CPU = ("data.source=npz", f"data.path={CIFAR_NPZ[0]}", f"data.test_path={CIFAR_NPZ[1]}",
              "model.nr_filters=16", "model.nr_resnet=1", "model.dropout_rate=0.0",
              "training.batch_size=8", "training.num_steps=400", "training.log_every=50",
              "training.eval_every=0", "training.checkpoint_every=100",
-             "optim.warmup_steps=20")
+             "optim.warmup_steps=20", "optim.ema_decay=0.99")
 
 
 def parse_args(argv=None):
@@ -79,6 +80,9 @@ def parse_args(argv=None):
   p.add_argument("--paper_size", action="store_true",
                  help="train the configs' own (paper-size) models, not the CPU-sized ones")
   p.add_argument("--num_show", type=int, default=8, help="images per row of the figures")
+  p.add_argument("--params", choices=tuple(common.PARAMS), default="ema",
+                 help="EMA parameters, or the raw last iterate (short runs trained with a "
+                      "long EMA horizon, which still remembers the initialization)")
   p.add_argument("--seed", type=int, default=0)
   return common.parse(p, argv, prefixes=("config", "csm", "mle", "cifar"))
 
@@ -151,7 +155,7 @@ def mnist_settings(run, args, overrides, settings):
     if name == "mle" and "mnist_gaussian" not in settings:
       continue
     model, params, cfg, info = common.train_or_restore(f"mnist_{name}", cfg, args.out, run.log,
-                                                       wd, train_arrays)
+                                                       wd, train_arrays, args.params)
     models[name] = (model, params, cfg)
     run.results["models"][f"mnist_{name}"] = dict(info, config=cfg.to_dict())
     run.save()
@@ -246,7 +250,8 @@ def cifar_setting(run, args, overrides):
   nh = args.num_heldout
   train_arrays, held = _split(arrays, max(nh, min(args.holdout, len(arrays.train) // 10)))
   model, params, cfg, info = common.train_or_restore("cifar_csm", cfg, args.out, run.log,
-                                                     args.cifar_csm_workdir, train_arrays)
+                                                     args.cifar_csm_workdir, train_arrays,
+                                                     args.params)
   run.results["models"]["cifar_csm"] = dict(info, config=cfg.to_dict())
   pre = data_lib.get_preprocessor(cfg.data, arrays)
   lo, hi = (-1.0, 1.0) if pre.scale == "symmetric" else (0.0, 1.0)

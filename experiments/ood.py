@@ -53,13 +53,13 @@ PAPER = {"what": "Meng et al. 2020, Table 1 (AUROC; CIFAR-10 in-distribution)",
          "AR-CSM": [0.68, 0.57, 0.95], "AR-CSM average": 0.73}
 MNIST_CPU = ("model.hidden_sizes=(512, 512)", "model.context_size=8",
              "training.num_steps=1500", "training.batch_size=64", "training.log_every=250",
-             "training.eval_every=0", "training.checkpoint_every=500",
+             "training.eval_every=0", "training.checkpoint_every=500", "optim.ema_decay=0.99",
              "optim.warmup_steps=100")
 CIFAR_CPU = ("data.source=npz", f"data.path={CIFAR_NPZ[0]}", f"data.test_path={CIFAR_NPZ[1]}",
              "model.nr_filters=16", "model.nr_resnet=1", "model.dropout_rate=0.0",
              "training.batch_size=8", "training.num_steps=400", "training.log_every=50",
              "training.eval_every=0", "training.checkpoint_every=100",
-             "optim.warmup_steps=20", "likelihood.num_points=513",
+             "optim.warmup_steps=20", "optim.ema_decay=0.99", "likelihood.num_points=513",
              "likelihood.outer_points=64")
 
 
@@ -80,6 +80,9 @@ def parse_args(argv=None):
   p.add_argument("--cifar_mle_workdir", default=None, help="trained CIFAR-10 MLE run")
   p.add_argument("--paper_size", action="store_true",
                  help="train the configs' own (paper-size) models, not the CPU-sized ones")
+  p.add_argument("--params", choices=tuple(common.PARAMS), default="ema",
+                 help="EMA parameters, or the raw last iterate (short runs trained with a "
+                      "long EMA horizon, which still remembers the initialization)")
   p.add_argument("--seed", type=int, default=0)
   return common.parse(p, argv, prefixes=("config", "mnist", "cifar", "cifar_mle"))
 
@@ -293,7 +296,8 @@ def main_mnist(run, args, overrides):
   arrays = data_lib.load_arrays(cfg.data)
   train_arrays, _ = _split(arrays, args.num_heldout)
   model, params, cfg, info = common.train_or_restore("mnist_csm", cfg, args.out, run.log,
-                                                     args.mnist_workdir, train_arrays)
+                                                     args.mnist_workdir, train_arrays,
+                                                     args.params)
   run.results["settings"].setdefault("mnist", {})["model"] = dict(info, config=cfg.to_dict())
   run.save()
   run_setting(run, "mnist", "mnist", [("AR-CSM", model, params, cfg)], args)
@@ -307,7 +311,7 @@ def main_cifar(run, args, overrides):
     arrays = data_lib.load_arrays(cfg.data)
     train_arrays, _ = _split(arrays, args.num_heldout)
     model, params, cfg, info = common.train_or_restore(f"cifar_{variant}", cfg, args.out,
-                                                       run.log, wd, train_arrays)
+                                                       run.log, wd, train_arrays, args.params)
     run.results["settings"].setdefault("cifar", {})[f"model_{variant}"] = dict(
         info, config=cfg.to_dict())
     run.save()
