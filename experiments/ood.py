@@ -12,7 +12,8 @@ Model settings (--settings, comma-separated):
 
 Statistics (csm_jax/ood.py): h = sum_d s_d at sigma_min and at a level sigma* chosen on
 held-out in-distribution images, the squared score norm, the AR-CSM's quadrature
-log-likelihood, and the MLE model's exact log-likelihood. h and the score norm are
+log-likelihood (at the noise level of best held-out log-likelihood), and the MLE model's
+exact log-likelihood. h and the score norm are
 scored by two-sided typicality against held-out in-distribution images; log-likelihoods
 one-sided (larger = in-distribution). AUROC with in-distribution as the positive class.
 The synthetic sets have as many images as the in-distribution test images used.
@@ -75,6 +76,9 @@ def parse_args(argv=None):
                  help="images per set for the AR-CSM quadrature log-likelihood (0: skip)")
   p.add_argument("--num_ll_cifar", type=int, default=20,
                  help="the same for the CIFAR-10 AR-CSM (3072 dimensions)")
+  p.add_argument("--num_ll_val", type=int, default=20,
+                 help="held-out images that choose the quadrature density's noise level")
+  p.add_argument("--num_ll_val_cifar", type=int, default=5)
   p.add_argument("--mnist_workdir", default=None, help="trained MNIST AR-CSM run")
   p.add_argument("--cifar_csm_workdir", default=None, help="trained CIFAR-10 AR-CSM run")
   p.add_argument("--cifar_mle_workdir", default=None, help="trained CIFAR-10 MLE run")
@@ -193,15 +197,32 @@ def score_statistics(run, model, params, config, y_by_set, y_held):
                            for s, v in held.items()}}
 
 
-def log_likelihoods(run, model, params, config, pre, train_images, y_by_set, num):
-  """{set: per-image pixel-space log-likelihoods} of the first `num` images of each set."""
+def log_likelihoods(run, model, params, config, pre, train_images, y_by_set, num, y_held,
+                    num_val):
+  """{set: per-image pixel-space log-likelihoods} of the first `num` images of each set.
+
+  An AR-CSM's quadrature density is taken at the noise level of highest mean
+  log-likelihood on `num_val` held-out in-distribution images (as experiments/mnist_nll.py
+  does: at sigma_min the score is unconstrained between the data's modes, see
+  `likelihood.nll_per_sigma`); returns (log-likelihoods, mean quadrature errors, info).
+  """
+  info = {}
   if model.normalized:
     fn, kw = likelihood.make_exact_log_likelihood_fn(model), {"method": "exact"}
   else:
     lk = config.likelihood
     grid = likelihood.make_grid(lk, likelihood.grid_training_data(config, train_images, pre))
-    sigma = likelihood.noise_level(config)
-    fn = likelihood.make_log_likelihood_fn(model, grid, sigma, lk.batch_chunk, lk.node_chunk)
+    sigmas = noise_lib.sigmas_from_config(config.noise)
+    sigmas = [likelihood.noise_level(config)] if sigmas is None else [float(v) for v in sigmas]
+    fn = likelihood.make_log_likelihood_fn(model, grid, sigmas[-1], lk.batch_chunk,
+                                           lk.node_chunk)
+    per = likelihood.nll_per_sigma(model, params, y_held[:num_val], sigmas, grid, fn=fn,
+                                   preprocessor=pre, batch_size=min(num_val, 50))
+    sigma = per["best_sigma"]
+    info = {"sigma": sigma, "heldout_nll_nats_by_sigma": dict(zip(
+        [f"{v:.4g}" for v in per["sigmas"]], per["nll_nats"])), "num_val": int(num_val)}
+    run.log(f"  log-likelihood level sigma = {sigma:.4g} (best held-out NLL over "
+            f"{len(sigmas)} levels, {num_val} images)")
     kw = {"method": "quadrature", "grid": grid, "sigma": sigma}
   out, errors = {}, {}
   for k, y in y_by_set.items():
@@ -210,7 +231,7 @@ def log_likelihoods(run, model, params, config, pre, train_images, y_by_set, num
     out[k], errors[k] = r["per_example"]["log_lik"], float(r["per_example"]["error"].mean())
     run.log(f"  log-likelihood on {k}: mean {out[k].mean():.1f} nats ({len(out[k])} images, "
             f"{r['seconds']:.0f}s)")
-  return out, errors
+  return out, errors, info
 
 
 def aurocs(stats: dict, refs: dict, in_key: str) -> dict:
@@ -274,12 +295,15 @@ def run_setting(run, name, in_name, models, args):
     exact = model.normalized
     if exact or num_ll:       # exact log-likelihoods are cheap: every image
       t0 = time.perf_counter()
-      ll, err = log_likelihoods(run, model, params, cfg, pre, arrays.train[:-args.num_heldout],
-                                y_by_set, n if exact else num_ll)
+      ll, err, ll_info = log_likelihoods(
+          run, model, params, cfg, pre, arrays.train[:-args.num_heldout], y_by_set,
+          n if exact else num_ll, y_held,
+          args.num_ll_val_cifar if in_name == "cifar10" else args.num_ll_val)
       label = f"{prefix} log-lik ({'exact' if exact else 'quadrature'})"
       stats[label] = ll
       entry.setdefault("log_lik_error_nats", {})[label] = err
       entry.setdefault("log_lik_seconds", {})[label] = time.perf_counter() - t0
+      entry.setdefault("log_lik_level", {})[label] = ll_info
     entry["columns"] = list(stats)
     entry["auroc"] = aurocs(stats, refs, in_key)
     entry["stat_means"] = {c: {k: float(np.mean(v)) for k, v in s.items()}
