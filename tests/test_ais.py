@@ -52,7 +52,7 @@ def test_sigmoid_schedule():
 
 def test_linear_gaussian_within_0p1_nats():
   """1000 steps (the default), 64 chains: measured |error| <= 0.06 nats."""
-  res, truth = _run(1000, 0)
+  res, truth = _run(1000, 0, 64)
   assert res.log_px.shape == (B,) and res.log_weights.shape == (64, B)
   np.testing.assert_array_less(np.abs(res.log_px - truth), 0.1)
   # the step sizes were adapted towards the 0.65 target
