@@ -1,6 +1,6 @@
 """Objectives, all pure: loss_fn(params, x, rng, train) -> (loss, metrics).
 
-CSM is paper Eq. 5; SM is Hyvarinen (2005); SSM is Song et al. (2019); DSM is
+CSM is paper Eq. 5 (`conditional_csm_loss`: the same for q(z | x), paper Sec. 6); SM is Hyvarinen (2005); SSM is Song et al. (2019); DSM is
 Vincent (2011); MLE is exact maximum likelihood for normalized AR models.
 Build them with `get_loss_fn(config, model)`.
 """
@@ -40,6 +40,28 @@ def csm_loss(model, sigmas, params, x, rng, train=True):
   s, ds = model.score_and_diag(params, ctx, xt, sigma)
   per_example = composite_score_matching(s, ds, weight)
   loss = per_example.mean()
+  return loss, {"loss": loss, "score_sq": (0.5 * s ** 2).sum(-1).mean()}
+
+
+def conditional_csm_loss(model, sigmas, params, z, cond, rng):
+  """CSM (paper Eq. 5) on a conditional AR model: the scores of q(z_d | z_<d, cond).
+
+  The objective of `csm_loss` with every conditional also given `cond`: per-dimension
+  noise z~_d = z_d + sigma_d eps_d, contexts from the clean z and cond, sigma^2
+  weights; sigmas=None trains without noise. Returns (loss, metrics).
+  """
+  chex.assert_rank([z, cond], 2)
+  chex.assert_equal_shape_prefix([z, cond], 1)
+  k_sig, k_eps = jax.random.split(rng)
+  ctx = model.context(params, z, cond)
+  if sigmas is None:
+    sigma, zt, weight = jnp.ones_like(z), z, None
+  else:
+    sigma = noise_lib.sample_sigmas(k_sig, z.shape, sigmas)
+    zt, _ = noise_lib.perturb(k_eps, z, sigma)
+    weight = sigma ** 2
+  s, ds = model.score_and_diag(params, ctx, zt, sigma)
+  loss = composite_score_matching(s, ds, weight).mean()
   return loss, {"loss": loss, "score_sq": (0.5 * s ** 2).sum(-1).mean()}
 
 
