@@ -26,8 +26,20 @@ num_steps // 4 follow an overridden training.num_steps unless they are set thems
 the MoL MADE has the AR-CSM's depth and the smallest width (the AR-CSM's plus a
 multiple of 8) with more parameters, all and effective, unless --mol.model.hidden_sizes
 is given. data.name is set per --datasets entry; the validation set is drawn with
-data.seed, the samples with seed + 7. The JSON and the figure are rewritten after each
-dataset.
+data.seed, the samples with seed + 7. --seeds 0,1,2 runs each (dataset, model) once per
+seed, with seed and data.seed set to it; the table holds the mean and (sample) standard
+deviation over seeds.
+
+Sample quality (the paper's own yardstick for Fig. 3b), `csm_jax/sample_metrics.py`:
+num_metric_samples samples of each model against as many fresh data points (rng
+[data.seed, 3], apart from train / test / validation): the unbiased MMD^2 with RBF
+kernels of bandwidths 0.5, 1, 2 times the median heuristic of the held-out data (the
+same for both models), averaged over the three (the MMD^2 of the mean kernel); and
+KL(data || model) and JS between histograms of hist_bins^2 cells over the range of a
+large data draw (num_hist_data points, rng [data.seed, 4]). "data floor" is the same
+histogram comparison for the held-out data draw itself: the part of KL and JS that is
+sampling noise at this sample size. The JSON is rewritten after each (dataset, model,
+seed), the figure after each (dataset, seed); it shows the first seed.
 """
 
 import argparse
@@ -38,7 +50,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from csm_jax import config_base, likelihood, models, noise, plotting, sampling, train
+from csm_jax import (config_base, likelihood, models, noise, plotting, sample_metrics,
+                     sampling, train)
 from csm_jax import data as data_lib
 from experiments import common
 
@@ -126,7 +139,7 @@ def evaluate_arcsm(args, config, s, params, grid, panels, log):
   per.pop("results")
   nll, nll_best = (likelihood.evaluate_nll(model, params, test, grid=grid, sigma=sg,
                                            batch_size=1000, fn=fn) for sg in (sigma, best))
-  sampler, sampler_info = sampling.make_sampler_from_config(config, model, args.num_samples)
+  sampler, sampler_info = sampling.make_sampler_from_config(config, model, num_drawn(args))
   panels["arcsm_samples"] = np.asarray(sampler(params, jax.random.PRNGKey(config.seed + 7)))
   for key, sg in (("arcsm_density", sigma), ("arcsm_best_density", best)):
     t, lq = log_density_mesh(model, params, grid, args.stride, sg)
@@ -152,7 +165,7 @@ def evaluate_mol(args, config, s, params, grid, panels, log):
   nll["edge_density_mean"] = check["edge_density_mean"]
   rng = jax.random.PRNGKey(config.seed + 7)
   panels["mol_samples"] = np.asarray(jax.jit(lambda p, r: sampling.grid_sample(
-      model, p, r, args.num_samples, grid))(params, rng))
+      model, p, r, num_drawn(args), grid))(params, rng))
   t, lq = log_density_mesh(model, params, grid, args.stride)
   panels["mol_density"] = (t, np.exp(lq))
   return nll, {}
@@ -161,8 +174,35 @@ def evaluate_mol(args, config, s, params, grid, panels, log):
 EVALUATE = {"arcsm": evaluate_arcsm, "mol": evaluate_mol}
 
 
-def run_model(args, kind, config, arrays, grid, panels, log):
-  """Trains one model on one dataset and evaluates it: (its JSON entry, dataset entries)."""
+def num_drawn(args):
+  """Model samples drawn: enough for the figure and for the sample metrics."""
+  return max(args.num_samples, args.num_metric_samples)
+
+
+def reference_draws(args, name, data_seed):
+  """Fresh data for the sample metrics, independent of train ([seed, 0]), test ([seed, 1])
+  and validation ([seed, 2]): num_metric_samples held-out points ([seed, 3]) for MMD and
+  num_hist_data points ([seed, 4]) whose histogram stands for the density."""
+  held_out = data_lib.toy2d_sample(name, args.num_metric_samples,
+                                   np.random.default_rng([data_seed, 3]))
+  large = data_lib.toy2d_sample(name, args.num_hist_data, np.random.default_rng([data_seed, 4]))
+  return held_out, large
+
+
+def sample_quality(args, samples, held_out, large, bandwidths):
+  """MMD^2 (unbiased, RBF kernels of the given bandwidths) between samples and the held-out
+  data, and histogram KL(data || samples) and JS against the large data draw."""
+  samples = np.asarray(samples[:args.num_metric_samples], np.float64)
+  mmd = sample_metrics.mmd2(samples, held_out, bandwidths, block_size=args.mmd_block)
+  hist = sample_metrics.histogram_divergences(large, samples, bins=args.hist_bins)
+  return {"mmd2_mean": mmd["mmd2_mean"], "mmd2_stderr": mmd["stderr_mean"],
+          "kl_data_model": hist["kl_data_model"], "js": hist["js"], "mmd": mmd, "hist": hist}
+
+
+def run_model(args, kind, config, arrays, grid, panels, log, reference=None):
+  """Trains one model on one dataset and evaluates it: (its JSON entry, dataset entries).
+  With reference = (held-out data, large data draw, bandwidths), also the sample metrics
+  of num_metric_samples of its samples."""
   name = config.data.name
   s = train.setup(config, arrays=arrays)
   state, info = train.train_loop(s, log=log, label=f"{name}/{kind}", eval_every=0)
@@ -177,22 +217,45 @@ def run_model(args, kind, config, arrays, grid, panels, log):
          "config": {"hidden_sizes": list(config.model.hidden_sizes), "head": config.model.head}}
   log(f"[{name}/{kind}] test NLL {nll['nll_nats']:.4f} nats "
       f"({res['effective_parameters']} effective params)")
+  samples = panels[kind + "_samples"]
+  if reference is not None:
+    t0 = time.perf_counter()
+    res["samples"] = sample_quality(args, samples, *reference)
+    res["samples"]["seconds"] = time.perf_counter() - t0
+    q = res["samples"]
+    log(f"[{name}/{kind}] samples: MMD^2 {q['mmd2_mean']:.2e} +- {q['mmd2_stderr']:.1e}, "
+        f"KL(data||model) {q['kl_data_model']:.4f}, JS {q['js']:.4f} nats")
+  panels[kind + "_samples"] = samples[:args.num_samples]
   return res, extra
 
 
-def run_dataset(args, configs, name, log):
-  """(JSON entry, plot panels) of one dataset: both models trained and evaluated."""
-  configs = {k: common.apply(c.copy_and_resolve_references(), [f"data.name={name}"])
+def run_dataset(args, configs, name, log, seed=None, save=lambda res: None):
+  """(JSON entry, plot panels) of one dataset: both models trained and evaluated, with
+  seed and data.seed set to `seed` unless it is None; save(partial entry) after each."""
+  extra_overrides = [f"data.name={name}"]
+  if seed is not None:
+    extra_overrides += [f"seed={seed}", f"data.seed={seed}"]
+  configs = {k: common.apply(c.copy_and_resolve_references(), extra_overrides)
              for k, c in configs.items()}
   arrays = data_lib.load_arrays(configs["arcsm"].data)
   grid = likelihood.grid_from_data(arrays.train, args.num_points, margin=0.1)
   panels = {"data": np.asarray(arrays.test[:args.num_samples])}
-  res = {}
+  res = {"grid": grid.to_dict(), "sigma_min": likelihood.noise_level(configs["arcsm"]),
+         "seed": configs["arcsm"].seed, "data_seed": configs["arcsm"].data.seed}
+  reference = None
+  if args.num_metric_samples > 0:
+    held_out, large = reference_draws(args, name, configs["arcsm"].data.seed)
+    bandwidths = [sample_metrics.median_bandwidth(held_out) * c
+                  for c in sample_metrics.DEFAULT_SCALES]
+    reference = (held_out, large, bandwidths)
+    # The floor: a data draw of the models' sample size against the large draw.
+    floor = sample_metrics.histogram_divergences(large, held_out, bins=args.hist_bins)
+    res["data_floor"] = {"kl_data_model": floor["kl_data_model"], "js": floor["js"]}
   for kind in KINDS:
-    res[kind], extra = run_model(args, kind, configs[kind], arrays, grid, panels, log)
+    res[kind], extra = run_model(args, kind, configs[kind], arrays, grid, panels, log,
+                                 reference)
     res.update(extra)
-  res["grid"] = grid.to_dict()
-  res["sigma_min"] = likelihood.noise_level(configs["arcsm"])
+    save(res)
   return res, panels
 
 
@@ -210,6 +273,10 @@ def _panel(ax, key, value, res):
   """One cell of the figure: a scatter of points or a density heatmap with its NLL."""
   if not key.endswith("density"):
     ax.scatter(value[:, 0], value[:, 1], s=0.5, alpha=0.5, color="k" if key == "data" else "C0")
+    q = res.get(key.split("_")[0], {}).get("samples")
+    if q is not None:
+      ax.text(0.03, 0.03, f"MMD² {q['mmd2_mean']:.1e}, KL {q['kl_data_model']:.2f}",
+              transform=ax.transAxes, fontsize=7)
     return
   t, dens = value
   ax.imshow(dens.T, origin="lower", extent=(t[0], t[-1], t[0], t[-1]), cmap="viridis",
@@ -247,13 +314,60 @@ def plot(path, panels, results):
   plt.close(fig)
 
 
+def _row(r):
+  """The numbers of one complete (dataset, seed) entry."""
+  row = {"arcsm_nll": r["arcsm"]["test_nll_nats"],
+         "arcsm_nll_best_sigma": r["arcsm_best_sigma"]["test_nll_nats"],
+         "best_sigma": r["arcsm_best_sigma"]["sigma"],
+         "mol_nll": r["mol"]["test_nll_nats"],
+         "arcsm_quad_error": r["arcsm"]["nll"]["quad_error_nats"]}
+  for kind in KINDS:
+    q = r[kind].get("samples")
+    if q is not None:
+      row.update({f"{kind}_mmd2": q["mmd2_mean"], f"{kind}_kl": q["kl_data_model"],
+                  f"{kind}_js": q["js"]})
+  if "data_floor" in r:
+    row.update({"floor_kl": r["data_floor"]["kl_data_model"], "floor_js": r["data_floor"]["js"]})
+  return row
+
+
 def table(results):
-  return {n: {"arcsm_nll": r["arcsm"]["test_nll_nats"],
-              "arcsm_nll_best_sigma": r["arcsm_best_sigma"]["test_nll_nats"],
-              "best_sigma": r["arcsm_best_sigma"]["sigma"],
-              "mol_nll": r["mol"]["test_nll_nats"],
-              "arcsm_quad_error": r["arcsm"]["nll"]["quad_error_nats"]}
-          for n, r in results["datasets"].items()}
+  """Per dataset, the mean over the seeds run so far (both models done) of each number,
+  its sample standard deviation as KEY_std (None for one seed) and num_seeds."""
+  out = {}
+  for name, runs in results["runs"].items():
+    rows = [_row(r) for r in runs.values() if all(k in r for k in KINDS)]
+    if not rows:
+      continue
+    out[name] = {"num_seeds": len(rows)}
+    for key in rows[0]:
+      v = np.array([row[key] for row in rows], np.float64)
+      out[name][key] = float(v.mean())
+      out[name][key + "_std"] = float(v.std(ddof=1)) if len(v) > 1 else None
+  return out
+
+
+def _pm(row, key, fmt):
+  std = row.get(key + "_std")
+  return format(row[key], fmt) + ("" if std is None else " ± " + format(std, fmt))
+
+
+def log_table(results, log):
+  log("test NLL (nats): dataset, AR-CSM at sigma_min (quad. err.), AR-CSM at sigma*, MoL MADE")
+  for n, row in results["table"].items():
+    log(f"  {n:13s} {row['arcsm_nll']:8.4f} ({row['arcsm_quad_error']:.1e})  "
+        f"{row['arcsm_nll_best_sigma']:8.4f} (sigma* {row['best_sigma']:.3g})  "
+        f"{row['mol_nll']:8.4f}")
+  if not any("arcsm_mmd2" in row for row in results["table"].values()):
+    return
+  log("samples (mean ± std over seeds): dataset, MMD^2 AR-CSM / MoL, KL(data||model) "
+      "AR-CSM / MoL / data floor, JS AR-CSM / MoL / data floor")
+  for n, row in results["table"].items():
+    log(f"  {n:13s} seeds {row['num_seeds']}  MMD^2 {_pm(row, 'arcsm_mmd2', '.2e')} / "
+        f"{_pm(row, 'mol_mmd2', '.2e')}  KL {_pm(row, 'arcsm_kl', '.3f')} / "
+        f"{_pm(row, 'mol_kl', '.3f')} / {_pm(row, 'floor_kl', '.3f')}  "
+        f"JS {_pm(row, 'arcsm_js', '.4f')} / {_pm(row, 'mol_js', '.4f')} / "
+        f"{_pm(row, 'floor_js', '.4f')}")
 
 
 # ------------------------------------------------------------------------------------
@@ -269,6 +383,16 @@ def parse_args(argv=None):
   p.add_argument("--num_points", type=int, default=1025, help="quadrature nodes per dim")
   p.add_argument("--num_samples", type=int, default=2000)
   p.add_argument("--stride", type=int, default=4, help="heatmap: every k-th grid node")
+  p.add_argument("--seeds", default="",
+                 help="comma-separated seeds: each (dataset, model) is run once per seed, "
+                      "with seed and data.seed set to it (default: the configs' seeds)")
+  p.add_argument("--num_metric_samples", type=int, default=10000,
+                 help="model samples and held-out data points for the sample metrics "
+                      "(0: none)")
+  p.add_argument("--num_hist_data", type=int, default=200000,
+                 help="data draw whose histogram the samples' histogram is compared with")
+  p.add_argument("--hist_bins", type=int, default=64, help="histogram bins per axis")
+  p.add_argument("--mmd_block", type=int, default=256, help="MMD: pairs per block side")
   return common.parse(p, argv, prefixes=("config",) + KINDS)
 
 
@@ -283,23 +407,34 @@ def run(args, overrides):
   configs = load_configs(overrides)
   results = {"what": "2-D density estimation (Meng et al. 2020, Sec. 5.2, Fig. 3b): AR-CSM "
                      "(MADE + score head, CSM with noise annealing; NLL by quadrature) vs "
-                     "MADE mixture of logistics (MLE; exact NLL); test NLL in nats per example",
+                     "MADE mixture of logistics (MLE; exact NLL); test NLL in nats per example; "
+                     "sample metrics: unbiased MMD^2 (mean RBF kernel), histogram "
+                     "KL(data||model) and JS in nats",
              "args": vars(args), "overrides": overrides,
              "configs": {k: c.to_dict() for k, c in configs.items()},
              "machine": common.machine(), "datasets": {}}
+  results["runs"] = {}
+  seeds = [int(x) for x in args.seeds.split(",") if x.strip()] or [None]
   panels = {}
-  for i, name in enumerate(names):
-    log(f"dataset {i + 1}/{len(names)}: {name}")
-    results["datasets"][name], panels[name] = run_dataset(args, configs, name, log)
+  json_path = os.path.join(args.out, "toy2d.json")
+
+  def save(name, key, res):
+    results["runs"].setdefault(name, {})[key] = res
+    if key == next(iter(results["runs"][name])):
+      results["datasets"][name] = res      # the first seed: the figure's
     results["table"] = table(results)
     results["seconds"] = time.perf_counter() - start
-    common.write_json(os.path.join(args.out, "toy2d.json"), results)
-    plot(os.path.join(args.out, "toy2d.png"), panels, results)
-  log("test NLL (nats): dataset, AR-CSM at sigma_min (quad. err.), AR-CSM at sigma*, MoL MADE")
-  for n, row in results["table"].items():
-    log(f"  {n:13s} {row['arcsm_nll']:8.4f} ({row['arcsm_quad_error']:.1e})  "
-        f"{row['arcsm_nll_best_sigma']:8.4f} (sigma* {row['best_sigma']:.3g})  "
-        f"{row['mol_nll']:8.4f}")
+    common.write_json(json_path, results)
+
+  for i, name in enumerate(names):
+    for seed in seeds:
+      key = str(configs["arcsm"].seed if seed is None else seed)
+      log(f"dataset {i + 1}/{len(names)}: {name}, seed {key}")
+      res, p = run_dataset(args, configs, name, log, seed,
+                           save=lambda r, name=name, key=key: save(name, key, r))
+      panels.setdefault(name, p)
+      plot(os.path.join(args.out, "toy2d.png"), panels, results)
+  log_table(results, log)
   return results
 
 

@@ -35,9 +35,16 @@ def test_toy2d_smoke(tmp_path):
               "--config.data.num_test=100", "--arcsm.model.hidden_sizes=16,16",
               "--arcsm.model.head_hidden=8", "--arcsm.sampling.num_steps=2",
               "--arcsm.noise.num_levels=3", "--mol.model.num_mixtures=3", "--num_val", "50",
-              "--num_points", "65", "--num_samples", "50", "--stride", "2"])
+              "--num_points", "65", "--num_samples", "50", "--stride", "2",
+              "--seeds", "0,1", "--num_metric_samples", "60", "--num_hist_data", "500",
+              "--hist_bins", "8", "--mmd_block", "32"])
   r = json.loads((tmp_path / "toy2d.json").read_text())
   row = r["table"]["ring8"]
+  assert row["num_seeds"] == 2 and set(r["runs"]["ring8"]) == {"0", "1"}
+  for key in ("arcsm_mmd2", "mol_mmd2", "arcsm_kl", "mol_kl", "arcsm_js", "mol_js",
+              "floor_kl", "floor_js", "arcsm_nll"):
+    assert _finite(row[key]) and _finite(row[key + "_std"])
+  assert 0 <= row["mol_js"] <= math.log(2)
   assert all(_finite(row[k]) for k in ("arcsm_nll", "mol_nll", "arcsm_quad_error"))
   assert _finite(row["arcsm_nll_best_sigma"]) and _finite(row["best_sigma"])
   d = r["datasets"]["ring8"]
