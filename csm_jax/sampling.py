@@ -590,7 +590,9 @@ def make_sampler_from_config(config, model, num_samples: Optional[int] = None, m
   run = make_sampler(model, sigmas, n, opt["num_steps"], opt["step_lr"], opt["denoise"],
                      out_sharding=None if mesh is None else sharding_lib.batch_sharding(mesh),
                      cached=cached, num_dims=num_dims, chunk_dims=chunk, log=log,
-                     mh_nodes=mh_nodes, return_acceptance=True)
+                     mh_nodes=mh_nodes, return_acceptance=bool(mh_nodes))
+  if not mh_nodes:
+    return run, info          # unadjusted: nothing to record; the jitted sampler itself
 
   def sampler(params, rng):
     x, acc = run(params, rng)

@@ -76,7 +76,11 @@ def compile_all(fns, params, rng):
   compiled, seconds = {}, {}
   for name, f in fns.items():
     t0 = time.perf_counter()
-    compiled[name] = f.lower(params, rng).compile()
+    if hasattr(f, "lower"):
+      compiled[name] = f.lower(params, rng).compile()
+    else:                     # a wrapper (e.g. MALA, which records acceptance): warm it up
+      common.block(f(params, rng))
+      compiled[name] = f
     seconds[name] = time.perf_counter() - t0
     print(f"compiled {name} in {seconds[name]:.1f}s", flush=True)
   return compiled, seconds
