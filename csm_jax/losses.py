@@ -31,6 +31,12 @@ def csm_loss(model, sigmas, params, x, rng, train=True):
   """
   k_sig, k_eps, k_drop = jax.random.split(rng, 3)
   ctx = model.context(params, x, train, k_drop)
+  return _csm_given_context(model, sigmas, params, ctx, x, k_sig, k_eps)
+
+
+def _csm_given_context(model, sigmas, params, ctx, x, k_sig, k_eps):
+  """(loss, metrics) of paper Eq. 5 at fixed clean-data contexts: per-dimension noise
+  levels from `sigmas` (None: no noise), x~ = x + sigma eps, sigma^2 weights."""
   if sigmas is None:
     sigma, xt, weight = jnp.ones_like(x), x, None
   else:
@@ -38,8 +44,7 @@ def csm_loss(model, sigmas, params, x, rng, train=True):
     xt, _ = noise_lib.perturb(k_eps, x, sigma)
     weight = sigma ** 2
   s, ds = model.score_and_diag(params, ctx, xt, sigma)
-  per_example = composite_score_matching(s, ds, weight)
-  loss = per_example.mean()
+  loss = composite_score_matching(s, ds, weight).mean()
   return loss, {"loss": loss, "score_sq": (0.5 * s ** 2).sum(-1).mean()}
 
 
@@ -54,15 +59,7 @@ def conditional_csm_loss(model, sigmas, params, z, cond, rng):
   chex.assert_equal_shape_prefix([z, cond], 1)
   k_sig, k_eps = jax.random.split(rng)
   ctx = model.context(params, z, cond)
-  if sigmas is None:
-    sigma, zt, weight = jnp.ones_like(z), z, None
-  else:
-    sigma = noise_lib.sample_sigmas(k_sig, z.shape, sigmas)
-    zt, _ = noise_lib.perturb(k_eps, z, sigma)
-    weight = sigma ** 2
-  s, ds = model.score_and_diag(params, ctx, zt, sigma)
-  loss = composite_score_matching(s, ds, weight).mean()
-  return loss, {"loss": loss, "score_sq": (0.5 * s ** 2).sum(-1).mean()}
+  return _csm_given_context(model, sigmas, params, ctx, z, k_sig, k_eps)
 
 
 def mle_loss(model, params, x, rng, train=True, target_sigma=0.0):
