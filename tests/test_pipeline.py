@@ -125,3 +125,22 @@ def test_several_steps_per_dispatch_equal_one_per_dispatch(kind):
     out[k] = state
   for a, b in zip(jax.tree.leaves(out[1].params), jax.tree.leaves(out[4].params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_bench_step_reports_loop_efficiency_and_flops(tmp_path):
+  from experiments import bench_step  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "bench.json"
+  bench_step.main([f"--out={out}", "--repeats=1", "--inner=1", "--loop_steps=4",
+                   "--loop_examples=64", "--steps_per_dispatch=2",
+                   "--config.model.hidden_sizes=(16,)", "--config.model.context_size=2",
+                   "--config.model.head_hidden=(8,)", "--config.training.batch_size=8"])
+  import json  # pylint: disable=g-import-not-at-top
+  r = json.loads(out.read_text())
+  assert set(r["loop"]["runs"]) == {"host_k1", "device_k1", "device_k2"}
+  for run in r["loop"]["runs"].values():
+    assert run["loop_seconds_per_step"] > 0 and run["efficiency"] > 0
+  assert r["loop"]["step_alone_seconds"] > 0
+  for name in ("csm", "forward_backward", "mle"):
+    assert r["flops_per_step"][name] > 0 and r["flops_per_sec"][name] > 0
+  # CSM's derivative term costs flops on top of the forward-backward pass
+  assert r["flops_per_step"]["csm"] > r["flops_per_step"]["forward_backward"]
