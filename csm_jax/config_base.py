@@ -52,6 +52,11 @@ def default_config() -> ml_collections.ConfigDict:
   d.num_test = 5000
   d.image_size = 32        # celeba: resized to image_size x image_size
   d.crop = 140             # celeba: centre crop before resizing
+  # Training batches: 'device' keeps the raw training array on every device and builds
+  # each batch inside the jitted step; 'host' builds it in numpy; 'auto': 'device' when
+  # the array takes at most device_max_mb MiB (csm_jax/pipeline.py).
+  d.pipeline = "auto"
+  d.device_max_mb = 2048.0
 
   c.model = m = ml_collections.ConfigDict()
   m.backbone = "made"          # made | pixelcnnpp
@@ -70,6 +75,13 @@ def default_config() -> ml_collections.ConfigDict:
   m.nr_resnet = 5
   m.num_resolutions = 3        # PixelCNN++: 32 -> 16 -> 8 for 3
   m.dropout_rate = 0.5
+  # Mixed precision: 'bfloat16' runs the backbone's matmuls and convolutions on bfloat16
+  # operands (parameters, optimizer state, loss and the head stay float32).
+  m.compute_dtype = "float32"
+  # Matmul precision of a float32 backbone: 'highest' (true float32 everywhere; no TF32
+  # on NVIDIA GPUs, no bf16 passes on TPU), 'high' or 'default' (the backend's choice:
+  # TF32 on Ampere and later). The head always runs at 'highest'.
+  m.matmul_precision = "highest"
 
   c.loss = l = ml_collections.ConfigDict()
   l.name = "csm"               # csm | mle | sm | ssm | dsm
@@ -104,6 +116,7 @@ def default_config() -> ml_collections.ConfigDict:
   t.checkpoint_every = 1000
   t.checkpoint_every_secs = 600.0  # also save when this much time passed (0: off)
   t.keep_checkpoints = 3
+  t.steps_per_dispatch = 1  # k > 1: k train steps per jitted call (lax.scan)
 
   c.eval = e = ml_collections.ConfigDict()
   e.batch_size = 500
@@ -311,7 +324,18 @@ def validate(config) -> ml_collections.ConfigDict:
   for field in ("training.eval_every", "optim.warmup_steps", "training.checkpoint_every_secs"):
     section, name = field.split(".")
     need(config[section][name] >= 0, field, config[section][name], ">= 0 (0: off)")
+  need(isinstance(config.training.steps_per_dispatch, int)
+       and config.training.steps_per_dispatch >= 1, "training.steps_per_dispatch",
+       config.training.steps_per_dispatch, "an integer >= 1")
+  need(config.data.pipeline in ("auto", "host", "device"), "data.pipeline",
+       config.data.pipeline, "'auto', 'host' or 'device'")
+  need(config.data.device_max_mb >= 0, "data.device_max_mb", config.data.device_max_mb,
+       ">= 0")
   m = config.model
+  need(m.compute_dtype in ("float32", "bfloat16"), "model.compute_dtype", m.compute_dtype,
+       "'float32' or 'bfloat16'")
+  need(m.matmul_precision in ("highest", "high", "default"), "model.matmul_precision",
+       m.matmul_precision, "'highest', 'high' or 'default'")
   need(all(h >= 1 for h in m.hidden_sizes), "model.hidden_sizes", m.hidden_sizes,
        "positive widths")
   need(all(h >= 1 for h in m.head_hidden), "model.head_hidden", m.head_hidden,

@@ -93,13 +93,15 @@ def broadcast_flag(ok: bool) -> bool:
   return bool(multihost_utils.broadcast_one_to_all(np.asarray(bool(ok))))
 
 
-def preemption_point(step: int) -> bool:
-  """With several processes: True on every process at the same step once any of them
-  got SIGTERM (JAX's preemption service; call it at every step). False otherwise."""
+def preemption_point(first: int, last: int) -> bool:
+  """With several processes: True on every process after the same step once any of them
+  got SIGTERM (JAX's preemption service). Call it after every dispatch with the steps it
+  ran (first, last]: the service needs every step number, in order. False otherwise."""
   if jax.process_count() == 1:
     return False
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   try:
-    return multihost_utils.reached_preemption_sync_point(step)
+    return any(multihost_utils.reached_preemption_sync_point(s)
+               for s in range(first + 1, last + 1))
   except RuntimeError:  # the preemption service is off (jax_enable_preemption_service)
     return False

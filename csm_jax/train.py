@@ -36,6 +36,7 @@ from csm_jax import likelihood
 from csm_jax import losses
 from csm_jax import metrics as metrics_lib
 from csm_jax import models
+from csm_jax import pipeline as pipeline_lib
 from csm_jax import sharding as sharding_lib
 from csm_jax import workdir as workdir_lib
 
@@ -137,17 +138,10 @@ def test_batch(config, test, pre, mesh, i: int, batch_size: int):
   return sharding_lib.shard_batch(x, mesh)
 
 
-class Batcher:
-  """Host-side training batches as a pure function of the step."""
-
-  def __init__(self, config, arrays, preprocessor, mesh):
-    self.config, self.arrays, self.pre, self.mesh = config, arrays, preprocessor, mesh
-
-  def train(self, step):
-    bs = self.config.training.batch_size
-    idx = data_lib.batch_indices(len(self.arrays.train), bs, step, self.config.seed)
-    x = self.pre(self.arrays.train[idx], data_lib.dequant_rng(self.config.seed, step))
-    return sharding_lib.shard_batch(x, self.mesh)
+def Batcher(config, arrays, preprocessor, mesh):  # pylint: disable=invalid-name
+  """The training input pipeline config.data.pipeline names (`pipeline.make_pipeline`):
+  `.train(step)` is the model-space batch of a step, a pure function of the step."""
+  return pipeline_lib.make_pipeline(config, arrays, preprocessor, mesh)
 
 
 # ------------------------------------------------------------------------------------
@@ -165,7 +159,7 @@ class Setup:
   model: models.ARModel
   loss_fn: Callable
   optimizer: Any
-  batcher: Batcher
+  batcher: Any  # pipeline.HostPipeline | pipeline.DevicePipeline
 
 
 def check_model_data(config, model, arrays):
@@ -301,18 +295,31 @@ def train_loop(s: Setup, workdir: Optional[str] = None,
   counts = models.count_parameters(state.params, s.model)
   log(f"{prefix}model {config.model.backbone}/{config.model.head}, {counts['parameters']} "
       f"parameters ({counts['effective_parameters']} effective), loss {config.loss.name}, "
-      f"{s.mesh.size} devices, batch {t.batch_size}")
+      f"{s.mesh.size} devices, batch {t.batch_size}, {s.batcher.kind} input pipeline"
+      + (f", {t.steps_per_dispatch} steps per dispatch" if t.steps_per_dispatch > 1 else ""))
 
   base_rng = jax.device_put(jax.random.PRNGKey(config.seed + 1), repl)
-  batch = s.batcher.train(start) if start < n else None
+  pipe = s.batcher
+  k = int(t.steps_per_dispatch)
+  train_step = make_train_step(s.loss_fn, s.optimizer, config.optim.ema_decay)
+  step_fns = {}  # dispatch length -> compiled loop step
+
+  def step_fn(length):
+    if length not in step_fns:
+      step_fns[length] = pipeline_lib.compile_loop_step(train_step, pipe, length, state,
+                                                        base_rng)
+    return step_fns[length]
+
+  intervals = (t.log_every, t.checkpoint_every, eval_every if eval_fn is not None else 0)
+  chunk = lambda step: pipeline_lib.chunk_length(step, k, intervals, n)
   t0 = time.perf_counter()
-  step_fn = jax.jit(make_train_step(s.loss_fn, s.optimizer, config.optim.ema_decay),
-                    in_shardings=(repl, sharding_lib.batch_sharding(s.mesh), repl),
-                    out_shardings=(repl, repl), donate_argnums=(0,))
-  if batch is not None:
-    step_fn = step_fn.lower(state, batch, base_rng).compile()
+  inputs = None
+  if start < n:
+    step_fn(chunk(start))
+    inputs = pipe.inputs(start, chunk(start))
   info = {"compile_seconds": time.perf_counter() - t0, "train_seconds": 0.0, "steps": n,
-          "final_loss": float("nan"), "history": [], "parameters": counts}
+          "final_loss": float("nan"), "history": [], "parameters": counts,
+          "pipeline": pipe.kind, "steps_per_dispatch": k}
 
   def evaluate(step):
     row = eval_fn(state.ema_params)
@@ -328,18 +335,20 @@ def train_loop(s: Setup, workdir: Optional[str] = None,
   # Multi-host: JAX's preemption service takes SIGTERM and picks a step for all processes.
   multi = jax.process_count() > 1
   with _catch_stop_signals(ckpt is not None and not multi) as stop:
-    for step in range(start, n):
-      state, metrics = step_fn(state, batch, base_rng)
-      done = step + 1
-      if ckpt is not None and multi and sharding_lib.preemption_point(done):
+    step = start
+    while step < n:
+      length = chunk(step)
+      state, metrics = step_fn(length)(state, pipe.resident, inputs, base_rng)
+      done = step = step + length
+      if ckpt is not None and multi and sharding_lib.preemption_point(done - length, done):
         stop.append(signal.SIGTERM)
       if stop:  # SIGINT / SIGTERM: keep this step, then stop
         ckpt.save(done, state)
         ckpt.close()
         writer.close()
         raise Interrupted(done, stop[0], ckpt.directory)
-      if done < n:
-        batch = s.batcher.train(done)  # host work overlaps the asynchronous device step
+      if done < n:  # host work overlaps the asynchronous device step
+        inputs = pipe.inputs(done, chunk(done))
       is_log = done % t.log_every == 0 or done == n
       is_eval = eval_fn is not None and eval_every and (done % eval_every == 0 or done == n)
       is_ckpt = ckpt is not None and (

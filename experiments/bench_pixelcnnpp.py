@@ -102,13 +102,16 @@ def prepare_run(config, arrays, args):
   s = train.setup(config, arrays=arrays)
   key = jax.device_put(jax.random.PRNGKey(args.seed), sharding_lib.replicated(s.mesh))
   state = train.initial_state(s)
+  batch = s.batcher.train(0)
+  t0 = time.perf_counter()
   step = jax.jit(train.make_train_step(s.loss_fn, s.optimizer, config.optim.ema_decay),
-                 donate_argnums=(0,))
-  compile_s, (state, _) = _timed(lambda: step(state, s.batcher.train(0), key))
+                 donate_argnums=(0,)).lower(state, batch, key).compile()
+  compile_s = time.perf_counter() - t0
+  state, _ = step(state, batch, key)
   for i in range(args.warmup):
     state, _ = step(state, s.batcher.train(1 + i), key)
   return {"setup": s, "step": step, "key": key, "compile_s": compile_s, "times": [],
-          "state": jax.block_until_ready(state)}
+          "flops": common.xla_flops(step), "state": jax.block_until_ready(state)}
 
 
 def _step_summary(runs, args):
@@ -121,6 +124,11 @@ def _step_summary(runs, args):
       "ratio_of_minima": float(csm_t.min() / mle_t.min()),
       "csm_step_s": csm_t.tolist(), "mle_step_s": mle_t.tolist(),
       "compile_s": {v: r["compile_s"] for v, r in runs.items()},
+      "flops_per_step": {v: r["flops"] for v, r in runs.items()},
+      "flops_per_sec": {v: (r["flops"] / float(np.median(r["times"])) if r["flops"] else None)
+                        for v, r in runs.items()},
+      "compute_dtype": runs["csm"]["setup"].config.model.compute_dtype,
+      "matmul_precision": runs["csm"]["setup"].config.model.matmul_precision,
       "num_params": {v: models.count_parameters(r["state"].params, r["setup"].model)[
           "parameters"] for v, r in runs.items()},
       "timing": f"{args.repeats} interleaved pairs after {args.warmup} warm-up steps each; "
@@ -185,17 +193,21 @@ def time_naive_sampler(run, cached, key):
           "cached_speedup": (t1 * model.dim) / cached["est_full_image_s"]}
 
 
-def time_sampling(args, runs):
+def time_sampling(args, runs, save=lambda out: None):
+  """Each sampler timed in turn; save(out) after each, so a time-out keeps the finished."""
   key = jax.random.PRNGKey(args.seed + 1)
   dims = tuple(int(k) for k in args.sample_dims.split(","))
   out = {"csm_cached_langevin": time_config_sampler(
       runs["csm"], dims, key, "cached-context annealed Langevin: D context passes + D*L*T "
       "head steps; timed on the first k dims, scaled linearly to D")}
-  if not args.no_naive:
-    out["csm_naive_langevin"] = time_naive_sampler(runs["csm"], out["csm_cached_langevin"], key)
+  save(out)
   out["mle_ancestral"] = time_config_sampler(
       runs["mle"], dims, key, "exact ancestral sampling of the discretized mixture: D "
       "context passes; timed on the first k dims, scaled linearly to D")
+  save(out)
+  if not args.no_naive:
+    out["csm_naive_langevin"] = time_naive_sampler(runs["csm"], out["csm_cached_langevin"], key)
+    save(out)
   return out
 
 
@@ -218,8 +230,10 @@ def main(argv=None):
         f"{steps['mle_step_s_median'] * 1e3:.1f} ms, ratio {steps['ratio_csm_over_mle']:.3f}",
         flush=True)
   if not args.no_sampling:
-    result["sampling"] = time_sampling(args, runs)
-    common.write_json(args.out, result)
+    def save(partial):
+      result["sampling"] = partial
+      common.write_json(args.out, result)
+    time_sampling(args, runs, save)
     for k, v in result["sampling"].items():
       print(f"{k}: {v['samples_per_sec']:.4g} samples/s "
             f"(full image {v['est_full_image_s']:.1f} s for {v['num_samples']})", flush=True)

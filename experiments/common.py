@@ -10,7 +10,7 @@ import argparse
 import json
 import os
 import time
-from typing import Sequence
+from typing import Optional, Sequence
 
 import jax
 import numpy as np
@@ -63,6 +63,20 @@ def time_interleaved(fns: dict, repeats: int = 10, inner: int = 3) -> dict:
       block(out)
       times[k].append((time.perf_counter() - t0) / inner)
   return {k: float(np.median(v)) for k, v in times.items()}, times
+
+
+def xla_flops(compiled) -> Optional[float]:
+  """Floating-point operations of one call of a compiled function, from XLA's cost
+  analysis (None where the backend does not report them)."""
+  try:
+    ca = compiled.cost_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if isinstance(ca, (list, tuple)):
+    ca = ca[0] if ca else None
+  if not ca or "flops" not in ca:
+    return None
+  return float(ca["flops"])
 
 
 def write_json(path: str, obj: dict):

@@ -77,16 +77,7 @@ def _mem_stats(compiled):
           for k, a in keys.items()}
 
 
-def _flops(compiled):
-  try:
-    ca = compiled.cost_analysis()
-  except Exception:  # pylint: disable=broad-except
-    return None
-  if isinstance(ca, (list, tuple)):
-    ca = ca[0] if ca else None
-  if not ca or "flops" not in ca:
-    return None
-  return float(ca["flops"])
+_flops = common.xla_flops
 
 
 def make_loss(method, dim, args):

@@ -1,9 +1,21 @@
-"""Shared fixtures: paths to the offline data beside the repository."""
+"""Shared fixtures: paths to the offline data beside the repository.
+
+Float32 comparisons in these tests mean float32: the matmul precision is pinned to
+'highest' for the test process and its subprocesses (GPUs otherwise run float32 matmuls
+in TF32, 10-bit mantissas; TPUs in bfloat16 passes). CPUs compute float32 either way,
+so nothing changes there; the library's own choice is model.matmul_precision.
+"""
 
 import os
 import pathlib
 
-import pytest
+os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+jax.config.update("jax_default_matmul_precision",
+                  os.environ["JAX_DEFAULT_MATMUL_PRECISION"])
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -57,7 +57,7 @@ def test_mnist_nll_smoke(tmp_path, mnist_data_dir):
   mnist_nll.main(["--out", str(tmp_path), f"--config.data.data_dir={mnist_data_dir}",
                   "--config.model.hidden_sizes=8", "--config.model.context_size=2",
                   "--config.model.head_hidden=4", "--config.model.num_mixtures=2",
-                  "--config.training.num_steps=4", "--config.training.eval_every=2",
+                  "--num_steps", "4", "--eval_every", "2",
                   "--config.training.batch_size=8",
                   "--dsm_sigmas", "0.1", "--num_eval", "16", "--num_final", "16",
                   "--num_quadrature", "2", "--num_points", "17", "--quad_batch", "2",
@@ -69,6 +69,11 @@ def test_mnist_nll_smoke(tmp_path, mnist_data_dir):
     assert _finite(row["bpd"]) and _finite(row["train_seconds"])
   hist = r["runs"]["gaussian_mle"]["history"]
   assert [h["step"] for h in hist] == [0, 2, 4]
+  gaps = r["gap_vs_steps"]
+  assert [g["step"] for g in gaps] == [2, 4, "final"]
+  for g in gaps:
+    assert math.isclose(g["gap"], g["gaussian_csm"] - g["gaussian_mle"], abs_tol=1e-12)
+  assert gaps[-1]["gaussian_mle"] == r["table_fig3a"]["gaussian_mle"]["bpd"]
   assert set(r["table_arcsm"]) == {"arcsm_csm", "arcsm_csm_best_sigma", "gaussian_mle",
                                    "mol_mle"}
   assert r["table_arcsm"]["arcsm_csm_best_sigma"]["sigma"] in (

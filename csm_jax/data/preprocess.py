@@ -74,6 +74,33 @@ class Preprocessor:
       y = x01
     return y.astype(dtype)
 
+  def device_forward(self, x, u=None):
+    """The forward map inside a jitted step (jax.numpy, float32): raw batch -> (B, D).
+
+    x: the raw examples as stored (uint8 pixels or float32), any trailing shape; u:
+    dequantization noise of x's flattened shape in [0, 1) (None: 1/2, as `__call__`
+    without an rng). Same map as `__call__`/`from_pixels` but in float32; the logit
+    takes log p - log(1 - p) with both p and 1 - p formed from their own pixel
+    counts (pix and range - pix), so the values next to 0 and 255 keep their
+    relative precision (no cancellation in 1 - p).
+    """
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top  (numpy module otherwise)
+    flat = jnp.reshape(x, (x.shape[0], -1))
+    if not self.discrete:
+      return flat.astype(jnp.float32)
+    pix = flat.astype(jnp.float32)
+    rest = self.pixel_range - pix               # exact: integers
+    if self.dequantize:
+      u = jnp.float32(0.5) if u is None else u.astype(jnp.float32)
+      pix, rest = pix + u, rest - u
+    x01, one_minus = pix / self.pixel_range, rest / self.pixel_range
+    if self.logit_lambda:
+      lam = self.logit_lambda
+      return jnp.log(lam + (1 - 2 * lam) * x01) - jnp.log(lam + (1 - 2 * lam) * one_minus)
+    if self.scale == 'symmetric':
+      return 2 * x01 - 1
+    return x01
+
   def log_det_jacobian(self, y: np.ndarray) -> np.ndarray:
     """sum_d log |dy_d / dx_pix_d|, float64 (B,): log p_pix(x) = log p_y(y) + this."""
     y = np.asarray(y, np.float64)

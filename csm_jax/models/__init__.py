@@ -9,10 +9,11 @@ head is registered with its `kind`, set once here and nowhere else:
 
 import dataclasses
 import math
-from typing import Callable
+from typing import Callable, Optional
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from csm_jax.models import heads as heads_lib
@@ -67,7 +68,7 @@ def _made(cfg, data_shape) -> Backbone:
   dim = math.prod(data_shape)
   net = made_lib.MADE(dim=dim, hidden_sizes=tuple(cfg.hidden_sizes),
                       context_size=cfg.context_size, order=cfg.order,
-                      order_seed=cfg.order_seed)
+                      order_seed=cfg.order_seed, dtype=compute_dtype(cfg))
   masks = made_lib.made_masks(net.rank, net.hidden_sizes, net.context_size)
   return Backbone(net, net.rank, has_dropout=False,
                   num_masked_weights=int(sum((m == 0).sum() for m in masks)))
@@ -81,7 +82,7 @@ def _pixelcnnpp(cfg, data_shape) -> Backbone:
   net = pixelcnnpp.PixelCNNPP(image_shape=tuple(data_shape), context_size=cfg.context_size,
                               nr_filters=cfg.nr_filters, nr_resnet=cfg.nr_resnet,
                               num_resolutions=cfg.num_resolutions,
-                              dropout_rate=cfg.dropout_rate)
+                              dropout_rate=cfg.dropout_rate, dtype=compute_dtype(cfg))
   return Backbone(net, np.arange(math.prod(data_shape)), has_dropout=cfg.dropout_rate > 0)
 
 
@@ -112,6 +113,19 @@ def _discretized_logistic_head(cfg):
                                                     num_bins=cfg.num_bins)
 
 
+def compute_dtype(model_config):
+  """The backbone's operand dtype (model.compute_dtype; absent in old configs: float32)."""
+  return jnp.dtype(model_config.get("compute_dtype", "float32"))
+
+
+def backbone_precision(model_config) -> Optional[str]:
+  """Matmul precision of the backbone: model.matmul_precision for float32, None (the
+  operands' own precision) for bfloat16."""
+  if compute_dtype(model_config) != jnp.float32:
+    return None
+  return model_config.get("matmul_precision", "highest")
+
+
 def head_kind(model_config) -> str:
   """The kind ('score', 'density' or 'mass') of the head config.model.head names."""
   if model_config.head not in _HEADS:
@@ -130,7 +144,8 @@ def get_model(model_config, data_shape) -> ARModel:
   return ARModel(net=ARNet(backbone=backbone.net, head=head, kind=kind),
                  dim=math.prod(data_shape), rank=backbone.rank, kind=kind,
                  data_shape=tuple(data_shape), has_dropout=backbone.has_dropout,
-                 num_masked_weights=backbone.num_masked_weights)
+                 num_masked_weights=backbone.num_masked_weights,
+                 backbone_precision=backbone_precision(model_config))
 
 
 def count_parameters(params, model=None) -> dict:

@@ -5,9 +5,10 @@
 not, exposes the same conditional scores s_d(x_<d, x_d) (paper Eq. 4).
 """
 
+import contextlib
 import dataclasses
 
-from typing import Callable
+from typing import Callable, Optional
 
 import chex
 import flax.linen as nn
@@ -17,6 +18,11 @@ import numpy as np
 
 
 KINDS = ("score", "density", "mass")
+
+
+def _precision(name: Optional[str]):
+  """jax.default_matmul_precision(name) for the ops traced inside (None: unchanged)."""
+  return contextlib.nullcontext() if name is None else jax.default_matmul_precision(name)
 
 
 def fast_init(init_fn: Callable, rng):
@@ -76,6 +82,10 @@ class ARModel:
   data_shape: tuple
   has_dropout: bool = False
   num_masked_weights: int = 0
+  # Matmul precision of the backbone's and of the head's float32 operations (None: the
+  # backend default). bfloat16 backbones ignore theirs (operands are bfloat16).
+  backbone_precision: Optional[str] = None
+  head_precision: Optional[str] = "highest"
 
   def __post_init__(self):
     if self.kind not in KINDS:
@@ -97,7 +107,8 @@ class ARModel:
     """Parameters (see `fast_init`)."""
     def f(rng):
       x = jnp.zeros((batch_size, self.dim), jnp.float32)
-      return self.net.init({"params": rng, "dropout": rng}, x, jnp.ones_like(x))
+      with _precision(self.backbone_precision):
+        return self.net.init({"params": rng, "dropout": rng}, x, jnp.ones_like(x))
     return fast_init(f, rng)
 
   def context(self, params, x, train: bool = False, rng=None):
@@ -106,20 +117,23 @@ class ARModel:
     rngs = {"dropout": rng} if (train and self.has_dropout) else None
     if train and self.has_dropout and rng is None:
       raise ValueError("this model uses dropout: context(train=True) needs an rng")
-    return self.net.apply(params, x, train, method=ARNet.context, rngs=rngs)
+    with _precision(self.backbone_precision):
+      return self.net.apply(params, x, train, method=ARNet.context, rngs=rngs)
 
   def log_cond(self, params, ctx, x):
     """log q(x_d | x_<d) per dimension, (B, D); normalized heads only."""
     if not self.normalized:
       raise ValueError("log_cond needs a normalized head; use likelihood.py for AR-CSM")
-    return self.net.apply(params, ctx, x, method=ARNet.head_out)
+    with _precision(self.head_precision):
+      return self.net.apply(params, ctx, x, method=ARNet.head_out)
 
   def score(self, params, ctx, x, sigma):
     """Conditional scores s_d given fixed contexts, (B, D)."""
     if self.normalized:
       f = lambda y: self.log_cond(params, ctx, y)
       return jax.jvp(f, (x,), (jnp.ones_like(x),))[1]
-    return self.net.apply(params, ctx, x, sigma, method=ARNet.head_out)
+    with _precision(self.head_precision):
+      return self.net.apply(params, ctx, x, sigma, method=ARNet.head_out)
 
   def score_and_diag(self, params, ctx, x, sigma):
     """(s, ds/dx_d) for all d in one jvp through the head (the AR-CSM fast path)."""

@@ -308,6 +308,6 @@ class PixelCNNPP(nn.Module):
     chex.assert_shape(ul, (B, H, W, nf))
 
     ctx = ChannelMaskedHead(self.context_size, nf, dt)(jax.nn.elu(ul), img)
-    ctx = ctx.reshape(B, D, self.context_size)
+    ctx = ctx.reshape(B, D, self.context_size).astype(jnp.float32)  # the head: float32
     chex.assert_shape(ctx, (B, D, self.context_size))
     return ctx
