@@ -4,14 +4,14 @@ Two processes (2 CPU devices each, `jax.distributed.initialize` with a coordinat
 127.0.0.1, gloo CPU collectives) train the MNIST MADE (configs/mnist_made_mle.py: Gaussian
 conditionals, exact bits/dim in the periodic evaluation; the CSM step compiles about twice
 as slowly and shares all the multi-host code) on a tiny uint8 npz set with
-`python -m csm_jax.main --multihost` (device-resident input pipeline), then again with
-`train.train_and_evaluate` (host pipeline, 2 steps per dispatch), each process feeding its
-part of the global batch; one process with 4 CPU devices does the same runs. Then every
-process restores the last checkpoints (tests/multihost_worker.py). Checked: the
-parameters equal the 1-process ones (float32 tolerance), both processes read back the
-same checkpoints, each checkpoint step is written once (one directory per step,
-committed, nothing left over), and the metrics, config record and TensorBoard log are
-written once.
+`python -m csm_jax.main --multihost` (device-resident input pipeline, 2 steps per
+dispatch), each process feeding its part of the global batch; one process with 4 CPU
+devices does the same run. Then every process restores the last checkpoint
+(tests/multihost_worker.py). Checked: the parameters equal the 1-process ones (float32
+tolerance), both processes read back the same checkpoint, each checkpoint step is written
+once (one directory per step, committed, nothing left over), and the metrics, config
+record and TensorBoard log are written once. And: a workdir locked by another run stops
+both processes with one error (none is left waiting for the other).
 """
 
 import json
@@ -87,24 +87,10 @@ def _main_flags(tmp_path, workdir):
           f"--config.data.test_path={tmp_path / 'test.npz'}",
           "--config.model.hidden_sizes=32,32", "--config.model.context_size=4",
           "--config.training.batch_size=8", f"--config.training.num_steps={STEPS}",
-          "--config.training.log_every=2", "--config.training.checkpoint_every=3",
-          "--config.training.eval_every=3", "--config.eval.batch_size=8",
-          "--config.eval.num_batches=2", "--config.data.pipeline=device"]
-
-
-def _check_written_once(w, device_run):
-  """Each checkpoint step once (committed; no temporary or per-process copies), one config
-  record, one TensorBoard log, each metrics row once."""
-  assert sorted(os.listdir(w)) == [".lock", "checkpoints", "config.json", "metrics.jsonl",
-                                   "tensorboard"], w
-  steps = sorted(os.listdir(w / "checkpoints"), key=int)
-  assert steps == (["2", "3", "6"] if device_run else ["2", "4", "6"]), (w, steps)
-  for s in steps:
-    assert (w / "checkpoints" / s / "commit_success.txt").exists()
-  assert len(os.listdir(w / "tensorboard")) == 1
-  rows = [json.loads(line) for line in open(w / "metrics.jsonl")]
-  assert [r["step"] for r in rows] == ([0, 2, 3, 4, 6, 6] if device_run else [2, 4, 6]), w
-  return rows
+          "--config.training.log_every=2", "--config.training.checkpoint_every=2",
+          "--config.training.eval_every=2", "--config.training.steps_per_dispatch=2",
+          "--config.eval.batch_size=8", "--config.eval.num_batches=2",
+          "--config.data.pipeline=device"]
 
 
 def test_two_processes_train_like_one(tmp_path):
@@ -114,44 +100,50 @@ def test_two_processes_train_like_one(tmp_path):
   runs = {"reference": (1, 4), "process0": (2, 2), "process1": (2, 2)}  # processes, devices
   jobs = []
   for name, (processes, devices) in runs.items():
-    argv = worker + [f"--restored_out={tmp_path / name}.npz",
-                     f"--host_pipeline_workdir={tmp_path / str(processes)}_host"]
+    argv = worker + [f"--restored_out={tmp_path / name}.npz"]
     if processes > 1:
       argv += ["--multihost", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
                f"--process_id={name[-1]}"]
-    jobs.append((name, argv + _main_flags(tmp_path, tmp_path / f"{processes}_device"),
+    jobs.append((name, argv + _main_flags(tmp_path, tmp_path / f"{processes}_processes"),
                  _env(devices)))
   _run_all(jobs, tmp_path)
 
   ref = np.load(tmp_path / "reference.npz")
   assert (int(ref["process_count"]), int(ref["device_count"])) == (1, 4)
-  keys = [k for k in ref.files if "params" in k and "/step/" not in k]
-  assert any(k.startswith("device/ema_params") for k in keys)
-  assert any(k.startswith("host/params") for k in keys)
+  keys = [k for k in ref.files if k.startswith(("params", "ema_params"))]
+  assert keys
   for i in range(2):
     got = np.load(tmp_path / f"process{i}.npz")
     assert (int(got["process_index"]), int(got["process_count"]),
             int(got["device_count"])) == (i, 2, 4)
     assert sorted(got.files) == sorted(ref.files)
-    for k in got.files:
-      if "/step/" in k:
-        assert int(got[k]) == STEPS, k
+    assert int(got["step/params"]) == int(got["step/ema_params"]) == STEPS
     for k in keys:   # same global batches, same updates: equal up to float32 reductions
       np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, atol=1e-6, err_msg=k)
-    if i:            # both processes read back the same checkpoints
+    if i:            # both processes read back the same checkpoint
       first = np.load(tmp_path / "process0.npz")
       for k in keys:
         np.testing.assert_array_equal(got[k], first[k], err_msg=k)
 
-  for pipeline in ("device", "host"):
-    one = _check_written_once(tmp_path / f"1_{pipeline}", pipeline == "device")
-    two = _check_written_once(tmp_path / f"2_{pipeline}", pipeline == "device")
-    for a, b in zip(two, one):
-      for k in ("loss", "eval_loss", "eval_bpd"):
-        if k in a:
-          np.testing.assert_allclose(a[k], b[k], rtol=1e-5, err_msg=f"{pipeline} {a['step']} {k}")
-    assert (json.load(open(tmp_path / f"2_{pipeline}" / "config.json"))
-            == json.load(open(tmp_path / f"1_{pipeline}" / "config.json")))
+  # Written once: each checkpoint step (committed; no temporary or per-process copies),
+  # the config record, the TensorBoard log, each metrics row.
+  rows = {}
+  for w in (tmp_path / "1_processes", tmp_path / "2_processes"):
+    assert sorted(os.listdir(w)) == [".lock", "checkpoints", "config.json", "metrics.jsonl",
+                                     "tensorboard"], w
+    steps = sorted(os.listdir(w / "checkpoints"), key=int)
+    assert steps == ["2", "4", "6"], (w, steps)
+    for s in steps:
+      assert (w / "checkpoints" / s / "commit_success.txt").exists()
+    assert len(os.listdir(w / "tensorboard")) == 1
+    rows[w.name] = [json.loads(line) for line in open(w / "metrics.jsonl")]
+    assert [r["step"] for r in rows[w.name]] == [0, 2, 2, 4, 4, 6, 6], w
+  for a, b in zip(rows["2_processes"], rows["1_processes"]):
+    for k in ("loss", "eval_loss", "eval_bpd"):
+      if k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-5, err_msg=f"step {a['step']} {k}")
+  assert (json.load(open(tmp_path / "2_processes" / "config.json"))
+          == json.load(open(tmp_path / "1_processes" / "config.json")))
 
 
 def test_a_taken_workdir_refuses_every_process(tmp_path):
