@@ -5,6 +5,10 @@ newer one that does not is skipped with a warning naming it and why (training mo
 it aside to checkpoints.damaged/ so that it is not overwritten or retried). A checkpoint
 whose arrays do not have the shapes of the model built from the config is a config
 mismatch, not damage, and is reported as such.
+
+Multi-host: every process calls save and restore with the same (replicated) state;
+orbax writes each array once and process 0 commits the step, so the directory must be
+one that all hosts see at the same path (NFS, Filestore, a gcsfuse mount).
 """
 
 import collections
@@ -15,6 +19,8 @@ import time
 from absl import logging
 import jax
 import orbax.checkpoint as ocp
+
+from csm_jax import sharding
 
 
 class ConfigMismatchError(ValueError):
@@ -89,14 +95,16 @@ class Checkpointer:
     """Moves the damaged checkpoints found by a restore to checkpoints.damaged/."""
     if not self.skipped:
       return
-    target = self.directory.rstrip("/") + ".damaged"
-    os.makedirs(target, exist_ok=True)
-    for step, _ in self.skipped:
-      src = os.path.join(self.directory, str(step))
-      if os.path.exists(src):
-        dst = os.path.join(target, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
-        shutil.move(src, dst)
-        logging.warning("moved damaged checkpoint %s to %s", src, dst)
+    if sharding.is_main_process():  # multi-host: one process moves, the others wait
+      target = self.directory.rstrip("/") + ".damaged"
+      os.makedirs(target, exist_ok=True)
+      for step, _ in self.skipped:
+        src = os.path.join(self.directory, str(step))
+        if os.path.exists(src):
+          dst = os.path.join(target, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+          shutil.move(src, dst)
+          logging.warning("moved damaged checkpoint %s to %s", src, dst)
+    sharding.sync("csm_jax_quarantine_damaged_checkpoints")
     self._mgr.close()
     self._mgr = self._manager()
 

@@ -89,8 +89,9 @@ def evaluate_workdir(config, workdir: str, log: Callable[[str], None] = logging.
   result["likelihood"] = likelihood.nll_from_config(config, inf.model, params, y, inf.pre, log,
                                                     train=inf.arrays.train)
   path = os.path.join(workdir, f"eval_{step:08d}.json")
-  with open(path, "w") as f:
-    json.dump(result, f, indent=2)
+  if sharding_lib.is_main_process():  # multi-host: every process has the same result
+    with open(path, "w") as f:
+      json.dump(result, f, indent=2)
   log(f"eval {json.dumps(result)} -> {path}")
   return result
 
@@ -106,13 +107,15 @@ def sample_workdir(config, workdir: str, log: Callable[[str], None] = logging.in
   sampler, info = sampling.make_sampler_from_config(config, inf.model, mesh=inf.mesh, log=log)
   log(f"sampling with {json.dumps(info)}")
   rng = jax.random.PRNGKey(config.seed + 20_000) if rng is None else rng
-  x = np.asarray(sampler(params, rng))
+  x = sharding_lib.to_host(sampler(params, rng))  # multi-host: gathered on every process
   if "sweeps" in info:
     log(f"fixed-point sampling used {info['sweeps']} sweeps for {inf.model.dim} dimensions "
         f"(largest change in the last one {info['max_change']:.3g})")
-  os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
   base = os.path.join(workdir, "samples", f"samples_{step:08d}")
-  np.save(base + ".npy", x)
-  plotting.save_samples(base + ".png", inf.pre.to_display(x), inf.arrays.shape, f"step {step}")
-  log(f"wrote {base}.png")
+  if sharding_lib.is_main_process():
+    os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+    np.save(base + ".npy", x)
+    plotting.save_samples(base + ".png", inf.pre.to_display(x), inf.arrays.shape,
+                          f"step {step}")
+    log(f"wrote {base}.png")
   return base

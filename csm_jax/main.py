@@ -17,7 +17,13 @@ config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
 flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"], "What to do.")
-flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (TPU pods, multi-node GPU).")
+flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (TPU pods, multi-node "
+                  "GPU): one process per host, all with the same command.")
+flags.DEFINE_string("coordinator_address", None, "--multihost: host:port of process 0 (default: "
+                    "$JAX_COORDINATOR_ADDRESS, or detected on Cloud TPU, SLURM, Open MPI).")
+flags.DEFINE_integer("num_processes", None, "--multihost: number of processes (default: detected).")
+flags.DEFINE_integer("process_id", None, "--multihost: this process's index in 0..num_processes-1 "
+                     "(default: detected).")
 flags.DEFINE_bool("allow_config_change", False, "Train on a workdir whose recorded config "
                   "differs in model/data/optimization fields (the change is recorded).")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -30,13 +36,29 @@ class _QuietLibraries(logging_std.Filter):
     return record.levelno >= logging_std.WARNING or "orbax" not in record.pathname
 
 
+def _cpu_collectives(jax):
+  """CPU processes need cross-process collectives: gloo, unless the user chose (JAX's
+  default in recent versions; older ones had none)."""
+  try:
+    if jax.config.jax_cpu_collectives_implementation in (None, "none"):
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  except AttributeError:  # a JAX without this option
+    pass
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
   import jax  # pylint: disable=g-import-not-at-top
   if FLAGS.multihost:
-    jax.distributed.initialize()
+    _cpu_collectives(jax)
+    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                               num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+  elif any(f is not None for f in (FLAGS.coordinator_address, FLAGS.num_processes,
+                                   FLAGS.process_id)):
+    raise app.UsageError("--coordinator_address, --num_processes and --process_id need "
+                         "--multihost")
   logging.info("JAX %s, backend %s, %d devices (%d local), process %d/%d", jax.__version__,
                jax.default_backend(), jax.device_count(), jax.local_device_count(),
                jax.process_index(), jax.process_count())

@@ -5,13 +5,21 @@ import json
 import os
 import time
 
+import jax
+
 
 class MetricWriter:
   """Appends one JSON object per call; on resume drops rows past the resumed step (all
-  rows when a run starts again from step 0), so no step is written twice."""
+  rows when a run starts again from step 0), so no step is written twice.
+
+  With several processes (multi-host) only process 0 writes; the others' writers do
+  nothing (every process computes the same replicated metrics)."""
 
   def __init__(self, workdir: str, resume_step: int = 0):
     self.path = os.path.join(workdir, "metrics.jsonl")
+    self._f = self._tb = None
+    if jax.process_index() != 0:
+      return
     if os.path.exists(self.path):
       keep = []
       with open(self.path) as f:
@@ -33,6 +41,8 @@ class MetricWriter:
       self._tb = None
 
   def write(self, step: int, scalars: dict):
+    if self._f is None:
+      return
     row = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
     self._f.write(json.dumps(row) + "\n")
     self._f.flush()
@@ -41,7 +51,8 @@ class MetricWriter:
         self._tb.add_scalar(k, float(v), int(step))
 
   def close(self):
-    self._f.close()
+    if self._f is not None:
+      self._f.close()
     if self._tb is not None:
       self._tb.close()
 

@@ -1,7 +1,10 @@
 """Data parallelism with a ('data',) mesh: batch sharded, state replicated.
 
 The same code runs on one CPU, several simulated CPU devices, a GPU box and a TPU
-pod (each host builds the same global batch; every device takes its rows).
+pod. With several processes (multi-host) every process computes the same global batch
+(a pure function of the step) and puts only the rows its own devices hold
+(`process_rows`, `shard_batch`); the replicated state and metrics are then identical on
+every process, and `to_host` brings a sharded result back to each of them.
 """
 
 import jax
@@ -31,9 +34,74 @@ def check_batch_size(batch_size: int, mesh: Mesh, name: str = "batch_size"):
                      f"({mesh.size}); pick a multiple of {mesh.size}")
 
 
-def shard_batch(x: np.ndarray, mesh: Mesh) -> jax.Array:
-  """Places a host batch (identical on every host) on the mesh, split along axis 0."""
+def process_rows(num_rows: int, mesh: Mesh) -> np.ndarray:
+  """Indices (ascending) of the rows of a global batch of num_rows that the devices of
+  this process hold under `batch_sharding(mesh)`: all rows with one process."""
+  index_map = batch_sharding(mesh).addressable_devices_indices_map((num_rows,))
+  rows = set()
+  for index in index_map.values():
+    rows.update(range(*index[0].indices(num_rows)))
+  return np.asarray(sorted(rows), np.int64)
+
+
+def put_process_rows(local: np.ndarray, mesh: Mesh, num_rows: int) -> jax.Array:
+  """The global (num_rows, ...) batch sharded over the mesh, from this process's rows
+  (`local` = the global batch's rows `process_rows(num_rows, mesh)`, in that order)."""
   sharding = batch_sharding(mesh)
   if jax.process_count() == 1:
-    return jax.device_put(x, sharding)
-  return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+    return jax.device_put(local, sharding)
+  return jax.make_array_from_process_local_data(sharding, local,
+                                                (num_rows,) + tuple(local.shape[1:]))
+
+
+def shard_batch(x: np.ndarray, mesh: Mesh) -> jax.Array:
+  """Places a global host batch (identical on every process) on the mesh, split along
+  axis 0: each process transfers only the rows of its own devices."""
+  if jax.process_count() == 1:
+    return jax.device_put(x, batch_sharding(mesh))
+  return put_process_rows(np.asarray(x)[process_rows(len(x), mesh)], mesh, len(x))
+
+
+def to_host(x) -> np.ndarray:
+  """A NumPy copy of the whole (global) array x on every process. With several
+  processes and a sharded x this is a collective: every process must call it."""
+  if not isinstance(x, jax.Array) or x.is_fully_addressable:
+    return np.asarray(x)
+  if x.is_fully_replicated:
+    return np.asarray(x.addressable_data(0))
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def is_main_process() -> bool:
+  """True on the process that writes files (process 0; the only one without multi-host)."""
+  return jax.process_index() == 0
+
+
+def sync(name: str):
+  """Waits until every process got here (nothing to do with one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
+
+
+def broadcast_flag(ok: bool) -> bool:
+  """Process 0's `ok`, on every process (a collective with several processes)."""
+  if jax.process_count() == 1:
+    return bool(ok)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(multihost_utils.broadcast_one_to_all(np.asarray(bool(ok))))
+
+
+def preemption_point(first: int, last: int) -> bool:
+  """With several processes: True on every process after the same step once any of them
+  got SIGTERM (JAX's preemption service). Call it after every dispatch with the steps it
+  ran (first, last]: the service needs every step number, in order. False otherwise."""
+  if jax.process_count() == 1:
+    return False
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  try:
+    return any(multihost_utils.reached_preemption_sync_point(s)
+               for s in range(first + 1, last + 1))
+  except RuntimeError:  # the preemption service is off (jax_enable_preemption_service)
+    return False

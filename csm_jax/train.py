@@ -216,7 +216,7 @@ def make_eval_fn(config, model, pre, test, mesh, loss_fn):
       if with_bpd:
         nll = float(metrics["nll"])
         if model.kind != "mass":  # density of the dequantized pixels in [0, 256)^D
-          nll -= float(np.mean(pre.log_det_jacobian(np.asarray(x))))
+          nll -= float(np.mean(pre.log_det_jacobian(sharding_lib.to_host(x))))
         bpds.append(float(likelihood.bits_per_dim(nll, model.dim)))
     out = {"eval_loss": float(np.mean(losses_))}
     if with_bpd:
@@ -332,12 +332,16 @@ def train_loop(s: Setup, workdir: Optional[str] = None,
     evaluate(0)
   progress = metrics_lib.Progress(start, n)
   tick = last_save = time.perf_counter()
-  with _catch_stop_signals(ckpt is not None) as stop:
+  # Multi-host: JAX's preemption service takes SIGTERM and picks a step for all processes.
+  multi = jax.process_count() > 1
+  with _catch_stop_signals(ckpt is not None and not multi) as stop:
     step = start
     while step < n:
       length = chunk(step)
       state, metrics = step_fn(length)(state, pipe.resident, inputs, base_rng)
       done = step = step + length
+      if ckpt is not None and multi and sharding_lib.preemption_point(done - length, done):
+        stop.append(signal.SIGTERM)
       if stop:  # SIGINT / SIGTERM: keep this step, then stop
         ckpt.save(done, state)
         ckpt.close()
@@ -396,11 +400,10 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False):
   the change), and writes the record only once the config has built a working setup.
   """
   config_base.validate(config)
-  owner = jax.process_index() == 0  # multi-host: the writing process owns the workdir
-  with workdir_lib.lock(workdir) if owner else contextlib.nullcontext():
+  with workdir_lib.training_lock(workdir):  # multi-host: held by process 0 for all
     changes = workdir_lib.check_config(workdir, config, allow_config_change)
     s = setup(config)
-    if owner:
+    if sharding_lib.is_main_process():
       workdir_lib.write_record(workdir, config, changes)
     eval_fn = make_eval_fn(config, s.model, s.pre, s.arrays.test, s.mesh, s.loss_fn)
     state, _ = train_loop(s, workdir=workdir, eval_fn=eval_fn)

@@ -4,6 +4,8 @@ One trainer owns a workdir at a time: `lock(workdir)` takes an exclusive `flock`
 WORKDIR/.lock (released by the kernel when the process dies, even by SIGKILL, so a
 dead run never leaves a stale lock on this host) and writes who holds it, so a second
 trainer is refused with a message naming the owner. Eval and sample only read.
+With several processes (multi-host) `training_lock` lets process 0 hold the lock (and
+write the record) for all of them, and every process is refused when it is taken.
 
 The first training writes WORKDIR/config.json; later trainings are compared against it
 and refused when they change a field that changes the model, the data or the
@@ -20,7 +22,10 @@ import socket
 import tempfile
 from typing import Sequence
 
+import jax
+
 from csm_jax import config_base
+from csm_jax import sharding
 
 # Sections (or single fields) whose change alters what a checkpoint means.
 PROTECTED = ("seed", "data", "model", "loss", "noise", "optim", "training.batch_size")
@@ -55,6 +60,27 @@ def lock(workdir: str):
     yield path
   finally:
     f.close()
+
+
+@contextlib.contextmanager
+def training_lock(workdir: str):
+  """`lock(workdir)` held by process 0 for all processes of a (multi-host) run; when
+  process 0 cannot take it, every process raises WorkdirError (none is left waiting)."""
+  if jax.process_count() == 1:
+    with lock(workdir) as path:
+      yield path
+    return
+  with contextlib.ExitStack() as stack:
+    error = None
+    if sharding.is_main_process():
+      try:
+        stack.enter_context(lock(workdir))
+      except WorkdirError as e:
+        error = e
+    if not sharding.broadcast_flag(error is None):
+      raise error or WorkdirError(f"workdir {workdir} is in use by a training run (process 0 "
+                                  "could not take its lock; see its log)")
+    yield os.path.join(workdir, ".lock")
 
 
 def _flat(config) -> dict:
