@@ -36,25 +36,15 @@ class _QuietLibraries(logging_std.Filter):
     return record.levelno >= logging_std.WARNING or "orbax" not in record.pathname
 
 
-def _cpu_collectives(jax):
-  """CPU processes need cross-process collectives: gloo, unless the user chose (JAX's
-  default in recent versions; older ones had none)."""
-  try:
-    if jax.config.jax_cpu_collectives_implementation in (None, "none"):
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  except AttributeError:  # a JAX without this option
-    pass
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
   import jax  # pylint: disable=g-import-not-at-top
   if FLAGS.multihost:
-    _cpu_collectives(jax)
-    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
-                               num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+    from csm_jax import sharding  # pylint: disable=g-import-not-at-top
+    sharding.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                    FLAGS.process_id)
   elif any(f is not None for f in (FLAGS.coordinator_address, FLAGS.num_processes,
                                    FLAGS.process_id)):
     raise app.UsageError("--coordinator_address, --num_processes and --process_id need "

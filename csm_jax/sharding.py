@@ -105,3 +105,16 @@ def preemption_point(first: int, last: int) -> bool:
                for s in range(first + 1, last + 1))
   except RuntimeError:  # the preemption service is off (jax_enable_preemption_service)
     return False
+
+
+def initialize_distributed(coordinator_address=None, num_processes=None, process_id=None):
+  """jax.distributed.initialize (None: detected on Cloud TPU, SLURM, Open MPI, or from
+  $JAX_COORDINATOR_ADDRESS), after choosing gloo for CPU cross-process collectives
+  unless the user chose (JAX's default in recent versions; older ones had none)."""
+  try:
+    if jax.config.jax_cpu_collectives_implementation in (None, "none"):
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  except AttributeError:  # a JAX without this option
+    pass
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes, process_id=process_id)
