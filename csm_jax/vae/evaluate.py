@@ -20,7 +20,6 @@ import numpy as np
 from csm_jax import ais as ais_lib
 from csm_jax import checkpoints
 from csm_jax import plotting
-from csm_jax import sharding as sharding_lib
 from csm_jax import workdir as workdir_lib
 from csm_jax.vae import data as vae_data
 from csm_jax.vae import train as vae_train
@@ -88,12 +87,8 @@ def sample_images(s: vae_train.VAESetup, params, num: int, rng) -> np.ndarray:
 def restore(s: vae_train.VAESetup, workdir: str):
   """(params, score_params, step) of the latest checkpoint in workdir (read-only)."""
   workdir_lib.require_checkpoints(workdir)
-  repl = sharding_lib.replicated(s.mesh)
-  shapes = jax.eval_shape(lambda: vae_train.init_state(s))
-  abstract = lambda tree: jax.tree.map(
-      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl), tree)
-  target = {"params": abstract(shapes.params), "score_params": abstract(shapes.score_params),
-            "step": jax.ShapeDtypeStruct((), np.int32, sharding=repl)}
+  like = vae_train.abstract_state(s)
+  target = {"params": like.params, "score_params": like.score_params, "step": like.step}
   if not jax.tree.leaves(target["score_params"]):
     del target["score_params"]
   ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"),

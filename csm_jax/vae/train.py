@@ -38,6 +38,7 @@ from csm_jax import metrics as metrics_lib
 from csm_jax import sharding as sharding_lib
 from csm_jax import train as train_lib
 from csm_jax import workdir as workdir_lib
+from csm_jax.models.ar import fast_init
 from csm_jax.vae import data as vae_data
 from csm_jax.vae import estimators as estimators_lib
 from csm_jax.vae import loss as loss_lib
@@ -88,14 +89,24 @@ def setup(config, arrays: Optional[data_lib.Arrays] = None, mesh=None) -> VAESet
 
 
 def init_state(s: VAESetup) -> VAEState:
-  k_vae, k_score = jax.random.split(jax.random.PRNGKey(s.config.seed))
-  params = s.vae.init(k_vae)
-  score_params = s.estimator.init(k_score) if s.learned else {}
-  state = VAEState(step=jnp.zeros((), jnp.int32), params=params,
-                   opt_state=s.optimizer.init(params), score_params=score_params,
-                   score_opt_state=s.score_optimizer.init(score_params),
-                   bad_step=jnp.full((), -1, jnp.int32))
+  """The fresh state (seed config.seed), replicated on s.mesh."""
+  def init(key):
+    k_vae, k_score = jax.random.split(key)
+    params = s.vae.init(k_vae)
+    score_params = s.estimator.init(k_score) if s.learned else {}
+    return VAEState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=s.optimizer.init(params), score_params=score_params,
+                    score_opt_state=s.score_optimizer.init(score_params),
+                    bad_step=jnp.full((), -1, jnp.int32))
+  state = fast_init(init, jax.random.PRNGKey(s.config.seed))
   return jax.device_put(state, sharding_lib.replicated(s.mesh))
+
+
+def abstract_state(s: VAESetup):
+  """The state's shapes, dtypes and (replicated) shardings, with nothing computed."""
+  repl = sharding_lib.replicated(s.mesh)
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl),
+                      jax.eval_shape(lambda: init_state(s)))
 
 
 def _global_norm(tree):
@@ -217,11 +228,13 @@ def train_loop(s: VAESetup, workdir: Optional[str] = None, eval_every: Optional[
   n = int(t.num_steps)
   eval_every = t.eval_every if eval_every is None else eval_every
   prefix = f"[{label}] " if label else ""
-  state = init_state(s)
   ckpt = writer = None
   if workdir is not None:
     ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), t.keep_checkpoints)
-    state = ckpt.restore_latest(state)
+  if ckpt is not None and ckpt.latest_step() is not None:   # resume: no initialization
+    state = ckpt.restore_latest(abstract_state(s))
+  else:
+    state = init_state(s)
   start = int(state.step)
   if start:
     log(f"{prefix}resumed from checkpoint at step {start}")
