@@ -237,21 +237,29 @@ def tiny_vae_config(estimator="csm", encoder="implicit", **overrides):
   return config_base.override(c, [f"{k}={v}" for k, v in overrides.items()])
 
 
-def tiny_arrays(n=40):
+def tiny_arrays(n=40, shape=(3, 3, 1)):
   rng = np.random.default_rng(0)
-  return data_lib.Arrays(rng.integers(0, 256, (n, 3, 3, 1)).astype(np.uint8),
-                         rng.integers(0, 256, (10, 3, 3, 1)).astype(np.uint8), (3, 3, 1), True)
+  return data_lib.Arrays(rng.integers(0, 256, (n,) + shape).astype(np.uint8),
+                         rng.integers(0, 256, (10,) + shape).astype(np.uint8), shape, True)
 
 
-@pytest.mark.parametrize("estimator,encoder", [("csm", "implicit"), ("ssm_ar", "implicit"),
-                                               ("ssm", "implicit"), ("stein", "implicit"),
-                                               ("spectral", "implicit"), ("csm", "gaussian")])
-def test_every_method_traces_one_step(estimator, encoder):
+@pytest.mark.parametrize("estimator,encoder,arch", [
+    ("csm", "implicit", "mlp"), ("ssm_ar", "implicit", "mlp"), ("ssm", "implicit", "mlp"),
+    ("stein", "implicit", "mlp"), ("spectral", "implicit", "mlp"), ("csm", "gaussian", "mlp"),
+    ("csm", "implicit", "conv"), ("stein", "implicit", "conv"), ("csm", "gaussian", "conv")])
+def test_every_method_traces_one_step(estimator, encoder, arch):
   """The whole step (score update + VAE update) traces for every method with the shapes
   and metrics expected (jax.eval_shape: nothing is compiled)."""
-  s = vae_train.setup(tiny_vae_config(estimator, encoder), arrays=tiny_arrays())
+  if arch == "conv":   # CelebA-like: 8x8 RGB, Gaussian likelihood
+    config = tiny_vae_config(estimator, encoder, **{"vae.architecture": "conv",
+                                                    "vae.likelihood": "gaussian",
+                                                    "vae.num_filters": 2})
+    arrays = tiny_arrays(shape=(8, 8, 3))
+  else:
+    config, arrays = tiny_vae_config(estimator, encoder), tiny_arrays()
+  s = vae_train.setup(config, arrays=arrays)
   state = jax.eval_shape(lambda: vae_train.init_state(s))
-  images = jax.ShapeDtypeStruct((8, 9), jnp.uint8)
+  images = jax.ShapeDtypeStruct((8, s.vae.data_dim), jnp.uint8)
   new, metrics = jax.eval_shape(vae_train.make_train_step(s), state, images)
   assert jax.tree.map(lambda a: a.shape, new) == jax.tree.map(lambda a: a.shape, state)
   want = {"loss", "recon", "grad_norm"}

@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from csm_jax.vae import conv
 from csm_jax.vae import networks
 from csm_jax.vae import objectives
 
@@ -102,8 +103,14 @@ def build_vae(vae_config, data_shape) -> VAE:
     decoder = networks.MLPDecoder(out_dim=d, hidden_sizes=hidden)
     encoder = (networks.ImplicitEncoder(v.z_dim, hidden) if implicit
                else networks.GaussianEncoder(v.z_dim, hidden))
+  elif v.architecture == "conv":
+    if len(data_shape) != 3:
+      raise ValueError(f"vae.architecture='conv' needs images (H, W, C), got {data_shape}")
+    decoder = conv.ConvDecoder(image_shape=tuple(data_shape), ndf=v.num_filters)
+    encoder = (conv.ConvImplicitEncoder(v.z_dim, tuple(data_shape), v.num_filters) if implicit
+               else conv.ConvGaussianEncoder(v.z_dim, tuple(data_shape), v.num_filters))
   else:
-    raise ValueError(f"vae.architecture must be 'mlp', got {v.architecture!r}")
+    raise ValueError(f"vae.architecture must be 'mlp' or 'conv', got {v.architecture!r}")
   eps_dim = v.eps_dim or v.z_dim
   return VAE(encoder=encoder, decoder=decoder, data_shape=tuple(data_shape), z_dim=v.z_dim,
              eps_dim=eps_dim, implicit=implicit, likelihood=v.likelihood,
