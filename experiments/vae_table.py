@@ -208,7 +208,7 @@ def run(args, overrides):
         ais = vae_eval.ais_nll(s, state.params, x, log)
         common.write_json(ais_path, {"key": ais_key, "ais": ais})
       timing_path = os.path.join(workdir, "timing.json")
-      if info["train_seconds"] > 0 and info.get("step_seconds"):   # steps ran now
+      if info["steps_run"]:   # timing of the steps this call ran (not of a resumed tail)
         common.write_json(timing_path, {k: info[k] for k in ("train_seconds", "step_seconds",
                                                              "compile_seconds")})
       if os.path.exists(timing_path):

@@ -221,8 +221,9 @@ def train_loop(s: VAESetup, workdir: Optional[str] = None, eval_every: Optional[
   `train.Interrupted`); metrics go to workdir/metrics.jsonl. Validation runs at step 0
   (fresh runs), every `eval_every` (default training.eval_every; 0: never) and at the end.
   A non-finite loss stops training with FloatingPointError naming the step.
-  info: compile_seconds, train_seconds (validation excluded), step_seconds (per step,
-  compilation excluded), final metrics and the validation history.
+  info: compile_seconds, train_seconds (validation excluded), steps_run (by this call),
+  step_seconds (per step run, compilation excluded; None if none ran), final metrics and
+  the validation history.
   """
   config, t = s.config, s.config.training
   n = int(t.num_steps)
@@ -315,7 +316,8 @@ def train_loop(s: VAESetup, workdir: Optional[str] = None, eval_every: Optional[
         last_save = time.perf_counter()
   jax.block_until_ready(state)
   info["train_seconds"] += time.perf_counter() - tick
-  info["step_seconds"] = info["train_seconds"] / max(steps_timed, 1)
+  info["steps_run"] = steps_timed
+  info["step_seconds"] = info["train_seconds"] / steps_timed if steps_timed else None
   if ckpt is not None:
     ckpt.close()
   if writer is not None:
