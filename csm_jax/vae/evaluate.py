@@ -53,6 +53,7 @@ def ais_nll(s: vae_train.VAESetup, params, x, log: Callable[[str], None] = loggi
     return r.log_px, ais_lib.log_mean_exp_stderr(r.log_weights), r.accept_rate
 
   n = x.shape[0]
+  bs = min(bs, n)
   log_px, chain_se, acc = [], [], []
   t0 = time.perf_counter()
   for i in range(0, n, bs):
