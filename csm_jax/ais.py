@@ -49,22 +49,30 @@ def _log_prior(z):
 
 
 def _hmc_step(rng, z, step_size, log_target, num_leapfrog):
-  """One HMC transition per row with its own step size; returns (z', accept_prob)."""
-  grad_fn = jax.grad(lambda z: log_target(z).sum())   # rows are independent
+  """One HMC transition per row with its own step size; returns (z', accept_prob).
+
+  Each leapfrog position's log target and gradient come from one vjp and are carried
+  to the next half step: L + 1 evaluations per transition instead of 2L + 2.
+  """
+  def value_and_grad(q):
+    lp, vjp = jax.vjp(log_target, q)      # rows are independent
+    return lp, vjp(jnp.ones_like(lp))[0]
+
   k_p, k_u = jax.random.split(rng)
   p0 = jax.random.normal(k_p, z.shape, z.dtype)
   eps = step_size[:, None]
+  lp0, g0 = value_and_grad(z)
 
   def leapfrog(carry, _):
-    q, p = carry
-    p = p + 0.5 * eps * grad_fn(q)
+    q, p, _, g = carry
+    p = p + 0.5 * eps * g
     q = q + eps * p
-    p = p + 0.5 * eps * grad_fn(q)
-    return (q, p), None
+    lp, g = value_and_grad(q)
+    p = p + 0.5 * eps * g
+    return (q, p, lp, g), None
 
-  (q, p), _ = jax.lax.scan(leapfrog, (z, p0), None, length=num_leapfrog)
-  log_ratio = (log_target(q) - 0.5 * jnp.sum(p ** 2, -1)) - (
-      log_target(z) - 0.5 * jnp.sum(p0 ** 2, -1))
+  (q, p, lp, _), _ = jax.lax.scan(leapfrog, (z, p0, lp0, g0), None, length=num_leapfrog)
+  log_ratio = (lp - 0.5 * jnp.sum(p ** 2, -1)) - (lp0 - 0.5 * jnp.sum(p0 ** 2, -1))
   log_ratio = jnp.where(jnp.isfinite(log_ratio), log_ratio, -jnp.inf)
   accept_prob = jnp.exp(jnp.minimum(log_ratio, 0.0))
   accept = jax.random.uniform(k_u, accept_prob.shape, accept_prob.dtype) < accept_prob

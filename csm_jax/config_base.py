@@ -170,6 +170,126 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
+def vae_default_config() -> ml_collections.ConfigDict:
+  """Every field of a VAE config (paper Sec. 6, `csm_jax.vae`), with its default; locked.
+
+  A config is a VAE config when it has a `vae` section. The defaults are the MNIST
+  protocol of the sliced-score-matching reference the paper follows: MLPs of two tanh
+  layers of 256, dynamically binarized MNIST split 80/20 into train/validation, batch
+  128, RMSProp with PyTorch's defaults at lr 1e-3, 100k iterations.
+  """
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.data = default_config().data          # the image-data fields the loaders read
+  c.vae = v = ml_collections.ConfigDict()
+  v.encoder = "implicit"       # implicit | gaussian (the ELBO baseline, analytic entropy)
+  v.estimator = "csm"          # implicit encoders: csm | ssm_ar | ssm | stein | spectral
+  v.architecture = "mlp"       # mlp (MNIST) | conv (CelebA, DCGAN-like)
+  v.likelihood = "bernoulli"   # bernoulli (binarized x) | gaussian (x in [-1, 1], dequantized)
+  v.decoder_log_std = -0.602   # gaussian likelihood: fixed log std (the reference's)
+  v.z_dim = 16
+  v.eps_dim = 0                # implicit encoder noise size (0: z_dim)
+  v.hidden_sizes = (256, 256)  # mlp encoder/decoder
+  v.num_filters = 16           # conv: nef = ndf of the reference
+  v.score_hidden = (256, 256)  # ssm: MLP s(x, z); csm / ssm_ar: conditional MADE
+  v.context_size = 16          # csm / ssm_ar: conditional MADE context per dimension
+  v.head_hidden = (32, 32)     # csm / ssm_ar: score head
+  v.ssm_projections = 1        # ssm / ssm_ar: projections per sample
+  v.num_particles = 100        # stein / spectral: encoder samples per x
+  v.stein_eta = 1e-3
+  v.spectral_threshold = 0.99  # share of the kernel spectrum kept
+  v.validation_fraction = 0.2  # of the training split, held out (reference: 80/20)
+  v.split_seed = 2019          # permutation of that split (the reference's seed)
+
+  c.optim = o = ml_collections.ConfigDict()
+  o.learning_rate = 1e-3       # RMSProp as torch.optim.RMSprop's defaults (vae/optim.py)
+  o.rms_decay = 0.99
+  o.rms_eps = 1e-8
+  o.score_learning_rate = 0.0  # the score model's (0: optim.learning_rate)
+
+  c.training = t = ml_collections.ConfigDict()
+  t.num_steps = 100000
+  t.batch_size = 128
+  t.log_every = 100
+  t.eval_every = 2000
+  t.checkpoint_every = 5000
+  t.checkpoint_every_secs = 600.0
+  t.keep_checkpoints = 3
+
+  c.eval = e = ml_collections.ConfigDict()
+  e.batch_size = 500           # periodic validation batches (reconstruction, ELBO)
+  e.num_batches = 2
+  e.ais_num_examples = 1000    # --mode=eval: AIS on this many test images (-1: all)
+  e.ais_batch_size = 100
+  e.ais_steps = 1000           # annealing distributions (sigmoid schedule)
+  e.ais_chains = 16
+  e.ais_leapfrog = 10
+  e.ais_step_size = 0.05       # initial HMC step, adapted towards 0.65 acceptance
+
+  c.sampling = s = ml_collections.ConfigDict()
+  s.num_samples = 100
+  c.lock()
+  return c
+
+
+def is_vae_config(config) -> bool:
+  return "vae" in config
+
+
+_VAE_ESTIMATORS = ("csm", "ssm_ar", "ssm", "stein", "spectral")
+
+
+def validate_vae(config) -> ml_collections.ConfigDict:
+  """`validate` for VAE configs; the message names the field."""
+  def need(ok, field, value, what):
+    if not ok:
+      raise ConfigError(f"config field {field} must be {what}, got {value!r}")
+
+  for field in ("training.num_steps", "training.batch_size", "training.log_every",
+                "training.checkpoint_every", "training.keep_checkpoints", "eval.batch_size",
+                "eval.num_batches", "eval.ais_batch_size", "eval.ais_steps",
+                "eval.ais_chains", "eval.ais_leapfrog", "sampling.num_samples",
+                "vae.z_dim", "vae.num_particles", "vae.ssm_projections", "vae.context_size",
+                "vae.num_filters"):
+    section, name = field.split(".")
+    value = config[section][name]
+    need(isinstance(value, int) and value >= 1, field, value, "an integer >= 1")
+  for field in ("training.eval_every", "training.checkpoint_every_secs", "vae.eps_dim",
+                "optim.score_learning_rate"):
+    section, name = field.split(".")
+    need(config[section][name] >= 0, field, config[section][name], ">= 0 (0: off/default)")
+  v = config.vae
+  need(v.encoder in ("implicit", "gaussian"), "vae.encoder", v.encoder,
+       "'implicit' or 'gaussian'")
+  if v.encoder == "implicit":
+    need(v.estimator in _VAE_ESTIMATORS, "vae.estimator", v.estimator,
+         "one of " + ", ".join(_VAE_ESTIMATORS))
+  need(v.architecture in ("mlp", "conv"), "vae.architecture", v.architecture,
+       "'mlp' or 'conv'")
+  need(v.likelihood in ("bernoulli", "gaussian"), "vae.likelihood", v.likelihood,
+       "'bernoulli' or 'gaussian'")
+  need(v.estimator not in ("stein", "spectral") or v.num_particles >= 2, "vae.num_particles",
+       v.num_particles, ">= 2 for a kernel estimator")
+  need(0 < v.validation_fraction < 1, "vae.validation_fraction", v.validation_fraction,
+       "in (0, 1)")
+  need(v.stein_eta > 0, "vae.stein_eta", v.stein_eta, "> 0")
+  need(0 < v.spectral_threshold <= 1, "vae.spectral_threshold", v.spectral_threshold,
+       "in (0, 1]")
+  for field in ("vae.hidden_sizes", "vae.score_hidden", "vae.head_hidden"):
+    value = v[field.split(".")[1]]
+    need(len(value) >= 1 and all(h >= 1 for h in value), field, value, "positive widths")
+  o = config.optim
+  need(o.learning_rate > 0, "optim.learning_rate", o.learning_rate, "> 0")
+  need(0 <= o.rms_decay < 1, "optim.rms_decay", o.rms_decay, "in [0, 1)")
+  need(o.rms_eps >= 0, "optim.rms_eps", o.rms_eps, ">= 0")
+  e = config.eval
+  need(isinstance(e.ais_num_examples, int) and (e.ais_num_examples >= 1
+                                                or e.ais_num_examples == -1),
+       "eval.ais_num_examples", e.ais_num_examples, ">= 1 or -1 (the whole test split)")
+  need(e.ais_step_size > 0, "eval.ais_step_size", e.ais_step_size, "> 0")
+  return config
+
+
 def pixelcnnpp_config(dataset: str, variant: str = "csm") -> ml_collections.ConfigDict:
   """PixelCNN++ on 8-bit images (paper Sec. 5.3): AR-CSM by CSM (variant 'csm') or the
   discretized-logistic MLE baseline (variant 'mle'); paper-size network."""
@@ -397,7 +517,7 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
     raise FileNotFoundError(f"{path} not found: train with python -m csm_jax.main first")
   with open(path) as f:
     saved = json.load(f)
-  config = default_config()
+  config = vae_default_config() if "vae" in saved else default_config()
   unknown = []
 
   def merge(node, values, prefix):

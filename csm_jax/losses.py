@@ -136,8 +136,20 @@ def ssm_loss(model, params, x, rng, train=True, num_projections=1,
                       shrunk D times, never the true score itself.
   """
   k_v, k_drop = jax.random.split(rng)
-  v = random_projections(k_v, (num_projections,) + x.shape, distribution, x.dtype)
-  s, f_lin = jax.linearize(_score_fn(model, params, k_drop, train), x)
+  return sliced_score_matching(_score_fn(model, params, k_drop, train), x, k_v,
+                               num_projections, distribution, variance_reduced)
+
+
+def sliced_score_matching(score_fn, x, rng, num_projections=1, distribution="gaussian",
+                          variance_reduced=True):
+  """(loss, metrics) of sliced score matching for any score function x (B, D) -> (B, D).
+
+  The body of `ssm_loss` (see there for the two forms and their bias with unit-length
+  projections), for score models that are not `ARModel`s: e.g. s(z | x) of a VAE's
+  implicit encoder (paper Sec. 6), with x closed over. `rng` draws the projections.
+  """
+  v = random_projections(rng, (num_projections,) + x.shape, distribution, x.dtype)
+  s, f_lin = jax.linearize(score_fn, x)
   jv = jax.vmap(f_lin)(v)                                   # (M, B, D)
   vjv = (v * jv).sum(-1).mean(0)                            # (B,)
   if variance_reduced:

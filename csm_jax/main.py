@@ -55,7 +55,10 @@ def main(argv):
   from csm_jax import checkpoints, config_base, data, inference, train, workdir  # pylint: disable=g-import-not-at-top
   try:
     overrides = config_base.command_line_overrides(sys.argv[1:])
-    if FLAGS.mode == "train":
+    if config_base.is_vae_config(FLAGS.config):  # VAEs of paper Sec. 6: csm_jax/vae
+      from csm_jax.vae import entry  # pylint: disable=g-import-not-at-top
+      entry.run(FLAGS.mode, FLAGS.config, FLAGS.workdir, overrides, FLAGS.allow_config_change)
+    elif FLAGS.mode == "train":
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.allow_config_change)
     else:  # the workdir's recorded config, with evaluation/sampling overrides only
       config = workdir.eval_config(FLAGS.workdir, FLAGS.config, overrides)

@@ -28,7 +28,8 @@ from csm_jax import config_base
 from csm_jax import sharding
 
 # Sections (or single fields) whose change alters what a checkpoint means.
-PROTECTED = ("seed", "data", "model", "loss", "noise", "optim", "training.batch_size")
+PROTECTED = ("seed", "data", "model", "loss", "noise", "optim", "training.batch_size",
+             "vae")
 # Fields eval and sample may override on top of the recorded config.
 EVAL_FIELDS = ("eval", "likelihood", "sampling")
 

@@ -69,6 +69,9 @@ def test_config_is_locked_and_builds(spec, strict_get):
   with pytest.raises(AttributeError):
     config_base.override(config, ["model.hiden_sizes=(8,)"])
 
+  if config_base.is_vae_config(config):   # VAEs (csm_jax/vae) build from their own fields
+    _check_vae_config(config)
+    return
   shape = _data_shape(config)
   discrete = config.data.dataset in data_lib.TFDS_NAMES
   pre = data_lib.get_preprocessor(config.data, data_lib.Arrays(None, None, shape, discrete))
@@ -90,3 +93,18 @@ def test_config_is_locked_and_builds(spec, strict_get):
     grid = likelihood.make_grid(lk, data=np.array([[-1.0, 1.0]]))
     assert grid.num_points == lk.num_points and likelihood.noise_level(config) > 0
   assert pre.dim == model.dim
+
+
+def _check_vae_config(config):
+  """The VAE, its score estimator and the whole training step trace at the config's
+  real sizes (jax.eval_shape; placeholder images of the dataset's shape)."""
+  from csm_jax.vae import train as vae_train  # pylint: disable=g-import-not-at-top
+  config_base.validate_vae(config)
+  shape = _data_shape(config)
+  arrays = data_lib.Arrays(np.zeros((10,) + shape, np.uint8), np.zeros((2,) + shape, np.uint8),
+                           shape, True)
+  s = vae_train.setup(config, arrays=arrays)
+  state = jax.eval_shape(lambda: vae_train.init_state(s))
+  images = jax.ShapeDtypeStruct((config.training.batch_size, int(np.prod(shape))), jnp.uint8)
+  _, metrics = jax.eval_shape(vae_train.make_train_step(s), state, images)
+  assert {"loss", "recon", "grad_norm"} <= set(metrics)
