@@ -82,4 +82,5 @@ class MADE(nn.Module):
     for i, m in enumerate(masks[:-1]):
       h = nn.relu(MaskedDense(m, dtype=self.dtype, name=f"hidden_{i}")(h))
     out = MaskedDense(masks[-1], dtype=self.dtype, name="context")(h)
-    return out.reshape(x.shape[0], self.dim, self.context_size).astype(jnp.float32)
+    out = out.reshape(x.shape[0], self.dim, self.context_size)
+    return out.astype(jnp.promote_types(out.dtype, x.dtype))  # bf16 -> the input's dtype

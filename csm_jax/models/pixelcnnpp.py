@@ -308,6 +308,7 @@ class PixelCNNPP(nn.Module):
     chex.assert_shape(ul, (B, H, W, nf))
 
     ctx = ChannelMaskedHead(self.context_size, nf, dt)(jax.nn.elu(ul), img)
-    ctx = ctx.reshape(B, D, self.context_size).astype(jnp.float32)  # the head: float32
+    ctx = ctx.reshape(B, D, self.context_size)
+    ctx = ctx.astype(jnp.promote_types(ctx.dtype, jnp.float32))  # bf16 -> f32 for the head
     chex.assert_shape(ctx, (B, D, self.context_size))
     return ctx
