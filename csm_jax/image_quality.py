@@ -83,6 +83,8 @@ def frechet_distance(mu1, cov1, mu2, cov2) -> float:
   ||mu1 - mu2||^2 + tr(C1) + tr(C2) - 2 tr((C1 C2)^{1/2}), in float64, clipped at 0."""
   mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
   cov1, cov2 = np.asarray(cov1, np.float64), np.asarray(cov2, np.float64)
+  if not all(np.all(np.isfinite(a)) for a in (mu1, mu2, cov1, cov2)):
+    raise ValueError("non-finite mean or covariance")
   if mu1.shape != mu2.shape or cov1.shape != cov2.shape or cov1.shape != mu1.shape * 2:
     raise ValueError(f"shapes do not match: mu {mu1.shape}, {mu2.shape}; cov {cov1.shape}, "
                      f"{cov2.shape}")
@@ -316,12 +318,22 @@ def classifier_fid(classifier: TrainedClassifier, samples: np.ndarray,
 def quality_report(classifier: TrainedClassifier, samples: np.ndarray, reference: Stats,
                    data_images: np.ndarray) -> dict:
   """Classifier-FID against `reference`, mean intensity and on-pixel fraction of
-  `samples` and of `data_images`, and the class histogram the classifier assigns."""
+  `samples` and of `data_images`, and the class histogram the classifier assigns.
+
+  Samples with non-finite pixels (a diverged sampler) are counted in
+  'nonfinite_samples', and those pixels scored as 0 (black), so that the metrics stay
+  defined and such samples count against the model.
+  """
   samples = to_unit(samples)
+  bad = ~np.isfinite(samples)
+  nonfinite = int(np.sum(bad.reshape(len(samples), -1).any(-1)))
+  if nonfinite:
+    samples = np.where(bad, 0.0, samples).astype(np.float32)
   data = to_unit(data_images)
   counts = np.bincount(classifier.predict(samples), minlength=classifier.module.num_classes)
   return {"fid": classifier_fid(classifier, samples, reference),
           "num_samples": int(len(samples)),
+          "nonfinite_samples": nonfinite,
           "mean_intensity": mean_intensity(samples),
           "data_mean_intensity": mean_intensity(data),
           "on_fraction": on_pixel_fraction(samples),
