@@ -315,10 +315,24 @@ def classifier_fid(classifier: TrainedClassifier, samples: np.ndarray,
   return frechet_distance(mu, cov, *reference)
 
 
+def bootstrap_fid_std(features: np.ndarray, reference: Stats, num_resamples: int = 50,
+                      seed: int = 0) -> float:
+  """Standard deviation of the FID over bootstrap resamples (with replacement) of the
+  sample features: the part of the FID's spread that comes from drawing this many
+  samples of a fixed model (not from training). Resampling duplicates points, so the
+  spread is approximate; use it to judge which differences are larger than noise."""
+  rng = np.random.default_rng(seed)
+  f = np.asarray(features, np.float64)
+  vals = [frechet_distance(*feature_stats(f[rng.integers(0, len(f), len(f))]), *reference)
+          for _ in range(num_resamples)]
+  return float(np.std(vals, ddof=1))
+
+
 def quality_report(classifier: TrainedClassifier, samples: np.ndarray, reference: Stats,
                    data_images: np.ndarray) -> dict:
-  """Classifier-FID against `reference`, mean intensity and on-pixel fraction of
-  `samples` and of `data_images`, and the class histogram the classifier assigns.
+  """Classifier-FID against `reference` (with its bootstrap spread over the samples),
+  mean intensity and on-pixel fraction of `samples` and of `data_images`, and the
+  class histogram the classifier assigns.
 
   Samples with non-finite pixels (a diverged sampler) are counted in
   'nonfinite_samples', and those pixels scored as 0 (black), so that the metrics stay
@@ -331,7 +345,9 @@ def quality_report(classifier: TrainedClassifier, samples: np.ndarray, reference
     samples = np.where(bad, 0.0, samples).astype(np.float32)
   data = to_unit(data_images)
   counts = np.bincount(classifier.predict(samples), minlength=classifier.module.num_classes)
-  return {"fid": classifier_fid(classifier, samples, reference),
+  feats = classifier.features(samples)
+  return {"fid": frechet_distance(*feature_stats(feats), *reference),
+          "fid_bootstrap_std": bootstrap_fid_std(feats, reference),
           "num_samples": int(len(samples)),
           "nonfinite_samples": nonfinite,
           "mean_intensity": mean_intensity(samples),

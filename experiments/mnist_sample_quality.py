@@ -26,8 +26,8 @@ feature space of a small CNN the project trains on the MNIST labels (cached in
 --classifier_dir; its test accuracy is reported), mean intensity and on-pixel fraction
 (pixels > 0.5) next to the data's, and the class histogram the classifier assigns. The
 "data" row is the FID of as many other test images as samples: the floor at this
-sample size. Writes OUT/sample_quality.json and OUT/samples.png (one row per setting)
-after every row, OUT/table.md at the end.
+sample size. Writes OUT/sample_quality.json, OUT/samples.png (one row per setting) and
+OUT/samples/ROW.npy (float16 pixels in [0, 1]) after every row, OUT/table.md at the end.
 
   python -m experiments.mnist_sample_quality --out /tmp/msq
 """
@@ -169,9 +169,13 @@ class Run:
 
   def add_row(self, key, label, images, report, extra):
     self.results["rows"][key] = dict(report, label=label, **extra)
+    os.makedirs(os.path.join(self.args.out, "samples"), exist_ok=True)
+    np.save(os.path.join(self.args.out, "samples", f"{key}.npy"),
+            np.asarray(images, np.float16))
     self.images[f"{label}\nFID {report['fid']:.1f}, on {report['on_fraction']:.3f}"] = \
         images[:self.args.num_show]
-    self.log(f"[{key}] FID {report['fid']:.2f}  mean intensity {report['mean_intensity']:.4f} "
+    self.log(f"[{key}] FID {report['fid']:.2f} (bootstrap std "
+             f"{report['fid_bootstrap_std']:.2f})  mean intensity {report['mean_intensity']:.4f} "
              f"(data {report['data_mean_intensity']:.4f})  on {report['on_fraction']:.4f} "
              f"(data {report['data_on_fraction']:.4f})  classes {report['predicted_class_counts']}")
     self.save()
@@ -200,11 +204,12 @@ def sample_row(spec, config, model, params, pre, args, key, log):
 
 def table(results):
   """Markdown table of the rows."""
-  lines = ["| setting | FID | mean intensity | on-pixel fraction | head evals / sample | "
+  lines = ["| setting | FID (bootstrap std) | mean intensity | on-pixel fraction | head evals / sample | "
            "sampling s |", "|---|---|---|---|---|---|"]
   for key, r in results["rows"].items():
     evals = r.get("head_evaluations_per_sample", "")
-    lines.append(f"| {r['label']} | {r['fid']:.1f} | {r['mean_intensity']:.3f} | "
+    lines.append(f"| {r['label']} | {r['fid']:.1f} ({r['fid_bootstrap_std']:.1f}) | "
+                 f"{r['mean_intensity']:.3f} | "
                  f"{r['on_fraction']:.3f} | {evals} | {r.get('seconds', 0):.0f} |")
   return "\n".join(lines)
 
