@@ -271,3 +271,62 @@ def _cached_split(builder: Any, split: str, path: str,
   except OSError as e:
     logger.warning('Could not write cache %s: %s', path, e)
   return array
+
+
+def _decode_labels(source: Any, chunk: int = 10000) -> np.ndarray:
+  """All class labels of a data source as one int64 (N,) array."""
+  n = len(source)
+  out = np.empty((n,), np.int64)
+  for start in range(0, n, chunk):
+    items = _getitems(source, range(start, min(n, start + chunk)))
+    out[start:start + len(items)] = [int(np.asarray(item['label'])) for item in items]
+  return out
+
+
+def _cached_labels(builder: Any, split: str, path: str) -> np.ndarray:
+  """The class labels of `split` from the .npy cache at `path` if fresh, else decoded
+  (image decoding skipped) and saved; same freshness rule as `_cached_split`."""
+  expected = None
+  try:
+    expected = int(builder.info.splits[split].num_examples)
+  except Exception:  # pylint: disable=broad-except  (info without splits, e.g. mocks)
+    pass
+  if os.path.isfile(path):
+    array = _read_cache(path)
+    if array is not None:
+      if array.dtype == np.int64 and array.ndim == 1 and (
+          expected is None or len(array) == expected):
+        return array
+      logger.warning('Ignoring stale cache %s.', path)
+  try:
+    try:
+      import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+      source = builder.as_data_source(split=split,
+                                      decoders={'image': tfds.decode.SkipDecoding()})
+    except (ImportError, TypeError, ValueError):
+      source = builder.as_data_source(split=split)
+    array = _decode_labels(source)
+  except (DataNotFoundError, MemoryError):
+    raise
+  except Exception as e:
+    raise _corrupt_split_error(builder, split, e) from e
+  try:
+    _save_atomic(path, array)
+  except OSError as e:
+    logger.warning('Could not write cache %s: %s', path, e)
+  return array
+
+
+def load_tfds_labels(data_config: Any, dataset: str) -> tuple:
+  """(train_labels, test_labels): int64 class labels of the named image set, in the
+  order of `load_tfds`'s images, cached as .npy beside them (data.{data_dir,
+  cache_dir}). For evaluation tools (e.g. the classifier of `image_quality`); the
+  generative models never see labels."""
+  tfds_name = TFDS_NAMES[dataset]
+  data_dir = resolve_data_dir(data_config.data_dir)
+  cache_dir = resolve_cache_dir(data_config.cache_dir)
+  builder = _ensure_prepared(tfds_name, data_dir)
+  key = hashlib.sha1(os.path.realpath(data_dir).encode()).hexdigest()[:12]
+  return tuple(_cached_labels(builder, split, os.path.join(
+      cache_dir, f'{tfds_name}-{builder.version}-{split}-labels-{key}.npy'))
+               for split in TFDS_SPLITS)
