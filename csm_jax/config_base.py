@@ -180,7 +180,9 @@ def vae_default_config() -> ml_collections.ConfigDict:
   """
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.data = default_config().data          # the image-data fields the loaders read
+  # the image-data fields the loaders read; dequantize / scale / logit_lambda do not
+  # apply: vae.likelihood decides (bernoulli: binarized; gaussian: [-1, 1], dequantized)
+  c.data = default_config().data
   c.vae = v = ml_collections.ConfigDict()
   v.encoder = "implicit"       # implicit | gaussian (the ELBO baseline, analytic entropy)
   v.estimator = "csm"          # implicit encoders: csm | ssm_ar | ssm | stein | spectral

@@ -81,7 +81,7 @@ def parse_args(argv=None):
   p.add_argument("--ais_check_steps", type=int, default=1000)
   p.add_argument("--ais_check_chains", type=int, default=16)
   p.add_argument("--eval_every", type=int, default=0,
-                 help="validation every this many steps (0: steps // 10)")
+                 help="validation every this many steps (0: steps // 10; -1: none)")
   p.add_argument("--num_samples", type=int, default=10, help="samples per method in the grids")
   args, overrides = common.parse(p, argv)
   defaults = FULL if args.full else CPU
@@ -103,7 +103,7 @@ def run_config(args, overrides, method, z_dim):
   c.vae.num_particles = args.kernel_particles
   t = c.training
   t.num_steps = args.steps
-  t.eval_every = args.eval_every or max(1, args.steps // 10)
+  t.eval_every = 0 if args.eval_every < 0 else (args.eval_every or max(1, args.steps // 10))
   t.log_every = max(1, min(100, args.steps // 20))
   t.checkpoint_every = max(1, args.steps // 4)
   c.eval.ais_steps = args.ais_steps

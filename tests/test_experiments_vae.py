@@ -11,7 +11,7 @@ def test_vae_table_smoke(tmp_path, mnist_data_dir):
   argv = ["--out", str(tmp_path), "--latents", "2", "--methods", "elbo,csm", "--steps", "2",
           "--ais_examples", "2", "--ais_steps", "3", "--ais_chains", "2", "--ais_batch", "2",
           "--ais_check_examples", "1", "--ais_check_steps", "4", "--ais_check_chains", "2",
-          "--num_samples", "2", f"--config.data.data_dir={mnist_data_dir}",
+          "--num_samples", "2", "--eval_every", "-1", f"--config.data.data_dir={mnist_data_dir}",
           "--config.vae.hidden_sizes=8", "--config.vae.score_hidden=8",
           "--config.vae.context_size=2", "--config.vae.head_hidden=4",
           "--config.training.batch_size=8", "--config.eval.batch_size=8",

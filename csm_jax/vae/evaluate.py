@@ -6,7 +6,6 @@ example i binarized with a key fixed by (seed, i), so every method is scored on 
 same binary images.
 """
 
-import functools
 import json
 import os
 import time
