@@ -330,17 +330,23 @@ def _ancestral_chunk(model, params, rng, x, start, length, num_dims):
 
 
 def _check_mass(model):
-  if model.kind != "mass":
-    raise ValueError("ancestral_sample needs a discretized (probability mass) head; AR-CSM "
+  """Exact ancestral sampling needs a normalized head that draws from its conditional
+  (`head.sample`): the discretized mixture, and the Gaussian and logistic-mixture MADE
+  heads."""
+  head = getattr(getattr(model, "net", None), "head", None)
+  if model.kind not in ("mass", "density") or not hasattr(head, "sample"):
+    raise ValueError("ancestral_sample needs a discretized (probability mass) head or a "
+                     "normalized head with exact draws (Gaussian, logistic mixture); AR-CSM "
                      "models sample with sampling.sample (Langevin) or sampling.grid_sample")
 
 
 def ancestral_sample(model, params, rng, num_samples: int, num_dims=None, x_init=None):
-  """Exact ancestral samples (num_samples, D) of an ARModel with a discretized head.
+  """Exact ancestral samples (num_samples, D) of an ARModel with a discretized head
+  (values are bin centres in [-1, 1]) or a Gaussian / logistic-mixture head.
 
   Dimension by dimension in the model's order: the context of d is computed from the
-  already drawn x_<d (D context passes), then x_d is drawn from its mixture. Values are
-  bin centres in [-1, 1]. `num_dims` stops after the first k dimensions (timing).
+  already drawn x_<d (D context passes), then x_d is drawn from its conditional.
+  `num_dims` stops after the first k dimensions (timing).
   """
   _check_mass(model)
   x = (jnp.zeros((num_samples, model.dim), jnp.float32) if x_init is None

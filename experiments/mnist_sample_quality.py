@@ -16,10 +16,10 @@ same number of steps (--config.FIELD=value for all, --NAME.FIELD=value for one):
 
 and samples each (rows of the table): the AR-CSMs by cached-context annealed Langevin
 (sigma5 with the former sampler defaults T = 10, step_lr = 2e-3 and with the current
-T = 30, step_lr = 2 sigma_min^2; the others with T = 30, and --long_steps more), and
-every model exactly on a grid over the data's support (`sampling.grid_sample`: for the
-AR-CSMs at sigma_min, which shows the mode weights the model learned free of Langevin
-mixing; for the MLE MADEs their exact samples up to the grid step).
+T = 30, step_lr = 2 sigma_min^2; the others with T = 30, and --long_steps more) and on
+a grid over the data's support at sigma_min (`sampling.grid_sample`: the model's own
+sigma_min conditionals, free of Langevin mixing, whose mode weights score matching
+does not pin down), the MLE MADEs exactly (`sampling.ancestral_sample`).
 
 Each row is scored by `csm_jax.image_quality` against held-out test images: FID in the
 feature space of a small CNN the project trains on the MNIST labels (cached in
@@ -39,6 +39,7 @@ import time
 import jax
 import numpy as np
 
+from csm_jax import chunked
 from csm_jax import config_base
 from csm_jax import data as data_lib
 from csm_jax import image_quality as iq
@@ -128,7 +129,7 @@ def rows_for(name, config, args):
   label = MODELS[name][2]
   s = config.sampling
   if config.model.head != "score":
-    return [(f"{name}_grid", f"{label}, exact (grid)", {"kind": "grid"})]
+    return [(f"{name}_exact", f"{label}, exact ancestral", {"kind": "exact"})]
   c = s.step_lr / config.noise.sigma_min ** 2
   rows = [(f"{name}_T{s.num_steps}", f"{label}, Langevin T={s.num_steps}, c={c:.2g}",
            {"kind": "langevin"})]
@@ -192,6 +193,12 @@ def sample_row(spec, config, model, params, pre, args, key, log):
                                                   num_dims=args.num_dims))(params, key)
     info = {"sampler": "grid", "grid": grid.to_dict(), "sigma": sigma,
             "head_evaluations_per_sample": model.dim * grid.num_points}
+  elif spec["kind"] == "exact":
+    dims = chunked.dims_to_sample(model.dim, args.num_dims)
+    sampler = sampling.make_ancestral_sampler(model, n, num_dims=args.num_dims,
+                                              chunk_dims=chunked.auto_chunk_dims(dims), log=log)
+    x = sampler(params, key)
+    info = {"sampler": "exact ancestral", "head_evaluations_per_sample": model.dim}
   else:
     over = {k: v for k, v in spec.items() if k != "kind"}
     sampler, info = sampling.make_sampler_from_config(config, model, n, num_dims=args.num_dims,

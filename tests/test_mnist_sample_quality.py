@@ -34,4 +34,4 @@ def test_mnist_sample_quality_smoke(tmp_path, mnist_data_dir, monkeypatch):
   assert rows == {"sigma5": ["sigma5_T10", "sigma5_T30", "sigma5_grid"],
                   "sigma30": ["sigma30_T30", "sigma30_T100", "sigma30_grid"],
                   "unit": ["unit_T30", "unit_T100", "unit_grid"],
-                  "gaussian": ["gaussian_grid"], "mol": ["mol_grid"]}
+                  "gaussian": ["gaussian_exact"], "mol": ["mol_exact"]}

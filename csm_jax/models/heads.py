@@ -54,11 +54,20 @@ class GaussianHead(nn.Module):
   """Normalized head: x_d | x_<d ~ N(mu_d, exp(log_scale_d)^2)."""
 
   @nn.compact
-  def __call__(self, ctx, x):
+  def distribution(self, ctx):
+    """(mu, log_scale) of each conditional, shape ctx.shape[:-1] each."""
     p = nn.Dense(2, name="params")(ctx)
-    mu, log_scale = p[..., 0], jnp.clip(p[..., 1], -7.0, 7.0)
+    return p[..., 0], jnp.clip(p[..., 1], -7.0, 7.0)
+
+  def __call__(self, ctx, x):
+    mu, log_scale = self.distribution(ctx)
     z = (x - mu) * jnp.exp(-log_scale)
     return -0.5 * z ** 2 - log_scale - 0.5 * jnp.log(2 * jnp.pi)
+
+  def sample(self, ctx, rng):
+    """Exact draws, shape ctx.shape[:-1]."""
+    mu, log_scale = self.distribution(ctx)
+    return mu + jnp.exp(log_scale) * jax.random.normal(rng, mu.shape, mu.dtype)
 
 
 class LogisticMixtureHead(nn.Module):
@@ -66,10 +75,24 @@ class LogisticMixtureHead(nn.Module):
   num_mixtures: int = 10
 
   @nn.compact
-  def __call__(self, ctx, x):
+  def distribution(self, ctx):
+    """(logits, means, log_scales) of each conditional's mixture, (..., K) each."""
     k = self.num_mixtures
     p = nn.Dense(3 * k, name="params")(ctx)
-    logits, means, log_scales = p[..., :k], p[..., k:2 * k], jnp.clip(p[..., 2 * k:], -7.0, 7.0)
+    return p[..., :k], p[..., k:2 * k], jnp.clip(p[..., 2 * k:], -7.0, 7.0)
+
+  def __call__(self, ctx, x):
+    logits, means, log_scales = self.distribution(ctx)
     z = (x[..., None] - means) * jnp.exp(-log_scales)
     log_pdf = -z - 2.0 * jax.nn.softplus(-z) - log_scales  # log logistic density
     return jax.nn.logsumexp(jax.nn.log_softmax(logits, axis=-1) + log_pdf, axis=-1)
+
+  def sample(self, ctx, rng):
+    """Exact draws, shape ctx.shape[:-1]: a component by its weight, then the inverse
+    logistic CDF, mean + scale (log u - log(1 - u))."""
+    logits, means, log_scales = self.distribution(ctx)
+    k_comp, k_u = jax.random.split(rng)
+    j = jax.random.categorical(k_comp, logits, axis=-1)
+    pick = lambda a: jnp.take_along_axis(a, j[..., None], axis=-1)[..., 0]
+    u = jax.random.uniform(k_u, j.shape, means.dtype, minval=1e-6, maxval=1.0 - 1e-6)
+    return pick(means) + jnp.exp(pick(log_scales)) * (jnp.log(u) - jnp.log1p(-u))
