@@ -15,8 +15,8 @@ same number of steps (--config.FIELD=value for all, --NAME.FIELD=value for one):
   mol       the MLE MADE with logistic-mixture conditionals
 
 and samples each (rows of the table): the AR-CSMs by cached-context annealed Langevin
-(sigma5 with the former sampler defaults T = 10, step_lr = 2e-3 and with the current
-T = 30, step_lr = 2 sigma_min^2; the others with T = 30, and --long_steps more) and on
+(sigma5 with the former sampler defaults T = 10, step_lr = 2e-3, all with the current
+T = 30, step_lr = 2 sigma_min^2 and with --long_steps steps per level) and on
 a grid over the data's support at sigma_min (`sampling.grid_sample`: the model's own
 sigma_min conditionals, free of Langevin mixing, whose mode weights score matching
 does not pin down), the MLE MADEs exactly (`sampling.ancestral_sample`).
@@ -87,8 +87,8 @@ def parse_args(argv=None):
   p.add_argument("--no_grid_arcsm", action="store_true",
                  help="skip the grid-sampler rows of the AR-CSMs")
   p.add_argument("--long_steps", type=int, default=100,
-                 help="also sample sigma30 and unit with this many Langevin steps per "
-                      "level (c = 2; 0: no such rows)")
+                 help="also sample every AR-CSM with this many Langevin steps per level "
+                      "(c = 2; 0: no such rows)")
   p.add_argument("--rows", default="",
                  help="comma-separated row names to run (e.g. sigma30_T30,gaussian_grid; "
                       "default: all rows of the chosen models)")
@@ -137,7 +137,7 @@ def rows_for(name, config, args):
   if name == "sigma5" and (s.num_steps, s.step_lr) != tuple(current.values()):
     rows.append((f"{name}_T30", f"{label}, Langevin T=30, c=2", dict(kind="langevin",
                                                                       **current)))
-  if args.long_steps and name in ("sigma30", "unit") and args.long_steps != s.num_steps:
+  if args.long_steps and args.long_steps not in (s.num_steps, current["num_steps"]):
     rows.append((f"{name}_T{args.long_steps}", f"{label}, Langevin T={args.long_steps}, c=2",
                  dict(kind="langevin", num_steps=args.long_steps, step_lr=current["step_lr"])))
   if not args.no_grid_arcsm:

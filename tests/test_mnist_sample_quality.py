@@ -31,7 +31,7 @@ def test_mnist_sample_quality_smoke(tmp_path, mnist_data_dir, monkeypatch):
   assert [f for f in os.listdir(os.path.join(out, "classifier")) if f.endswith(".npz")]
   args, ov = msq.parse_args(["--out", out])
   rows = {m: [r[0] for r in msq.rows_for(m, msq.model_config(m, ov), args)] for m in msq.MODELS}
-  assert rows == {"sigma5": ["sigma5_T10", "sigma5_T30", "sigma5_grid"],
+  assert rows == {"sigma5": ["sigma5_T10", "sigma5_T30", "sigma5_T100", "sigma5_grid"],
                   "sigma30": ["sigma30_T30", "sigma30_T100", "sigma30_grid"],
                   "unit": ["unit_T30", "unit_T100", "unit_grid"],
                   "gaussian": ["gaussian_exact"], "mol": ["mol_exact"]}
