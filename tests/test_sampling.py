@@ -269,3 +269,80 @@ def test_fixed_point_is_selected_by_the_config():
                              atol=1e-5, rtol=0)
   assert info["method"] == "fixed_point" and 1 <= info["sweeps"] <= 5
   assert "sweeps for D=4" in lines[-1]
+
+
+# ------------------------------------------------------------------------------------
+# Conditional AR-CSM (the VAE's q(z | x)): the samplers through a bound adapter
+# ------------------------------------------------------------------------------------
+
+
+def _conditional(dim=5, cond_dim=3):
+  from csm_jax.models import conditional
+  model = conditional.conditional_made_model(dim, cond_dim, hidden_sizes=(16, 16),
+                                             context_size=3, head_hidden=(8,),
+                                             order="random", order_seed=1)
+  params = model.init(jax.random.PRNGKey(0))
+  cond = jax.random.normal(jax.random.PRNGKey(7), (4, cond_dim))
+  return model, params, cond
+
+
+def test_bound_conditional_presents_the_conditional_models_scores():
+  model, params, cond = _conditional()
+  bound = model.bind(cond)
+  z = jax.random.normal(jax.random.PRNGKey(1), (4, model.dim))
+  sig = jnp.full_like(z, 0.5)
+  assert bound.dim == model.dim and not bound.normalized and bound.kind == "score"
+  np.testing.assert_array_equal(bound.order, model.order)
+  ctx = model.context(params, z, cond)
+  np.testing.assert_array_equal(bound.context(params, z), ctx)
+  np.testing.assert_array_equal(bound.full_score(params, z, sig),
+                                model.full_score(params, z, cond, sig))
+  for a, b in zip(bound.score_and_diag(params, ctx, z, sig),
+                  model.score_and_diag(params, ctx, z, sig)):
+    np.testing.assert_array_equal(a, b)
+  # one dimension's context (what the samplers pass) gives that dimension's score
+  d = int(model.order[2])
+  one = bound.score(params, ctx[:, d:d + 1], z[:, d:d + 1], sig[:, :1])
+  np.testing.assert_allclose(one[:, 0], model.full_score(params, z, cond, sig)[:, d],
+                             atol=1e-6, rtol=0)
+  # a single x (X,) is shared by every sample
+  np.testing.assert_array_equal(model.bind(cond[1]).context(params, z),
+                                model.context(params, z, jnp.tile(cond[1:2], (4, 1))))
+  with pytest.raises(AssertionError):
+    bound.context(params, z[:3])       # a batch of 4 x's samples 4 z's
+
+
+def test_conditional_fixed_point_langevin_equals_the_sequential_sample():
+  model, params, cond = _conditional()
+  rng = jax.random.PRNGKey(3)
+  seq_fn = jax.jit(lambda p, r, c: sampling.sample(model.bind(c), p, r, 4, **_FP_KW))
+  seq = seq_fn(params, rng, cond)
+  fp = jax.jit(lambda p, r, c, k: sampling.fixed_point_sample(
+      "langevin", model.bind(c), p, r, 4, max_sweeps=k, **_FP_KW))
+  x, sweeps, change = fp(params, rng, cond, model.dim)
+  np.testing.assert_allclose(np.asarray(x), np.asarray(seq), atol=1e-5, rtol=0)
+  assert 1 <= int(sweeps) <= model.dim and float(change) == 0.0
+  for k in (1, 2, 3):                  # after k sweeps the first k dims of the order
+    xk, used, _ = fp(params, rng, cond, k)
+    first = np.asarray(model.order[:k])
+    assert int(used) == k
+    np.testing.assert_allclose(np.asarray(xk)[:, first], np.asarray(seq)[:, first],
+                               atol=1e-5, rtol=0)
+  # the naive reference (full passes) agrees: the adapter's full_score is consistent
+  ref = sampling.naive_sample(model.bind(cond), params, rng, 4, **_FP_KW)
+  np.testing.assert_allclose(np.asarray(ref), np.asarray(seq), atol=1e-5, rtol=0)
+  # the sample is of q(z | x): another x, same rng, another z (every dimension)
+  other = seq_fn(params, rng, cond + 1.0)
+  assert np.all(np.abs(np.asarray(other) - np.asarray(seq)) > 1e-6)
+
+
+def test_conditional_fixed_point_grid_equals_grid_sample():
+  model, params, cond = _conditional()
+  grid = likelihood.Grid(-4.0, 4.0, 33)
+  rng = jax.random.PRNGKey(5)
+  seq = sampling.grid_sample(model.bind(cond), params, rng, 4, grid, sigma=0.3)
+  x, _, _ = sampling.fixed_point_sample("grid", model.bind(cond), params, rng, 4, grid=grid,
+                                        sigma=0.3)
+  np.testing.assert_allclose(np.asarray(x), np.asarray(seq), atol=1e-5, rtol=0)
+  other = sampling.grid_sample(model.bind(cond + 1.0), params, rng, 4, grid, sigma=0.3)
+  assert not np.allclose(np.asarray(other), np.asarray(seq))

@@ -110,8 +110,12 @@ class ConditionalARModel:
     return self.net.apply(params, z, cond, method=ConditionalARNet.context)
 
   def score(self, params, ctx, z, sigma):
-    """Conditional scores s_d given fixed contexts, (B, D)."""
-    chex.assert_shape(ctx, (z.shape[0], self.dim, None))
+    """Conditional scores s_d given fixed contexts: ctx (B, n, C), z (B, n) -> (B, n).
+
+    n = D, or any slice of the dimensions (the head is shared over d: the samplers
+    call it with the context of one dimension, n = 1).
+    """
+    chex.assert_shape(ctx, (z.shape[0], z.shape[1], None))
     return self.net.apply(params, ctx, z, sigma, method=ConditionalARNet.head_out)
 
   def score_and_diag(self, params, ctx, z, sigma):
@@ -127,6 +131,75 @@ class ConditionalARModel:
   def order(self) -> np.ndarray:
     """Variable indices in sampling order: order[t] is sampled t-th."""
     return np.argsort(self.rank)
+
+  def bind(self, cond) -> "BoundConditional":
+    """This model with the conditioning input fixed (see `BoundConditional`)."""
+    return BoundConditional(self, cond)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class BoundConditional:
+  """A `ConditionalARModel` with its conditioning batch x fixed, seen as an `ARModel`.
+
+  The AR-CSM of q(z | x) for that x: s_d(z_<d, z_d; sigma) = s_d(z_<d, z_d; x, sigma)
+  (paper Eq. 4 with every conditional also given x). It presents what the samplers
+  (`sampling.sample`, `naive_sample`, `grid_sample`, `fixed_point_sample`), the
+  likelihood grid and the denoisers read from an unconditional model -- dim, rank,
+  order, kind, normalized, discrete, context(params, z), score, score_and_diag,
+  full_score(params, z, sigma) -- so they sample z ~ q(z | x) unchanged.
+
+  `cond` is (B, X), one row per sample (num_samples must be B), or (X,), shared by
+  every sample. It may be a tracer: bind inside the jitted function
+  (`jax.jit(lambda params, rng, cond: sampling.sample(model.bind(cond), ...))`) so
+  that a new x does not recompile; a concrete cond closed over becomes a constant.
+  Compared by identity (eq=False): an array has no hash.
+  """
+  model: ConditionalARModel
+  cond: jax.Array
+  kind = "score"           # a noise-conditional score head, never normalized
+  normalized = False
+  discrete = False
+  has_dropout = False
+
+  @property
+  def dim(self) -> int:
+    return self.model.dim
+
+  @property
+  def rank(self) -> np.ndarray:
+    return self.model.rank
+
+  @property
+  def order(self) -> np.ndarray:
+    return self.model.order
+
+  @property
+  def data_shape(self) -> tuple:
+    return (self.model.dim,)
+
+  def _cond(self, batch: int):
+    """cond as (batch, X)."""
+    c = jnp.asarray(self.cond)
+    if c.ndim == 1:
+      c = jnp.broadcast_to(c, (batch,) + c.shape)
+    chex.assert_shape(c, (batch, self.model.cond_dim))
+    return c
+
+  def context(self, params, z, train: bool = False, rng=None):
+    """Contexts (B, D, C) from z_<d and the bound x (`train`, `rng`: no dropout)."""
+    del train, rng
+    return self.model.context(params, z, self._cond(z.shape[0]))
+
+  def score(self, params, ctx, z, sigma):
+    """The conditional model's head: scores given fixed contexts, (B, n)."""
+    return self.model.score(params, ctx, z, sigma)
+
+  def score_and_diag(self, params, ctx, z, sigma):
+    return self.model.score_and_diag(params, ctx, z, sigma)
+
+  def full_score(self, params, z, sigma, train: bool = False, rng=None):
+    """s(z; x) with the context recomputed from z (references, the naive sampler)."""
+    return self.score(params, self.context(params, z, train, rng), z, sigma)
 
 
 def conditional_made_model(dim: int, cond_dim: int, hidden_sizes=(256, 256),
