@@ -101,6 +101,36 @@ def test_langevin_restorer_started_at_model_samples_stays_in_the_model():
   assert np.mean(np.abs(out - x0)) > 0.1
 
 
+def test_fixed_point_restoration_equals_the_sequential_one():
+  """sampling.method='fixed_point': the same restoration by Jacobi sweeps from x^(0) = y
+  (same rng, fixed_point_tol=0), with the sweeps used recorded and logged."""
+  from tests.helpers import tiny_train_config
+  model = tiny_model(5, order="random")
+  params = model.init(jax.random.PRNGKey(0))
+  config = tiny_train_config(**{"sampling.sigmas": (1.0, 0.5, 0.2, 0.1),
+                                "sampling.num_steps": 3, "sampling.step_lr": 0.005})
+  y = jax.random.normal(jax.random.PRNGKey(1), (4, 5))
+  rng = jax.random.PRNGKey(2)
+  seq_fn, seq_info = denoise.restorer_from_config(config, model, 0.5)
+  seq = np.asarray(seq_fn(params, rng, y))
+  assert seq_info["method"] == "sequential" and "sweeps" not in seq_info
+  config.sampling.method = "fixed_point"
+  config.sampling.fixed_point_tol = 0.0
+  lines = []
+  fp_fn, info = denoise.restorer_from_config(config, model, 0.5, log=lines.append)
+  np.testing.assert_allclose(np.asarray(fp_fn(params, rng, y)), seq, atol=1e-5, rtol=0)
+  assert info["levels"] == [0.5, 0.2, 0.1] and info["method"] == "fixed_point"
+  # D = 5 sweeps are exact even if rounding leaves a last change above tol = 0
+  assert 1 <= info["sweeps"] <= 5 and info["converged"] and info["max_change"] < 1e-5
+  assert f"{info['sweeps']} sweeps for D=5" in lines[-1]
+  # one sweep from y: the first dimension of the order is already the sequential one
+  x1, used, _ = denoise.fixed_point_restore(model, params, rng, y, (1.0, 0.5, 0.2, 0.1),
+                                            0.5, 3, 0.005, max_sweeps=1)
+  d = model.order[0]
+  assert int(used) == 1
+  np.testing.assert_allclose(np.asarray(x1)[:, d], seq[:, d], atol=1e-5, rtol=0)
+
+
 def test_restoration_levels_and_errors():
   assert denoise.restoration_sigmas((1.0, 0.5, 0.1), 0.5) == (0.5, 0.1)
   assert denoise.restoration_sigmas((1.0, 0.5, 0.1), 0.7) == (0.5, 0.1)

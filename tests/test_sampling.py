@@ -238,6 +238,13 @@ def test_fixed_point_early_stop_stops():
   assert int(k) == 1 and not float(change) <= 0.0
 
 
+def test_fixed_point_converged_after_tol_or_d_sweeps():
+  conv = sampling.fixed_point_converged
+  assert conv(2, 0.0, 0.0, 5) and conv(2, 1e-5, 1e-4, 5)
+  assert conv(5, 3e-8, 0.0, 5)              # D sweeps: exact whatever the rounding
+  assert not conv(4, 3e-8, 0.0, 5) and not conv(5, float("nan"), 0.0, 5)
+
+
 def test_fixed_point_grid_and_ancestral_equal_their_sequential_versions():
   model = tiny_model(6, order="random", hidden=(16, 16))
   params = model.init(jax.random.PRNGKey(0))
