@@ -132,3 +132,13 @@ class Checkpointer:
   def close(self):
     self._mgr.wait_until_finished()
     self._mgr.close()
+
+
+def restore_partial(directory: str, target: dict, keep: int = 3):
+  """(step, fields) of the newest readable checkpoint in `directory`, read-only: only
+  the top-level fields named in `target` (`Checkpointer.restore_latest_partial`)."""
+  ckpt = Checkpointer(directory, keep, create=False)
+  try:
+    return ckpt.restore_latest_partial(target)
+  finally:
+    ckpt.close()

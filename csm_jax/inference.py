@@ -64,12 +64,8 @@ def restore(inf: Inference, workdir: str, which: str = "ema_params"):
   target = {which: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
                                                                sharding=repl), shapes),
             "step": jax.ShapeDtypeStruct((), np.int32, sharding=repl)}
-  ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                  inf.config.training.keep_checkpoints, create=False)
-  try:
-    _, restored = ckpt.restore_latest_partial(target)
-  finally:
-    ckpt.close()
+  _, restored = checkpoints.restore_partial(os.path.join(workdir, "checkpoints"), target,
+                                            inf.config.training.keep_checkpoints)
   return restored[which], int(restored["step"])
 
 

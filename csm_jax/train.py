@@ -5,20 +5,15 @@ so a run killed at any moment and restarted from its latest checkpoint ends with
 exactly the parameters of an uninterrupted run (on a fixed machine and device count).
 
   setup(config)                 data, model, loss, optimizer (a frozen `Setup`)
-  train_loop(setup, ...)        the loop every trainer uses: NaN stop, progress/ETA,
-                                metrics, evaluation and (with a workdir) checkpoints
+  train_loop(setup, ...)        the image / 2-D models through `loop.run`, the one loop
+                                (NaN stop, progress/ETA, metrics, evaluation,
+                                checkpoints, SIGINT/SIGTERM saves) that every trainer uses
   train_and_evaluate(config, workdir)   what `python -m csm_jax.main` runs
   make_update_step(loss, opt)   a plain step (loss, gradient, optimizer; no EMA) for
                                 benchmarks and small studies
 """
 
-import contextlib
 import dataclasses
-import json
-import os
-import signal
-import threading
-import time
 from typing import Any, Callable, Optional, Sequence
 
 from absl import logging
@@ -29,12 +24,11 @@ import ml_collections
 import numpy as np
 import optax
 
-from csm_jax import checkpoints
 from csm_jax import config_base
 from csm_jax import data as data_lib
 from csm_jax import likelihood
+from csm_jax import loop as loop_lib
 from csm_jax import losses
-from csm_jax import metrics as metrics_lib
 from csm_jax import models
 from csm_jax import pipeline as pipeline_lib
 from csm_jax import sharding as sharding_lib
@@ -227,168 +221,65 @@ def make_eval_fn(config, model, pre, test, mesh, loss_fn):
 
 
 # ------------------------------------------------------------------------------------
-# The training loop
+# The training loop (`loop.run`, shared with the VAEs)
 # ------------------------------------------------------------------------------------
 
-
-class Interrupted(Exception):
-  """Training stopped by SIGINT or SIGTERM, after saving a checkpoint of `step`."""
-
-  def __init__(self, step: int, signum: int, directory: str):
-    self.step, self.signum = step, signum
-    name = signal.Signals(signum).name
-    super().__init__(f"{name} received: stopped at step {step} with a checkpoint of it in "
-                     f"{directory}; run the same command again to resume from there")
+Interrupted = loop_lib.Interrupted
 
 
-@contextlib.contextmanager
-def _catch_stop_signals(enabled: bool):
-  """Yields a list that SIGINT / SIGTERM append their number to (instead of killing)."""
-  received = []
-  if not enabled or threading.current_thread() is not threading.main_thread():
-    yield received
-    return
-  handler = lambda signum, frame: received.append(signum)
-  old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-  try:
-    yield received
-  finally:
-    for sig, h in old.items():
-      signal.signal(sig, h)
+def trainer(s: Setup, eval_fn: Optional[Callable[[Any], dict]] = None) -> loop_lib.Trainer:
+  """s as a `loop.Trainer`: the EMA train step over s.batcher's pipeline, evaluated on
+  the EMA parameters by `eval_fn(ema_params) -> dict`."""
+  config, t = s.config, s.config.training
+  pipe = s.batcher
+  base_rng = jax.device_put(jax.random.PRNGKey(config.seed + 1),
+                            sharding_lib.replicated(s.mesh))
+  train_step = make_train_step(s.loss_fn, s.optimizer, config.optim.ema_decay)
+
+  def compile_fn(state, length, inputs):
+    del inputs  # compile_loop_step takes the shapes from the pipeline
+    fn = pipeline_lib.compile_loop_step(train_step, pipe, length, state, base_rng)
+    return lambda st, inp: fn(st, pipe.resident, inp, base_rng)
+
+  def describe(state):
+    counts = models.count_parameters(state.params, s.model)
+    return (f"model {config.model.backbone}/{config.model.head}, {counts['parameters']} "
+            f"parameters ({counts['effective_parameters']} effective), loss "
+            f"{config.loss.name}, {s.mesh.size} devices, batch {t.batch_size}, "
+            f"{pipe.kind} input pipeline"
+            + (f", {t.steps_per_dispatch} steps per dispatch"
+               if t.steps_per_dispatch > 1 else ""))
+
+  return loop_lib.Trainer(
+      init=lambda: initial_state(s), compile=compile_fn, inputs=pipe.inputs,
+      abstract=lambda: loop_lib.abstract_replicated(lambda: initial_state(s), s.mesh),
+      evaluate=None if eval_fn is None else (lambda state: eval_fn(state.ema_params)),
+      describe=describe, steps_per_dispatch=int(t.steps_per_dispatch),
+      nan_hint="Lower optim.learning_rate, check the data, or raise noise.sigma_min.")
 
 
 def train_loop(s: Setup, workdir: Optional[str] = None,
                eval_fn: Optional[Callable[[Any], dict]] = None,
                eval_every: Optional[int] = None, log: Callable[[str], None] = logging.info,
                label: str = "", callbacks: Sequence[Callable] = ()):
-  """Trains s.model to config.training.num_steps; returns (state, info).
+  """Trains s.model to config.training.num_steps with `loop.run`; returns (state, info).
 
   With a `workdir`: resumes from its latest readable checkpoint, saves every
   training.checkpoint_every steps, at the first logged step, every
   training.checkpoint_every_secs seconds and at the end, and on SIGINT / SIGTERM (then
-  raises `Interrupted`), and appends metrics to workdir/metrics.jsonl (and TensorBoard). `eval_fn(ema_params) -> dict` runs at step 0
-  (fresh runs), every `eval_every` steps (default training.eval_every; 0: never) and at
-  the end.
+  raises `Interrupted`), and appends metrics to workdir/metrics.jsonl (and TensorBoard).
+  `eval_fn(ema_params) -> dict` runs at step 0 (fresh runs), every `eval_every` steps
+  (default training.eval_every; 0: never) and at the end.
   A non-finite loss or gradient stops training with FloatingPointError naming the step.
   `callbacks`: cb(step, state, metrics) after each logged step.
-  info: compile_seconds, train_seconds (evaluation excluded), steps, final_loss and the
-  history of evaluations ({step, seconds, **eval}).
+  info: as `loop.run`'s, plus parameters (counts), pipeline and steps_per_dispatch.
   """
-  config, t = s.config, s.config.training
-  n = int(t.num_steps)
-  eval_every = t.eval_every if eval_every is None else eval_every
-  config_base.validate(config)
-  if eval_every < 0:
-    raise ValueError(f"eval_every must be >= 0 (0: never), got {eval_every}")
-  prefix = f"[{label}] " if label else ""
-  repl = sharding_lib.replicated(s.mesh)
-  state = initial_state(s)
-  ckpt = writer = None
-  if workdir is not None:
-    ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), t.keep_checkpoints)
-    state = ckpt.restore_latest(state)
-  start = int(state.step)
-  if start:
-    log(f"{prefix}resumed from checkpoint at step {start}")
-  if workdir is not None:
-    writer = metrics_lib.MetricWriter(workdir, resume_step=start)
-  counts = models.count_parameters(state.params, s.model)
-  log(f"{prefix}model {config.model.backbone}/{config.model.head}, {counts['parameters']} "
-      f"parameters ({counts['effective_parameters']} effective), loss {config.loss.name}, "
-      f"{s.mesh.size} devices, batch {t.batch_size}, {s.batcher.kind} input pipeline"
-      + (f", {t.steps_per_dispatch} steps per dispatch" if t.steps_per_dispatch > 1 else ""))
-
-  base_rng = jax.device_put(jax.random.PRNGKey(config.seed + 1), repl)
-  pipe = s.batcher
-  k = int(t.steps_per_dispatch)
-  train_step = make_train_step(s.loss_fn, s.optimizer, config.optim.ema_decay)
-  step_fns = {}  # dispatch length -> compiled loop step
-
-  def step_fn(length):
-    if length not in step_fns:
-      step_fns[length] = pipeline_lib.compile_loop_step(train_step, pipe, length, state,
-                                                        base_rng)
-    return step_fns[length]
-
-  intervals = (t.log_every, t.checkpoint_every, eval_every if eval_fn is not None else 0)
-  chunk = lambda step: pipeline_lib.chunk_length(step, k, intervals, n)
-  t0 = time.perf_counter()
-  inputs = None
-  if start < n:
-    step_fn(chunk(start))
-    inputs = pipe.inputs(start, chunk(start))
-  info = {"compile_seconds": time.perf_counter() - t0, "train_seconds": 0.0, "steps": n,
-          "final_loss": float("nan"), "history": [], "parameters": counts,
-          "pipeline": pipe.kind, "steps_per_dispatch": k}
-
-  def evaluate(step):
-    row = eval_fn(state.ema_params)
-    info["history"].append({"step": step, "seconds": info["train_seconds"], **row})
-    if writer is not None:
-      writer.write(step, row)
-    log(f"{prefix}step {step} eval " + json.dumps(row))
-
-  if eval_fn is not None and eval_every and start == 0:
-    evaluate(0)
-  progress = metrics_lib.Progress(start, n)
-  tick = last_save = time.perf_counter()
-  # Multi-host: JAX's preemption service takes SIGTERM and picks a step for all processes.
-  multi = jax.process_count() > 1
-  with _catch_stop_signals(ckpt is not None and not multi) as stop:
-    step = start
-    while step < n:
-      length = chunk(step)
-      state, metrics = step_fn(length)(state, pipe.resident, inputs, base_rng)
-      done = step = step + length
-      if ckpt is not None and multi and sharding_lib.preemption_point(done - length, done):
-        stop.append(signal.SIGTERM)
-      if stop:  # SIGINT / SIGTERM: keep this step, then stop
-        ckpt.save(done, state)
-        ckpt.close()
-        writer.close()
-        raise Interrupted(done, stop[0], ckpt.directory)
-      if done < n:  # host work overlaps the asynchronous device step
-        inputs = pipe.inputs(done, chunk(done))
-      is_log = done % t.log_every == 0 or done == n
-      is_eval = eval_fn is not None and eval_every and (done % eval_every == 0 or done == n)
-      is_ckpt = ckpt is not None and (
-          done % t.checkpoint_every == 0 or done == n
-          or (is_log and ckpt.latest_step() is None)            # a first checkpoint early
-          or (t.checkpoint_every_secs
-              and time.perf_counter() - last_save >= t.checkpoint_every_secs))
-      if is_log or is_eval or is_ckpt:
-        bad = int(state.bad_step)
-        if bad >= 0:
-          last = None if ckpt is None else ckpt.latest_step()
-          where = ("no checkpoint written" if last is None else
-                   f"the last good checkpoint (step {last}) left in {ckpt.directory}")
-          raise FloatingPointError(
-              f"{prefix}non-finite loss or gradient at step {bad} (0-based); training stopped "
-              f"with the state of step {bad} kept in memory and {where}. Lower "
-              "optim.learning_rate, check the data, or raise noise.sigma_min.")
-      if is_log:
-        row = {k: float(v) for k, v in metrics.items()}
-        row.update(progress.update(done))
-        info["final_loss"] = row["loss"]
-        if writer is not None:
-          writer.write(done, row)
-        log(f"{prefix}step {done}/{n} loss {row['loss']:.4f}  {row['steps_per_sec']:.2f} "
-            f"steps/s  ETA {progress.eta_str(done)}")
-        for cb in callbacks:
-          cb(done, state, row)
-      if is_eval:
-        info["train_seconds"] += time.perf_counter() - tick
-        evaluate(done)
-        tick = time.perf_counter()
-      if is_ckpt:
-        ckpt.save(done, state)
-        last_save = time.perf_counter()
-  jax.block_until_ready(state)
-  info["train_seconds"] += time.perf_counter() - tick
-  if ckpt is not None:
-    ckpt.close()
-  if writer is not None:
-    writer.close()
+  config_base.validate(s.config)
+  state, info = loop_lib.run(trainer(s, eval_fn), s.config.training, workdir=workdir,
+                             eval_every=eval_every, log=log, label=label,
+                             callbacks=callbacks)
+  info.update(parameters=models.count_parameters(state.params, s.model),
+              pipeline=s.batcher.kind, steps_per_dispatch=int(s.config.training.steps_per_dispatch))
   return state, info
 
 

@@ -237,6 +237,26 @@ def _read_cache(path: str) -> Optional[np.ndarray]:
     return None
 
 
+def _fresh_cache(builder: Any, split: str, path: str, dtype, ndim: int):
+  """The array cached at `path` if it has this dtype and rank and as many examples as
+  tfds reports for the split (when it reports any); else None (a stale one is logged)."""
+  expected = None
+  try:
+    expected = int(builder.info.splits[split].num_examples)
+  except Exception:  # pylint: disable=broad-except  (info without splits, e.g. mocks)
+    pass
+  if not os.path.isfile(path):
+    return None
+  array = _read_cache(path)
+  if array is None:
+    return None
+  if array.dtype == dtype and array.ndim == ndim and (
+      expected is None or len(array) == expected):
+    return array
+  logger.warning('Ignoring stale cache %s.', path)
+  return None
+
+
 def _cached_split(builder: Any, split: str, path: str,
                   transform: Optional[Callable]) -> np.ndarray:
   """The decoded split from the cache at `path` if it is fresh, else decoded and saved.
@@ -244,18 +264,9 @@ def _cached_split(builder: Any, split: str, path: str,
   A cached array is used only when it is uint8 (N, H, W, C) with the number of examples
   tfds reports for the split; an unwritable cache is logged, not fatal.
   """
-  expected = None
-  try:
-    expected = int(builder.info.splits[split].num_examples)
-  except Exception:  # pylint: disable=broad-except  (info without splits, e.g. mocks)
-    pass
-  if os.path.isfile(path):
-    array = _read_cache(path)
-    if array is not None:
-      if array.dtype == np.uint8 and array.ndim == 4 and (
-          expected is None or len(array) == expected):
-        return array
-      logger.warning('Ignoring stale cache %s.', path)
+  array = _fresh_cache(builder, split, path, np.uint8, 4)
+  if array is not None:
+    return array
   start = time.time()
   try:
     source = builder.as_data_source(split=split)
@@ -286,18 +297,9 @@ def _decode_labels(source: Any, chunk: int = 10000) -> np.ndarray:
 def _cached_labels(builder: Any, split: str, path: str) -> np.ndarray:
   """The class labels of `split` from the .npy cache at `path` if fresh, else decoded
   (image decoding skipped) and saved; same freshness rule as `_cached_split`."""
-  expected = None
-  try:
-    expected = int(builder.info.splits[split].num_examples)
-  except Exception:  # pylint: disable=broad-except  (info without splits, e.g. mocks)
-    pass
-  if os.path.isfile(path):
-    array = _read_cache(path)
-    if array is not None:
-      if array.dtype == np.int64 and array.ndim == 1 and (
-          expected is None or len(array) == expected):
-        return array
-      logger.warning('Ignoring stale cache %s.', path)
+  array = _fresh_cache(builder, split, path, np.int64, 1)
+  if array is not None:
+    return array
   try:
     try:
       import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top

@@ -91,12 +91,8 @@ def restore(s: vae_train.VAESetup, workdir: str):
   target = {"params": like.params, "score_params": like.score_params, "step": like.step}
   if not jax.tree.leaves(target["score_params"]):
     del target["score_params"]
-  ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                  s.config.training.keep_checkpoints, create=False)
-  try:
-    _, r = ckpt.restore_latest_partial(target)
-  finally:
-    ckpt.close()
+  _, r = checkpoints.restore_partial(os.path.join(workdir, "checkpoints"), target,
+                                    s.config.training.keep_checkpoints)
   return r["params"], r.get("score_params", {}), int(r["step"])
 
 

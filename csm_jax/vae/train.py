@@ -1,4 +1,4 @@
-"""Training a VAE: a two-optimizer state, one jitted step, the loop with checkpoints.
+"""Training a VAE: a two-optimizer state and one jitted step, run by the one loop.
 
 Each step, in one `jax.jit`:
   1. the batch is binarized (or dequantized) with a key fixed by (seed, step);
@@ -10,17 +10,13 @@ The reference (ermongroup/sliced_score_matching, runners/vae_runner.py) alternat
 same way. Batches and keys are functions of the step, so a killed run restarted from
 its latest checkpoint ends with exactly the parameters of an uninterrupted one.
 
-The loop reuses the project's pieces (checkpoints.Checkpointer, metrics.MetricWriter /
-Progress, the workdir lock and config record, train.Interrupted); it is its own because
-the state holds two parameter sets and two optimizer states, which `train.TrainState`
-does not.
+Training runs through the project's one loop (`csm_jax/loop.py`: checkpoints, signals,
+NaN stop, metrics, progress); this module brings only the VAE's state (two parameter
+sets and two optimizer states), step, inputs and validation, as a `loop.Trainer`.
 """
 
 import contextlib
 import dataclasses
-import json
-import os
-import time
 from typing import Any, Callable, Optional
 
 from absl import logging
@@ -31,12 +27,10 @@ import ml_collections
 import numpy as np
 import optax
 
-from csm_jax import checkpoints
 from csm_jax import config_base
 from csm_jax import data as data_lib
-from csm_jax import metrics as metrics_lib
+from csm_jax import loop as loop_lib
 from csm_jax import sharding as sharding_lib
-from csm_jax import train as train_lib
 from csm_jax import workdir as workdir_lib
 from csm_jax.models.ar import fast_init
 from csm_jax.vae import data as vae_data
@@ -104,9 +98,7 @@ def init_state(s: VAESetup) -> VAEState:
 
 def abstract_state(s: VAESetup):
   """The state's shapes, dtypes and (replicated) shardings, with nothing computed."""
-  repl = sharding_lib.replicated(s.mesh)
-  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl),
-                      jax.eval_shape(lambda: init_state(s)))
+  return loop_lib.abstract_replicated(lambda: init_state(s), s.mesh)
 
 
 def _global_norm(tree):
@@ -210,118 +202,61 @@ def make_eval_fn(s: VAESetup):
   return evaluate
 
 
+def trainer(s: VAESetup, eval_every: int) -> loop_lib.Trainer:
+  """s as a `loop.Trainer`: one score step and one VAE step per call, validated by
+  `make_eval_fn` (built only when eval_every > 0)."""
+  t, v = s.config.training, s.config.vae
+  eval_fn = make_eval_fn(s) if eval_every else None
+  method = "elbo" if s.estimator is None else s.estimator.name
+
+  def describe(state):
+    counts = parameter_counts(state)
+    return (f"VAE {v.architecture}, {v.encoder} encoder, z_dim {v.z_dim}, entropy by "
+            f"{method}; parameters {counts}; {s.mesh.size} devices, batch {t.batch_size}")
+
+  def format_row(row):
+    extra = f" score_loss {row['score_loss']:.3f}" if "score_loss" in row else ""
+    return f"loss {row['loss']:.3f} recon {row['recon']:.2f}{extra}"
+
+  def compile_fn(state, length, images):
+    assert length == 1, "a VAE dispatch is one step"
+    return compile_train_step(s, state, images)
+
+  return loop_lib.Trainer(
+      init=lambda: init_state(s), abstract=lambda: abstract_state(s), compile=compile_fn,
+      inputs=lambda step, length: train_images(s, step),
+      evaluate=None if eval_fn is None else (
+          lambda state: eval_fn(state.params, state.score_params)),
+      describe=describe, format_row=format_row)
+
+
+def parameter_counts(state) -> dict:
+  """Parameters of the VAE (encoder + decoder) and of the learned score model."""
+  size = lambda tree: int(sum(a.size for a in jax.tree.leaves(tree)))
+  return {"vae": size(state.params), "score_model": size(state.score_params)}
+
+
 def train_loop(s: VAESetup, workdir: Optional[str] = None, eval_every: Optional[int] = None,
                log: Callable[[str], None] = logging.info, label: str = "",
                callbacks=()):
-  """Trains to config.training.num_steps; returns (state, info).
+  """Trains to config.training.num_steps with `loop.run` (the project's one loop);
+  returns (state, info).
 
   With a `workdir`: resumes from its latest readable checkpoint, saves every
   training.checkpoint_every steps, at the first logged step, every
   training.checkpoint_every_secs and at the end, and on SIGINT / SIGTERM (then raises
-  `train.Interrupted`); metrics go to workdir/metrics.jsonl. Validation runs at step 0
+  `loop.Interrupted`); metrics go to workdir/metrics.jsonl. Validation runs at step 0
   (fresh runs), every `eval_every` (default training.eval_every; 0: never) and at the end.
   A non-finite loss stops training with FloatingPointError naming the step.
-  info: compile_seconds, train_seconds (validation excluded), steps_run (by this call),
-  step_seconds (per step run, compilation excluded; None if none ran), final metrics and
-  the validation history.
+  info: as `loop.run`'s (compile_seconds, train_seconds with validation excluded,
+  steps_run, step_seconds, final, history), plus parameters and method.
   """
-  config, t = s.config, s.config.training
-  n = int(t.num_steps)
+  t = s.config.training
   eval_every = t.eval_every if eval_every is None else eval_every
-  prefix = f"[{label}] " if label else ""
-  ckpt = writer = None
-  if workdir is not None:
-    ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), t.keep_checkpoints)
-  if ckpt is not None and ckpt.latest_step() is not None:   # resume: no initialization
-    state = ckpt.restore_latest(abstract_state(s))
-  else:
-    state = init_state(s)
-  start = int(state.step)
-  if start:
-    log(f"{prefix}resumed from checkpoint at step {start}")
-  if workdir is not None:
-    writer = metrics_lib.MetricWriter(workdir, resume_step=start)
-  counts = {"vae": int(sum(a.size for a in jax.tree.leaves(state.params))),
-            "score_model": int(sum(a.size for a in jax.tree.leaves(state.score_params)))}
-  v = config.vae
-  method = "elbo" if s.estimator is None else s.estimator.name
-  log(f"{prefix}VAE {v.architecture}, {v.encoder} encoder, z_dim {v.z_dim}, entropy by "
-      f"{method}; parameters {counts}; {s.mesh.size} devices, batch {t.batch_size}")
-
-  images = train_images(s, start) if start < n else None
-  t0 = time.perf_counter()
-  step_fn = compile_train_step(s, state, images) if images is not None else None
-  info = {"compile_seconds": time.perf_counter() - t0, "train_seconds": 0.0, "steps": n,
-          "final": {}, "history": [], "parameters": counts, "method": method}
-  eval_fn = make_eval_fn(s) if eval_every else None
-
-  def evaluate(step):
-    row = eval_fn(state.params, state.score_params)
-    info["history"].append({"step": step, "seconds": info["train_seconds"], **row})
-    if writer is not None:
-      writer.write(step, row)
-    log(f"{prefix}step {step} validation " + json.dumps(row))
-
-  if eval_fn is not None and start == 0:
-    evaluate(0)
-  progress = metrics_lib.Progress(start, n)
-  tick = last_save = time.perf_counter()
-  steps_timed = 0
-  with train_lib._catch_stop_signals(ckpt is not None) as stop:  # pylint: disable=protected-access
-    for step in range(start, n):
-      state, metrics = step_fn(state, images)
-      steps_timed += 1
-      done = step + 1
-      if stop:
-        ckpt.save(done, state)
-        ckpt.close()
-        writer.close()
-        raise train_lib.Interrupted(done, stop[0], ckpt.directory)
-      if done < n:
-        images = train_images(s, done)
-      is_log = done % t.log_every == 0 or done == n
-      is_eval = eval_fn is not None and (done % eval_every == 0 or done == n)
-      is_ckpt = ckpt is not None and (
-          done % t.checkpoint_every == 0 or done == n
-          or (is_log and ckpt.latest_step() is None)
-          or (t.checkpoint_every_secs
-              and time.perf_counter() - last_save >= t.checkpoint_every_secs))
-      if is_log or is_eval or is_ckpt:
-        bad = int(state.bad_step)
-        if bad >= 0:
-          last = None if ckpt is None else ckpt.latest_step()
-          where = ("no checkpoint written" if last is None else
-                   f"the last good checkpoint (step {last}) left in {ckpt.directory}")
-          raise FloatingPointError(
-              f"{prefix}non-finite loss or gradient at step {bad} (0-based); training stopped "
-              f"with {where}. Lower optim.learning_rate or check the data.")
-      if is_log:
-        row = {k: float(v) for k, v in metrics.items()}
-        row.update(progress.update(done))
-        info["final"] = row
-        if writer is not None:
-          writer.write(done, row)
-        extra = f" score_loss {row['score_loss']:.3f}" if "score_loss" in row else ""
-        log(f"{prefix}step {done}/{n} loss {row['loss']:.3f} recon {row['recon']:.2f}{extra}"
-            f"  {row['steps_per_sec']:.2f} steps/s  ETA {progress.eta_str(done)}")
-        for cb in callbacks:
-          cb(done, state, row)
-      if is_eval:
-        jax.block_until_ready(state)
-        info["train_seconds"] += time.perf_counter() - tick
-        evaluate(done)
-        tick = time.perf_counter()
-      if is_ckpt:
-        ckpt.save(done, state)
-        last_save = time.perf_counter()
-  jax.block_until_ready(state)
-  info["train_seconds"] += time.perf_counter() - tick
-  info["steps_run"] = steps_timed
-  info["step_seconds"] = info["train_seconds"] / steps_timed if steps_timed else None
-  if ckpt is not None:
-    ckpt.close()
-  if writer is not None:
-    writer.close()
+  state, info = loop_lib.run(trainer(s, eval_every), t, workdir=workdir,
+                             eval_every=eval_every, log=log, label=label, callbacks=callbacks)
+  info.update(parameters=parameter_counts(state),
+              method="elbo" if s.estimator is None else s.estimator.name)
   return state, info
 
 
