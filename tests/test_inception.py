@@ -7,15 +7,22 @@ The network runs at 75 x 75 (its smallest input) instead of 299 and batches of 4
 that every test shares one compiled network (about 12 s to compile on the 2-core CPU).
 """
 
+import json
+import os
 import pickle
 
 import numpy as np
 import pytest
 from flax import traverse_util
 
+from csm_jax import data as data_lib
 from csm_jax import inception
 from csm_jax import inception_fid
 from csm_jax import inception_weights
+from csm_jax.vae import entry
+from csm_jax.vae import evaluate
+from tests.test_vae import tiny_arrays, tiny_vae_config
+from tests.test_vae_train import shared_compilations  # pylint: disable=unused-import
 
 SIZE = inception.MIN_INPUT_SIZE
 BATCH = 4
@@ -117,3 +124,33 @@ def test_fid_from_weights_self_zero_shifted_positive(weights):
   shifted = inception_fid.fid_from_weights(np.clip(x + 0.3, 0, 1), x, path, BATCH, SIZE)
   assert scale > 0 and abs(same) < 1e-6 * scale
   assert shifted > 0.01 * scale
+
+
+def test_vae_eval_adds_fid_given_weights(weights, tmp_path, monkeypatch,
+                                         shared_compilations):
+  """--mode=eval of a tiny conv VAE (through vae.entry, what main.py calls) writes 'fid'
+  (10 decoder samples vs the 10 test images) given eval.inception_weights, and
+  'fid_skipped' without. AIS is replaced by a stub here (tests/test_vae_train.py tests
+  it), the network runs at 75 x 75, and the two evaluations share one compiled
+  validation function (`shared_compilations`)."""
+  path, _ = weights
+  arrays = tiny_arrays(shape=(8, 8, 3))
+  monkeypatch.setattr(data_lib, "load_arrays", lambda data_config: arrays)
+  monkeypatch.setattr(evaluate, "ais_nll", lambda *a, **k: {"nll": 0.0, "num_examples": 0})
+  monkeypatch.setattr(inception, "INPUT_SIZE", SIZE)
+  config = tiny_vae_config("csm", "gaussian", **{
+      "vae.architecture": "conv", "vae.likelihood": "gaussian", "vae.num_filters": 2,
+      "training.num_steps": 1, "training.eval_every": 0, "eval.fid_batch_size": BATCH})
+  wd = str(tmp_path / "w")
+  entry.run("train", config, wd)
+
+  result = entry.run("eval", config, wd, [f"eval.inception_weights={path}"])
+  assert np.isfinite(result["fid"]) and result["fid"] > 0
+  assert result["fid_settings"]["num_samples"] == 10 == result["fid_settings"]["num_reference"]
+  with open(os.path.join(wd, "eval_00000001.json")) as f:
+    assert json.load(f)["fid"] == result["fid"]
+
+  skipped = entry.run("eval", config, wd)
+  assert skipped["fid"] is None and "eval.inception_weights is empty" in skipped["fid_skipped"]
+  with pytest.raises(inception_weights.WeightsError, match="nowhere.npz"):
+    entry.run("eval", config, wd, [f"eval.inception_weights={tmp_path}/nowhere.npz"])
