@@ -18,8 +18,12 @@ then holds out 20% of the rest for validation), CPU-sized:
     --config.eval.ais_num_examples=50 --config.eval.ais_steps=200 --config.eval.ais_chains=8
   python -m csm_jax.main --config=configs/celeba_vae.py:csm --workdir=/tmp/celeba_vae --mode=sample
 
-FID needs Inception weights, which cannot be downloaded here; --mode=eval reports the
-validation reconstruction and the AIS estimate of the test NLL instead.
+--mode=eval reports the validation reconstruction and the AIS estimate of the test NLL,
+and the FID of decoder samples against the test images when given Inception weights
+(none can be downloaded here; format in csm_jax/inception_weights.py):
+
+  python -m csm_jax.main --config=configs/celeba_vae.py:csm --workdir=/tmp/celeba_vae \
+    --mode=eval --config.eval.inception_weights=/path/to/inception_v3_weights_fid.pickle
 """
 
 from csm_jax.config_base import vae_default_config

@@ -227,6 +227,11 @@ def vae_default_config() -> ml_collections.ConfigDict:
   e.ais_chains = 16
   e.ais_leapfrog = 10
   e.ais_step_size = 0.05       # initial HMC step, adapted towards 0.65 acceptance
+  # --mode=eval FID of decoder samples vs test images in FID's InceptionV3 features, from
+  # a weights file the user supplies (format: csm_jax/inception_weights.py); "" skips it
+  e.inception_weights = ""
+  e.fid_num_examples = -1      # test images as reference, as many samples (-1: all)
+  e.fid_batch_size = 50        # images per Inception batch
 
   c.sampling = s = ml_collections.ConfigDict()
   s.num_samples = 100
@@ -289,6 +294,13 @@ def validate_vae(config) -> ml_collections.ConfigDict:
                                                 or e.ais_num_examples == -1),
        "eval.ais_num_examples", e.ais_num_examples, ">= 1 or -1 (the whole test split)")
   need(e.ais_step_size > 0, "eval.ais_step_size", e.ais_step_size, "> 0")
+  need(isinstance(e.fid_num_examples, int) and (e.fid_num_examples >= 2
+                                                or e.fid_num_examples == -1),
+       "eval.fid_num_examples", e.fid_num_examples, ">= 2 or -1 (the whole test split)")
+  need(isinstance(e.fid_batch_size, int) and e.fid_batch_size >= 1, "eval.fid_batch_size",
+       e.fid_batch_size, "an integer >= 1")
+  need(isinstance(e.inception_weights, str), "eval.inception_weights", e.inception_weights,
+       "a file path ('' skips FID)")
   return config
 
 

@@ -101,6 +101,36 @@ def feature_stats(features: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
   return f.mean(0), np.cov(f, rowvar=False)
 
 
+def features_frechet_distance(features1: np.ndarray, features2: np.ndarray) -> float:
+  """`frechet_distance` of the Gaussians `feature_stats` fits to (N1, F) and (N2, F)
+  features, exactly, without F x F eigendecompositions when both sets are smaller
+  than F.
+
+  With A_i the centred features over sqrt(N_i - 1) (F x N_i), C_i = A_i A_i^T, and the
+  nonzero eigenvalues of C1 C2 are those of M M^T, M = A1^T A2 (N1 x N2): so
+  tr((C1 C2)^{1/2}) is the sum of M's singular values and tr(C_i) = ||A_i||_F^2. For
+  Inception's F = 2048 and a few hundred images this is milliseconds instead of the
+  seconds two 2048 x 2048 eigendecompositions take; larger sets go through the
+  covariances.
+  """
+  f1, f2 = np.asarray(features1, np.float64), np.asarray(features2, np.float64)
+  for f in (f1, f2):
+    if f.ndim != 2 or len(f) < 2:
+      raise ValueError(f"need (N >= 2, F) features, got shape {f.shape}")
+  if f1.shape[1] != f2.shape[1]:
+    raise ValueError(f"feature sizes differ: {f1.shape[1]} and {f2.shape[1]}")
+  if max(len(f1), len(f2)) > f1.shape[1]:
+    return frechet_distance(*feature_stats(f1), *feature_stats(f2))
+  if not (np.all(np.isfinite(f1)) and np.all(np.isfinite(f2))):
+    raise ValueError("non-finite features")
+  mu1, mu2 = f1.mean(0), f2.mean(0)
+  a1 = (f1 - mu1) / np.sqrt(len(f1) - 1)
+  a2 = (f2 - mu2) / np.sqrt(len(f2) - 1)
+  tr_sqrt = float(np.sum(np.linalg.svd(a1 @ a2.T, compute_uv=False)))
+  d = float(np.sum((mu1 - mu2) ** 2) + np.sum(a1 ** 2) + np.sum(a2 ** 2) - 2.0 * tr_sqrt)
+  return max(d, 0.0)
+
+
 # ------------------------------------------------------------------------------------
 # The classifier
 # ------------------------------------------------------------------------------------

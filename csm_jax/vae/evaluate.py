@@ -1,4 +1,6 @@
-"""A trained VAE's test NLL by AIS (paper Table 2) and its samples; restore from a workdir.
+"""A trained VAE's test NLL by AIS (paper Table 2), its FID when Inception weights are
+given (paper Table 2's CelebA column, csm_jax/vae/fid.py) and its samples; restore from
+a workdir.
 
 `evaluate_workdir` / `sample_workdir` are what ``python -m csm_jax.main --mode=eval|sample``
 run for a VAE config. Test images are the first eval.ais_num_examples of the test split,
@@ -21,6 +23,7 @@ from csm_jax import checkpoints
 from csm_jax import plotting
 from csm_jax import workdir as workdir_lib
 from csm_jax.vae import data as vae_data
+from csm_jax.vae import fid as fid_lib
 from csm_jax.vae import train as vae_train
 
 
@@ -97,16 +100,23 @@ def restore(s: vae_train.VAESetup, workdir: str):
 
 
 def evaluate_workdir(config, workdir: str, log: Callable[[str], None] = logging.info) -> dict:
-  """Validation metrics and the AIS test NLL of the latest checkpoint; written to
-  workdir/eval_<step>.json."""
+  """Validation metrics, the AIS test NLL and, given eval.inception_weights, the FID of
+  decoder samples (csm_jax/vae/fid.py) of the latest checkpoint; written to
+  workdir/eval_<step>.json (without weights: 'fid' null and 'fid_skipped' says why)."""
   workdir_lib.require_checkpoints(workdir)
   workdir_lib.check_writable(workdir)
+  inception_vars = fid_lib.load_inception(config)   # before AIS: a bad file fails now
   s = vae_train.setup(config)
   params, score_params, step = restore(s, workdir)
   result = {"step": step}
   result.update(vae_train.make_eval_fn(s)(params, score_params))
   x = test_inputs(s, config.eval.ais_num_examples)
   result["ais"] = ais_nll(s, params, x, log)
+  if inception_vars is None:
+    log(fid_lib.SKIPPED)
+    result.update(fid=None, fid_skipped=fid_lib.SKIPPED)
+  else:
+    result.update(fid_lib.decoder_fid(s, params, inception_vars, log))
   path = os.path.join(workdir, f"eval_{step:08d}.json")
   with open(path, "w") as f:
     json.dump(result, f, indent=2)
