@@ -17,13 +17,13 @@ For example the former and the current sampler defaults of configs/mnist_made.py
     --setting "old=sampling.num_steps=10,sampling.step_lr=0.002" --setting "new="
 
 Each setting draws --num_samples samples with the sampler the config asks for (the one
---mode=sample runs; the same random key for every setting) and is scored exactly as
-experiments.mnist_sample_quality scores its rows, with the same flags and defaults
-(classifier, reference test[:5000], the floor row "data" of the next --num_samples test
-images), so the numbers of the two compare: classifier-FID with its bootstrap spread,
-mean intensity and on-pixel fraction next to the data's. Writes OUT/sample_quality.json,
-OUT/samples.png (one row per setting) and OUT/samples/NAME.npy after every setting,
-OUT/table.md at the end.
+--mode=sample runs; the same random key, from --sample_seed, for every setting) and is
+scored exactly as experiments.mnist_sample_quality scores its rows, with the same flags
+and defaults (classifier, reference test[:5000], the floor row "data" of the next
+--num_samples test images), so the numbers of the two compare: classifier-FID with its
+bootstrap spread, mean intensity and on-pixel fraction next to the data's. Writes
+OUT/sample_quality.json, OUT/samples.png (one row per setting) and OUT/samples/NAME.npy
+after every setting, OUT/table.md at the end.
 """
 
 import argparse
@@ -58,6 +58,9 @@ def parse_args(argv=None):
   p.add_argument("--setting", action="append", default=[],
                  help="NAME=FIELD=VALUE[,FIELD=VALUE...] (eval/sampling fields), repeatable")
   p.add_argument("--params", choices=tuple(common.PARAMS), default="ema")
+  p.add_argument("--sample_seed", type=int, default=None,
+                 help="seed of the samplers' random key (default --seed + 3, as "
+                      "mnist_sample_quality); unlike --seed it leaves the classifier as it is")
   msq.add_scoring_flags(p)
   args, ov = common.parse(p, argv)
   try:
@@ -109,7 +112,7 @@ def run(args, overrides):
   r.title = f"{args.workdir}, step {step}: " + r.title
   clf, ref_stats, reference = msq.setup_scoring(r, inf.config.data, inf.arrays)
 
-  key = jax.random.PRNGKey(args.seed + 3)
+  key = jax.random.PRNGKey(args.seed + 3 if args.sample_seed is None else args.sample_seed)
   for name, config in configs.items():
     what = ", ".join(args.setting[name]) or "the recorded config"
     log(f"[{name}] sampling {args.num_samples} images with {what}")

@@ -34,7 +34,7 @@ def test_mnist_workdir_quality_smoke(tmp_path, mnist_data_dir, monkeypatch):
   train.train_and_evaluate(config_base.load_config(CONFIG, TINY), w)
   argv = ["--workdir", w, "--out", out, "--num_samples", "8", "--num_reference", "40",
           "--num_dims", "12", "--classifier_steps", "3", "--classifier_channels", "4",
-          "--classifier_features", "6", "--num_show", "4",
+          "--classifier_features", "6", "--num_show", "4", "--sample_seed", "1",
           "--setting", "old=sampling.num_steps=2,sampling.step_lr=0.002", "--setting", "new="]
   results = mwq.main(argv)
   rows = results["rows"]
