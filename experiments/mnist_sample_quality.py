@@ -73,15 +73,30 @@ MODELS = {
 }
 
 
-def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_scoring_flags(p):
+  """The flags of the scoring every row shares (sample count, reference set, classifier,
+  figure, seed); experiments.mnist_workdir_quality uses the same, so that its numbers
+  compare with this experiment's."""
   p.add_argument("--out", required=True, help="output directory")
-  p.add_argument("--models", default=",".join(MODELS),
-                 help=f"comma-separated subset of {','.join(MODELS)}")
   p.add_argument("--num_samples", type=int, default=200, help="samples per row")
   p.add_argument("--num_reference", type=int, default=5000,
                  help="test images of the reference statistics (the floor row uses the "
                       "next --num_samples test images)")
+  p.add_argument("--num_dims", type=int, default=None,
+                 help="sample only the first k dimensions (smoke tests)")
+  p.add_argument("--classifier_dir", default=None,
+                 help="cache of the FID classifier (default OUT/classifier)")
+  p.add_argument("--classifier_steps", type=int, default=2000)
+  p.add_argument("--classifier_channels", default="32,64")
+  p.add_argument("--classifier_features", type=int, default=128)
+  p.add_argument("--num_show", type=int, default=16, help="samples per row of the figure")
+  p.add_argument("--seed", type=int, default=0)
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--models", default=",".join(MODELS),
+                 help=f"comma-separated subset of {','.join(MODELS)}")
   p.add_argument("--grid_points", type=int, default=513,
                  help="nodes of the grid sampler over the data's support")
   p.add_argument("--no_grid_arcsm", action="store_true",
@@ -92,16 +107,8 @@ def parse_args(argv=None):
   p.add_argument("--rows", default="",
                  help="comma-separated row names to run (e.g. sigma30_T30,gaussian_grid; "
                       "default: all rows of the chosen models)")
-  p.add_argument("--num_dims", type=int, default=None,
-                 help="sample only the first k dimensions (smoke tests)")
-  p.add_argument("--classifier_dir", default=None,
-                 help="cache of the FID classifier (default OUT/classifier)")
-  p.add_argument("--classifier_steps", type=int, default=2000)
-  p.add_argument("--classifier_channels", default="32,64")
-  p.add_argument("--classifier_features", type=int, default=128)
+  add_scoring_flags(p)
   p.add_argument("--params", choices=tuple(common.PARAMS), default="ema")
-  p.add_argument("--num_show", type=int, default=16, help="samples per row of the figure")
-  p.add_argument("--seed", type=int, default=0)
   args, ov = common.parse(p, argv, prefixes=("config",) + tuple(MODELS))
   args.models = [m for m in args.models.split(",") if m]
   args.rows = [r for r in args.rows.split(",") if r]
@@ -156,6 +163,8 @@ class Run:
                     "args": vars(args), "overrides": overrides, "machine": common.machine(),
                     "models": {}, "rows": {}}
     self.images = {}
+    self.title = (f"MNIST samples ({args.num_samples} per row scored; classifier-FID "
+                  "against held-out test images)")
 
   def log(self, msg):
     print(f"{time.perf_counter() - self.start:7.1f}s {msg}", flush=True)
@@ -165,8 +174,7 @@ class Run:
     common.write_json(os.path.join(self.args.out, "sample_quality.json"), self.results)
     if self.images:
       plotting.save_image_rows(os.path.join(self.args.out, "samples.png"), self.images,
-                               title=f"MNIST samples ({self.args.num_samples} per row scored; "
-                                     "classifier-FID against held-out test images)")
+                               title=self.title)
 
   def add_row(self, key, label, images, report, extra):
     self.results["rows"][key] = dict(report, label=label, **extra)
@@ -183,7 +191,9 @@ class Run:
 
 
 def sample_row(spec, config, model, params, pre, args, key, log):
-  """(images (N, 28, 28, 1) in [0, 1], info) of one sampler setting."""
+  """(images (N, 28, 28, 1) in [0, 1], info) of one sampler setting: spec['kind'] 'grid'
+  or 'exact', else the sampler config.sampling asks for (what --mode=sample runs), with
+  the spec's other entries as sampler overrides."""
   n, shape = args.num_samples, (28, 28, 1)
   t0 = time.perf_counter()
   if spec["kind"] == "grid":
@@ -221,22 +231,16 @@ def table(results):
   return "\n".join(lines)
 
 
-def run(args, overrides):
-  r = Run(args, overrides)
-  log = r.log
-  configs = {m: model_config(m, overrides) for m in args.models}
-  for m, c in configs.items():
-    common.follow_num_steps(c, overrides["config"] + overrides[m], 6)
-  first = configs[args.models[0]]
-  arrays = data_lib.load_arrays(first.data)
-  if arrays.shape != (28, 28, 1):
-    raise ValueError(f"MNIST expected, got images of shape {arrays.shape}")
-  train_labels, test_labels = tfds_source.load_tfds_labels(first.data, "mnist")
+def setup_scoring(r, data_config, arrays):
+  """(classifier, reference statistics, reference images) every row is scored against:
+  the cached FID classifier, test[:num_reference] as reference, and the floor row
+  "data" (the next num_samples test images) added to the results of Run `r`."""
+  args, log = r.args, r.log
+  train_labels, test_labels = tfds_source.load_tfds_labels(data_config, "mnist")
   n, nref = args.num_samples, args.num_reference
   if nref + n > len(arrays.test):
     raise ValueError(f"--num_reference {nref} + --num_samples {n} exceed the "
                      f"{len(arrays.test)} test images")
-
   clf = iq.train_classifier(
       arrays.train, train_labels, arrays.test, test_labels, seed=args.seed,
       steps=args.classifier_steps,
@@ -252,6 +256,20 @@ def run(args, overrides):
                             "on_fraction": iq.on_pixel_fraction(iq.to_unit(reference))}
   r.add_row("data", f"data (test images {nref}..{nref + n})", iq.to_unit(held),
             iq.quality_report(clf, held, ref_stats, reference), {"model": None})
+  return clf, ref_stats, reference
+
+
+def run(args, overrides):
+  r = Run(args, overrides)
+  log = r.log
+  configs = {m: model_config(m, overrides) for m in args.models}
+  for m, c in configs.items():
+    common.follow_num_steps(c, overrides["config"] + overrides[m], 6)
+  first = configs[args.models[0]]
+  arrays = data_lib.load_arrays(first.data)
+  if arrays.shape != (28, 28, 1):
+    raise ValueError(f"MNIST expected, got images of shape {arrays.shape}")
+  clf, ref_stats, reference = setup_scoring(r, first.data, arrays)
 
   key = jax.random.PRNGKey(args.seed + 3)
   for m in args.models:
@@ -263,7 +281,7 @@ def run(args, overrides):
     for row, label, spec in rows_for(m, cfg, args):
       if args.rows and row not in args.rows:
         continue
-      log(f"[{row}] sampling {n} images: {label}")
+      log(f"[{row}] sampling {args.num_samples} images: {label}")
       images, sinfo = sample_row(spec, cfg, model, params, pre, args, key, log)
       r.add_row(row, label, images, iq.quality_report(clf, images, ref_stats, reference),
                 dict(sinfo, model=m))
