@@ -233,6 +233,16 @@ def test_ctrl_c_outside_the_training_steps_is_one_line():
   assert status == 130 and "--mode=sample stopped before writing" in message
 
 
+def test_wall_clock_checkpoints(tmp_path):
+  """training.checkpoint_every_secs saves between the step-count checkpoints (here every
+  step, the interval being tiny); 0 turns it off."""
+  for secs, expected in ((1e-9, ["3", "4", "5"]), (0.0, ["5"])):
+    w = tmp_path / str(secs)
+    c = _config(**{"training.num_steps": 5, "training.checkpoint_every_secs": secs})
+    train.train_loop(train.setup(c), workdir=str(w))
+    assert sorted(os.listdir(w / "checkpoints")) == expected   # keep_checkpoints: 3
+
+
 def test_repeated_override_is_refused():
   argv = ["--config.model.hidden_sizes=(64,)", "--config.training.num_steps=3",
           "--config.model.hidden_sizes=64"]
