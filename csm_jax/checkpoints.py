@@ -14,9 +14,11 @@ one that all hosts see at the same path (NFS, Filestore, a gcsfuse mount).
 import collections
 import os
 import shutil
+import sys
 import time
 
 from absl import logging
+from etils import epath
 import jax
 import orbax.checkpoint as ocp
 
@@ -27,6 +29,40 @@ class ConfigMismatchError(ValueError):
   """A checkpoint holds arrays of other shapes than the model the config builds."""
 
 
+def _drop_closed_loop_reports(hook):
+  """An unraisable-exception hook that drops RuntimeError('Event loop is closed').
+
+  Orbax runs each checkpoint read in an asyncio loop of its own and closes it as soon as
+  one array read fails (a truncated file); TensorStore then completes the other reads
+  of that step and its callbacks find the loop closed, which Python would print as one
+  traceback per array (dozens) although the error itself is reported and handled.
+  Every other unraisable exception goes to `hook`.
+  """
+  def quiet(unraisable):
+    e = unraisable.exc_value
+    if isinstance(e, RuntimeError) and str(e) == "Event loop is closed":
+      return
+    hook(unraisable)
+  quiet.csm_jax_quiet = True
+  return quiet
+
+
+def _install_quiet_hook():
+  if not getattr(sys.unraisablehook, "csm_jax_quiet", False):
+    sys.unraisablehook = _drop_closed_loop_reports(sys.unraisablehook)
+
+
+def _damage(step_dir: str, error: Exception) -> str:
+  """Why a step directory could not be read, for the warning that skips it."""
+  files = [f for _, _, fs in os.walk(step_dir) for f in fs]
+  if not files:
+    return "an empty step directory (a save that never finished)"
+  detail = f"{type(error).__name__}: {str(error)[:200]}"
+  if isinstance(error, FileNotFoundError):
+    return f"partly written, files are missing ({detail})"
+  return f"truncated or corrupt files ({detail})"
+
+
 def _shape_counts(tree):
   return collections.Counter(tuple(getattr(a, "shape", ())) for a in jax.tree.leaves(tree))
 
@@ -35,18 +71,24 @@ class Checkpointer:
   """A thin wrapper around `ocp.CheckpointManager` for one train-state pytree."""
 
   def __init__(self, directory: str, keep: int = 3, create: bool = True):
+    """`create=False`: a reader (eval, sample) of a directory that must exist; it never
+    creates, deletes or cleans up anything there, so it may run beside a trainer."""
     if keep < 1:
       raise ValueError(f"training.keep_checkpoints must be >= 1, got {keep}")
     self.directory = os.path.abspath(directory)
     if not create and not os.path.isdir(self.directory):
       raise FileNotFoundError(f"no checkpoint in {self.directory}; train first (--mode=train)")
     self._keep = keep
+    self._writer = create
+    _install_quiet_hook()
     self._mgr = self._manager()
     self.skipped = []   # (step, reason) of damaged checkpoints passed over by a restore
 
   def _manager(self):
-    options = ocp.CheckpointManagerOptions(max_to_keep=self._keep, create=True,
-                                           cleanup_tmp_directories=True,
+    # Only the trainer (which holds the workdir lock) removes the temporary directories
+    # of unfinished saves: a reader doing so could delete a running trainer's save.
+    options = ocp.CheckpointManagerOptions(max_to_keep=self._keep, create=self._writer,
+                                           cleanup_tmp_directories=self._writer,
                                            enable_async_checkpointing=False)
     return ocp.CheckpointManager(self.directory, options=options)
 
@@ -66,15 +108,14 @@ class Checkpointer:
     if not steps:
       raise FileNotFoundError(f"no checkpoint in {self.directory}; train first (--mode=train)")
     for step in steps:
-      try:
-        meta = ocp.PyTreeCheckpointer().metadata(self._item_path(step))
-        meta = getattr(meta, "item_metadata", meta)   # step metadata -> the item's
-        meta = getattr(meta, "tree", meta)            # -> its tree of array metadata
+      try:  # the item's own handler: it raises on damage (the step-level reader warns)
+        meta = ocp.PyTreeCheckpointHandler().metadata(epath.Path(self._item_path(step)))
+        meta = getattr(meta, "tree", meta)            # its tree of array metadata
       except Exception as e:  # pylint: disable=broad-except  (missing or unreadable files)
-        self._skip(step, f"unreadable metadata: {type(e).__name__}: {str(e)[:200]}")
+        self._skip(step, _damage(os.path.join(self.directory, str(step)), e))
         continue
       if not isinstance(meta, dict) or not jax.tree.leaves(meta):
-        self._skip(step, "no arrays in it (an empty or partly written step directory)")
+        self._skip(step, "no arrays in it (a partly written step directory)")
         continue
       if like is not None and not _shape_counts(like) <= _shape_counts(meta):
         raise ConfigMismatchError(
@@ -84,7 +125,7 @@ class Checkpointer:
       try:
         return step, read(step)
       except Exception as e:  # pylint: disable=broad-except  (truncated or corrupt arrays)
-        self._skip(step, f"{type(e).__name__}: {str(e)[:200]}")
+        self._skip(step, _damage(os.path.join(self.directory, str(step)), e))
     raise FileNotFoundError(f"every checkpoint in {self.directory} is damaged: {self.skipped}")
 
   def _skip(self, step, reason):

@@ -64,9 +64,8 @@ def main(argv):
       config = workdir.eval_config(FLAGS.workdir, FLAGS.config, overrides)
       run = inference.evaluate_workdir if FLAGS.mode == "eval" else inference.sample_workdir
       run(config, FLAGS.workdir)
-  except train.Interrupted as e:
-    logging.warning("%s", e)
-    sys.exit(128 + e.signum)
+  except (train.Interrupted, KeyboardInterrupt) as e:  # SIGINT / SIGTERM: a clean stop
+    workdir.exit_stopped(e, FLAGS.mode, FLAGS.workdir, jax.process_count())
   except (workdir.WorkdirError, checkpoints.ConfigMismatchError, FileNotFoundError,
           FloatingPointError, config_base.ConfigError, data.DataNotFoundError,
           data.CorruptDataError) as e:

@@ -18,10 +18,13 @@ import datetime
 import fcntl
 import json
 import os
+import signal
 import socket
+import sys
 import tempfile
 from typing import Sequence
 
+from absl import logging
 import jax
 
 from csm_jax import config_base
@@ -183,8 +186,41 @@ def check_writable(path: str):
 
 
 def require_checkpoints(workdir: str):
-  """One clear error, creating nothing, when workdir has no checkpoints directory."""
+  """One clear error, creating nothing, when workdir has no checkpoint step directory
+  (no checkpoints directory, or an empty one: a run stopped before its first save)."""
   path = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(path):
+  if not os.path.isdir(path) or not any(n.isdigit() for n in os.listdir(path)):
     raise FileNotFoundError(f"no checkpoint in {os.path.abspath(path)}; train first "
                             "(--mode=train)")
+
+
+def stop_report(error: BaseException, mode: str, workdir: str, processes: int = 1):
+  """(message, exit status) for a run stopped by a signal: train.Interrupted (the training
+  loop saved the step) or a KeyboardInterrupt (Ctrl-C outside the training steps)."""
+  if not isinstance(error, KeyboardInterrupt):
+    return str(error), 128 + error.signum
+  code = 128 + signal.SIGINT
+  if mode != "train":
+    return f"interrupted by Ctrl-C: --mode={mode} stopped before writing its results", code
+  where = os.path.join(workdir, "checkpoints")
+  if processes > 1:
+    return ("interrupted by Ctrl-C: a multi-host run saves on SIGTERM, not SIGINT; run the "
+            f"same command again to resume from the last checkpoint in {where}"), code
+  return ("interrupted by Ctrl-C outside the training steps (start-up, compilation or the "
+          "step-0 evaluation), so there was no step to save; run the same command again to "
+          f"start, or to resume from the checkpoints already in {where}"), code
+
+
+def exit_stopped(error: BaseException, mode: str, workdir: str, processes: int = 1):
+  """Logs `stop_report` as one line and exits with its status. After a KeyboardInterrupt
+  the interpreter's teardown is skipped (os._exit): an XLA compilation it interrupted
+  may still run in a thread and crash that teardown (SIGSEGV); every `finally` and
+  context manager of the run has already closed its files by then."""
+  message, code = stop_report(error, mode, workdir, processes)
+  logging.warning("%s", message)
+  if not isinstance(error, KeyboardInterrupt):
+    sys.exit(code)
+  logging.flush()
+  for stream in (sys.stdout, sys.stderr):
+    stream.flush()
+  os._exit(code)  # pylint: disable=protected-access

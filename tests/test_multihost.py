@@ -11,7 +11,8 @@ devices does the same run. Then every process restores the last checkpoint
 tolerance), both processes read back the same checkpoint, each checkpoint step is written
 once (one directory per step, committed, nothing left over), and the metrics, config
 record and TensorBoard log are written once. And: a workdir locked by another run stops
-both processes with one error (none is left waiting for the other).
+both processes with one error (none is left waiting for the other); SIGTERM to one
+process stops both after the same step, saved once, and the same command resumes there.
 """
 
 import json
@@ -161,6 +162,53 @@ def test_a_taken_workdir_refuses_every_process(tmp_path):
   assert "is in use by a training run (pid" in out["process0"][1]
   assert "process 0 could not take its lock" in out["process1"][1]
   assert sorted(os.listdir(taken)) == [".lock"]
+
+
+def test_sigterm_to_one_process_saves_one_step_on_all_and_resumes(tmp_path):
+  """Preemption of one host: JAX's preemption service picks one step for all processes,
+  every process saves it (one committed checkpoint) and exits 143; the same command
+  resumes from that step."""
+  _tiny_images(tmp_path)
+  w = tmp_path / "preempted"
+
+  def jobs(num_steps, port):
+    flags = [f for f in _main_flags(tmp_path, w) if "num_steps" not in f
+             and "checkpoint_every" not in f and "eval_every" not in f]
+    flags += [f"--config.training.num_steps={num_steps}",
+              "--config.training.checkpoint_every=100000", "--config.training.eval_every=0"]
+    main = [sys.executable, "-m", "csm_jax.main", "--multihost",
+            f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
+    return [(f"process{i}", main + [f"--process_id={i}"] + flags, _env(2)) for i in range(2)]
+
+  procs = []
+  for name, argv, env in jobs(100000, _free_port()):
+    log = open(tmp_path / f"{name}.log", "w")
+    procs.append((subprocess.Popen(argv, cwd=REPO, env=env, stdout=log,
+                                   stderr=subprocess.STDOUT), log))
+  deadline = time.time() + TIMEOUT
+  while (not (w / "checkpoints" / "2").exists() and time.time() < deadline
+         and all(p.poll() is None for p, _ in procs)):
+    time.sleep(0.05)
+  procs[1][0].send_signal(signal.SIGTERM)   # one host is preempted
+  for p, log in procs:
+    try:
+      p.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+      p.kill()
+      p.wait()
+    log.close()
+  logs = [(tmp_path / f"process{i}.log").read_text() for i in range(2)]
+  assert [p.returncode for p, _ in procs] == [143, 143], "\n".join(l[-3000:] for l in logs)
+  stopped = {int(l.split("stopped at step ")[1].split()[0]) for l in logs}
+  assert len(stopped) == 1, stopped       # the same step on both processes
+  step = stopped.pop()
+  assert (w / "checkpoints" / str(step) / "commit_success.txt").exists()
+  out = _run_all(jobs(step + 4, _free_port()), tmp_path)
+  for _, text in out.values():
+    assert f"resumed from checkpoint at step {step}" in text
+  assert (w / "checkpoints" / str(step + 4) / "commit_success.txt").exists()
+  steps = [json.loads(line)["step"] for line in open(w / "metrics.jsonl")]
+  assert steps == sorted(set(steps)) and steps[-1] == step + 4   # no row twice
 
 
 def test_only_process_0_writes_metrics(tmp_path, monkeypatch):
