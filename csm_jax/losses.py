@@ -11,6 +11,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from csm_jax import config_base
 from csm_jax import derivatives
 from csm_jax import noise as noise_lib
 
@@ -111,7 +112,7 @@ def random_projections(rng, shape, distribution, dtype=jnp.float32):
     g = jax.random.normal(rng, shape, dtype)
     scale = jnp.sqrt(jnp.asarray(shape[-1], dtype)) if distribution == "sphere" else 1.0
     return scale * g / jnp.linalg.norm(g, axis=-1, keepdims=True)
-  raise ValueError(f"loss.projection (the SSM projection distribution) must be one of "
+  raise config_base.ConfigError(f"loss.projection (the SSM projection distribution) must be one of "
                    f"{', '.join(PROJECTIONS)}; got {distribution!r}")
 
 
@@ -174,16 +175,16 @@ def get_loss_fn(config, model):
   name = config.loss.name
   lc = config.loss
   if name != "mle" and model.kind == "mass":
-    raise ValueError(f"loss.name={name!r} differentiates the model in x, but the "
+    raise config_base.ConfigError(f"loss.name={name!r} differentiates the model in x, but the "
                      "discretized_logistic head is a probability mass: train it with "
                      "loss.name='mle', or use model.head='score' for score matching")
   if name != "mle" and lc.mle_target_sigma:
-    raise ValueError(f"loss.mle_target_sigma applies to loss.name='mle', not {name!r}")
+    raise config_base.ConfigError(f"loss.mle_target_sigma applies to loss.name='mle', not {name!r}")
   if name == "csm":
     return functools.partial(csm_loss, model, noise_lib.sigmas_from_config(config.noise))
   if name == "mle":
     if model.kind == "score":
-      raise ValueError("loss.name='mle' needs a normalized head (gaussian, logistic_mixture, "
+      raise config_base.ConfigError("loss.name='mle' needs a normalized head (gaussian, logistic_mixture, "
                        f"discretized_logistic); model.head={config.model.head!r} is an "
                        "unnormalized score head")
     return functools.partial(mle_loss, model, target_sigma=float(lc.mle_target_sigma))
@@ -191,10 +192,10 @@ def get_loss_fn(config, model):
     return functools.partial(sm_loss, model, chunk_size=lc.sm_chunk_size)
   if name == "ssm":
     if lc.projection not in PROJECTIONS:
-      raise ValueError(f"loss.projection must be one of {', '.join(PROJECTIONS)}; "
+      raise config_base.ConfigError(f"loss.projection must be one of {', '.join(PROJECTIONS)}; "
                        f"got {lc.projection!r}")
     return functools.partial(ssm_loss, model, num_projections=lc.num_projections,
                              distribution=lc.projection, variance_reduced=lc.variance_reduced)
   if name == "dsm":
     return functools.partial(dsm_loss, model, sigma=lc.dsm_sigma)
-  raise ValueError(f"unknown loss.name {name!r}; known: csm, mle, sm, ssm, dsm")
+  raise config_base.ConfigError(f"unknown loss.name {name!r}; known: csm, mle, sm, ssm, dsm")

@@ -123,6 +123,15 @@ def test_bad_values_are_refused_up_front_with_the_field(tmp_path, field, value):
   assert not (tmp_path / "w").exists() or os.listdir(tmp_path / "w") == []
 
 
+@pytest.mark.parametrize("field", ["model.head", "model.backbone", "loss.name", "data.dataset"])
+def test_unknown_names_are_config_errors_naming_the_field(tmp_path, field):
+  """A misspelled choice is a ConfigError (main.py prints it as one line), naming the
+  field and the valid values, and no config record is written."""
+  with pytest.raises(config_base.ConfigError, match=field.replace(".", r"\.") + ".*bogus"):
+    train.train_and_evaluate(_config(**{field: "bogus"}), str(tmp_path / "w"))
+  assert not (tmp_path / "w" / "config.json").exists()
+
+
 def test_config_record_refuses_changes_unless_accepted(tmp_path):
   w = str(tmp_path)
   train.train_and_evaluate(_config(), w)

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from csm_jax import config_base
 from csm_jax.data import toy
 
 # per-example (H, W, C) of the named image sets (celeba: data.image_size, see image_shape)
@@ -64,13 +65,13 @@ def _load_named_npz(data_config: Any, dataset: str) -> Arrays:
   from csm_jax.data import npz  # pylint: disable=g-import-not-at-top  (see load_arrays)
   path = data_config.path
   if not path:
-    raise ValueError(f"data.source='npz' needs data.path (a .npz file or directory) for "
+    raise config_base.ConfigError(f"data.source='npz' needs data.path (a .npz file or directory) for "
                      f'data.dataset={dataset!r}.')
   arrays = npz.load_npz(path, data_config.test_path)
   want = image_shape(data_config, dataset)
   if not arrays.discrete or arrays.shape != want:
     got = f"{'uint8' if arrays.discrete else 'float32'} {arrays.shape}"
-    raise ValueError(f'data.dataset={dataset!r} expects uint8 images of shape {want} per '
+    raise config_base.ConfigError(f'data.dataset={dataset!r} expects uint8 images of shape {want} per '
                      f'example, but {path!r} holds {got}. Point data.path at {dataset} '
                      "images, or use data.dataset='npz' for arbitrary arrays.")
   return arrays
@@ -106,10 +107,10 @@ def load_arrays(data_config: Any) -> Arrays:
   dataset = str(data_config.dataset).lower()
   source = str(data_config.source).lower()
   if source not in ('auto', 'tfds', 'npz'):
-    raise ValueError(f"data.source must be 'auto', 'tfds' or 'npz', got {source!r}.")
+    raise config_base.ConfigError(f"data.source must be 'auto', 'tfds' or 'npz', got {source!r}.")
   image_sets = tfds_source.TFDS_NAMES
   if source != 'auto' and dataset not in image_sets and dataset != 'npz':
-    raise ValueError(f'data.source={source!r} applies to the image datasets '
+    raise config_base.ConfigError(f'data.source={source!r} applies to the image datasets '
                      f'{sorted(image_sets)}, not to data.dataset={dataset!r}.')
   if dataset in image_sets:
     if source == 'npz':
@@ -117,13 +118,13 @@ def load_arrays(data_config: Any) -> Arrays:
     return tfds_source.load_tfds(data_config, dataset)
   if dataset == 'npz':
     if source == 'tfds':
-      raise ValueError("data.dataset='npz' reads data.path; it has no tfds source.")
+      raise config_base.ConfigError("data.dataset='npz' reads data.path; it has no tfds source.")
     if not data_config.path:
-      raise ValueError("data.dataset='npz' needs data.path (a .npz file or directory).")
+      raise config_base.ConfigError("data.dataset='npz' needs data.path (a .npz file or directory).")
     return npz.load_npz(data_config.path, data_config.test_path)
   if dataset == 'gaussian':
     return _load_gaussian(data_config)
   if dataset == 'toy2d':
     return _load_toy2d(data_config)
   valid = sorted(image_sets) + ['gaussian', 'npz', 'toy2d']
-  raise ValueError(f'Unknown data.dataset {dataset!r}; valid: {valid}.')
+  raise config_base.ConfigError(f'Unknown data.dataset {dataset!r}; valid: {valid}.')

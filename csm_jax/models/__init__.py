@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from csm_jax import config_base
 from csm_jax.models import heads as heads_lib
 from csm_jax.models import made as made_lib
 from csm_jax.models.ar import ARModel, ARNet, KINDS  # noqa: F401  (re-exported)
@@ -129,7 +130,7 @@ def backbone_precision(model_config) -> Optional[str]:
 def head_kind(model_config) -> str:
   """The kind ('score', 'density' or 'mass') of the head config.model.head names."""
   if model_config.head not in _HEADS:
-    raise ValueError(f"unknown model.head {model_config.head!r}; known: {sorted(_HEADS)}")
+    raise config_base.ConfigError(f"unknown model.head {model_config.head!r}; known: {sorted(_HEADS)}")
   return _HEADS[model_config.head].kind
 
 
@@ -137,7 +138,7 @@ def get_model(model_config, data_shape) -> ARModel:
   """Builds the AR model named by model_config.backbone and model_config.head."""
   b = model_config.backbone
   if b not in _BACKBONES:
-    raise ValueError(f"unknown model.backbone {b!r}; known: {sorted(_BACKBONES)}")
+    raise config_base.ConfigError(f"unknown model.backbone {b!r}; known: {sorted(_BACKBONES)}")
   kind = head_kind(model_config)
   backbone = _BACKBONES[b](model_config, tuple(data_shape))
   head = _HEADS[model_config.head].build(model_config)
