@@ -237,10 +237,7 @@ def _fixed_point_restorer(model, sigmas, start_sigma, chain, info, log):
              "converged": sampling.fixed_point_converged(sweeps, change, tol, model.dim)}
     info.update(stats)
     if log is not None:
-      log(f"fixed-point restoration: {stats['sweeps']} sweeps for D={model.dim} dimensions, "
-          f"largest change in the last sweep {stats['max_change']:.3g}"
-          + ("" if stats["converged"] else " -- NOT converged (sweep cap reached or a chain "
-             "diverged): not the sequential restoration"))
+      log(sampling.fixed_point_message("restoration", stats, model.dim))
     return x
   return restore
 

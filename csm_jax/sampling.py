@@ -478,6 +478,14 @@ def fixed_point_converged(sweeps, change, tol: float, dim: int) -> bool:
   return bool(change <= tol or (int(sweeps) >= dim and np.isfinite(change)))
 
 
+def fixed_point_message(what: str, stats: dict, dim: int) -> str:
+  """One log line for a fixed-point run's {'sweeps', 'max_change', 'converged'}."""
+  return (f"fixed-point {what}: {stats['sweeps']} sweeps for D={dim} dimensions, largest "
+          f"change in the last sweep {stats['max_change']:.3g}"
+          + ("" if stats["converged"] else " -- NOT converged (sweep cap reached or a chain "
+             f"diverged): not the sequential {what}"))
+
+
 def _fixed_point_parts(kind, model, params, rng, num_samples, *, sigmas=None, n_steps=10,
                        step_lr=1e-2, denoise=True, init_scale=None, x_init=None, grid=None,
                        sigma=1.0, node_chunk=None, mh_nodes=0):
@@ -658,10 +666,7 @@ def _fixed_point_from_config(config, model, n, opt, log):
     x, stats = run(params, rng)
     info.update(stats)
     if log is not None:
-      log(f"fixed-point sampling: {stats['sweeps']} sweeps for D={model.dim} dimensions, "
-          f"largest change in the last sweep {stats['max_change']:.3g}"
-          + ("" if stats["converged"] else " -- NOT converged (sweep cap reached or a "
-             "chain diverged): the samples are not the sequential sampler's"))
+      log(fixed_point_message("sampling", stats, model.dim))
     return x
   return sampler, info
 

@@ -176,6 +176,15 @@ class Run:
       plotting.save_image_rows(os.path.join(self.args.out, "samples.png"), self.images,
                                title=self.title)
 
+  def finish(self):
+    """Writes table.md, logs the table and saves; returns the results."""
+    md = table(self.results)
+    with open(os.path.join(self.args.out, "table.md"), "w") as f:
+      f.write(md + "\n")
+    self.log("\n" + md)
+    self.save()
+    return self.results
+
   def add_row(self, key, label, images, report, extra):
     self.results["rows"][key] = dict(report, label=label, **extra)
     os.makedirs(os.path.join(self.args.out, "samples"), exist_ok=True)
@@ -285,12 +294,7 @@ def run(args, overrides):
       images, sinfo = sample_row(spec, cfg, model, params, pre, args, key, log)
       r.add_row(row, label, images, iq.quality_report(clf, images, ref_stats, reference),
                 dict(sinfo, model=m))
-  md = table(r.results)
-  with open(os.path.join(args.out, "table.md"), "w") as f:
-    f.write(md + "\n")
-  log("\n" + md)
-  r.save()
-  return r.results
+  return r.finish()
 
 
 def main(argv=None):

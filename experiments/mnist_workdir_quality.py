@@ -27,7 +27,6 @@ after every setting, OUT/table.md at the end.
 """
 
 import argparse
-import os
 import re
 
 import jax
@@ -121,12 +120,7 @@ def run(args, overrides):
     r.add_row(name, label(name, sinfo), images,
               iq.quality_report(clf, images, ref_stats, reference),
               dict(sinfo, overrides=args.setting[name]))
-  md = msq.table(r.results)
-  with open(os.path.join(args.out, "table.md"), "w") as f:
-    f.write(md + "\n")
-  log("\n" + md)
-  r.save()
-  return r.results
+  return r.finish()
 
 
 def main(argv=None):
