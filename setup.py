@@ -2,10 +2,28 @@
 
 from setuptools import find_packages, setup
 
+import pathlib
+
+# The project's public address is to be filled in once it has one (url= below).
 setup(
     name="csm_jax",
-    version="0.1.0",
+    version="0.2.0",
     description="Autoregressive conditional score models trained by composite score matching",
+    long_description=(pathlib.Path(__file__).parent / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    author="The csm_jax authors",
+    license="Apache-2.0",
+    url="",   # to be filled in: the repository's public address
+    classifiers=[
+        "Development Status :: 3 - Alpha",
+        "Intended Audience :: Science/Research",
+        "License :: OSI Approved :: Apache Software License",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
     packages=find_packages(include=["csm_jax", "csm_jax.*"]),
     python_requires=">=3.10",
     install_requires=[
@@ -31,5 +49,7 @@ setup(
         "test": ["pytest", "pytest-xdist", "nbclient", "nbformat", "ipykernel"],
         # tfds needs TensorFlow only to download and prepare a dataset the first time.
         "prepare": ["tensorflow-cpu"],
+        # The TensorBoard viewer (event files are written without it, by tensorboardX).
+        "tensorboard": ["tensorboard"],
     },
 )
