@@ -88,8 +88,24 @@ def evaluate_workdir(config, workdir: str, log: Callable[[str], None] = logging.
   if sharding_lib.is_main_process():  # multi-host: every process has the same result
     with open(path, "w") as f:
       json.dump(result, f, indent=2)
-  log(f"eval {json.dumps(result)} -> {path}")
+  log(f"{summary(result, len(inf.arrays.test))}; all results in {path}")
   return result
+
+
+def summary(result: dict, num_test: Optional[int] = None) -> str:
+  """A one-line reading of `evaluate_workdir`'s result (the file holds the rest)."""
+  parts = [f"step {result['step']}: test loss {result['eval_loss']:.4g}"
+           + (f" ({num_test} examples)" if num_test else "")]
+  if "eval_bpd" in result:
+    parts.append(f"test {result['eval_bpd']:.3f} bits/dim (eval batches)")
+  lk = result.get("likelihood")
+  if lk:
+    unit = "bits/dim" if lk["space"] == "pixel" else "bits/dim (model space)"
+    parts.append(f"test NLL {lk['bpd']:.3f} ± {lk['bpd_stderr']:.3f} {unit}, "
+                 f"{lk['nll_nats']:.1f} nats ({lk['num_examples']} examples, {lk['method']})")
+    if "quad_error_bpd" in lk:
+      parts.append(f"quadrature error {lk['quad_error_bpd']:.2g} bits/dim")
+  return "; ".join(parts)
 
 
 def sample_workdir(config, workdir: str, log: Callable[[str], None] = logging.info,

@@ -121,7 +121,9 @@ def run(trainer: Trainer, training, workdir: Optional[str] = None,
     ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), t.keep_checkpoints)
   state = _restore_or_init(trainer, ckpt)
   start = int(state.step)
-  if start:
+  if start >= n:
+    log(f"{prefix}already at step {start} of {n}; nothing to do")
+  elif start:
     log(f"{prefix}resumed from checkpoint at step {start}")
   if workdir is not None:
     writer = metrics_lib.MetricWriter(workdir, resume_step=start)
