@@ -113,6 +113,10 @@ def default_config() -> ml_collections.ConfigDict:
   t.batch_size = 100
   t.log_every = 50
   t.eval_every = 1000
+  # Image data: a grid of this many samples at each evaluation after step 0 (cached
+  # sampler, config.sampling), written to WORKDIR/samples/train_<step>.png and, with
+  # TensorBoard logging, as an image summary. 0: off (the default; image configs set 16).
+  t.eval_samples = 0
   t.checkpoint_every = 1000
   t.checkpoint_every_secs = 600.0  # also save when this much time passed (0: off)
   t.keep_checkpoints = 3
@@ -329,6 +333,7 @@ def pixelcnnpp_config(dataset: str, variant: str = "csm") -> ml_collections.Conf
   c.training.num_steps = 300000
   c.training.log_every = 100
   c.training.eval_every = 5000
+  c.training.eval_samples = 16
   c.training.checkpoint_every = 5000
   c.eval.batch_size = 100
   c.eval.num_batches = 10
@@ -455,7 +460,8 @@ def validate(config) -> ml_collections.ConfigDict:
     section, name = field.split(".")
     value = config[section][name]
     need(isinstance(value, int) and value >= 1, field, value, "an integer >= 1")
-  for field in ("training.eval_every", "optim.warmup_steps", "training.checkpoint_every_secs"):
+  for field in ("training.eval_every", "optim.warmup_steps", "training.checkpoint_every_secs",
+                "training.eval_samples"):
     section, name = field.split(".")
     need(config[section][name] >= 0, field, config[section][name], ">= 0 (0: off)")
   need(isinstance(config.training.steps_per_dispatch, int)
