@@ -24,33 +24,22 @@ and the paper size (160 filters, 5 resnets, batch 16) on a GPU:
   python -m experiments.bench_pixelcnnpp --out /tmp/bench.json --paper_size
 """
 
-import argparse
 import os
 import sys
 import time
 
-import jax
-import numpy as np
-
-from csm_jax import config_base
-from csm_jax import data as data_lib
-from csm_jax import models
-from csm_jax import sampling
-from csm_jax import sharding as sharding_lib
-from csm_jax import train
 from experiments import common
 
-CONFIG = "cifar10_pixelcnnpp"
-CPU_SIZE = ("model.nr_filters=16", "model.nr_resnet=1", "training.batch_size=4",
-            "sampling.num_samples=4")
-PAPER_SIZE = ("model.nr_filters=160", "model.nr_resnet=5", "training.batch_size=16")
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 CIFAR_NPZ = os.path.join(os.path.dirname(REPO), "shared", "data", "cifar10_subset",
                          "train_first4000.npz")
 
 
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p = common.parser(__doc__.split("\n\n")[0], ("config",))
   p.add_argument("--out", required=True, help="output JSON file")
   p.add_argument("--paper_size", action="store_true",
                  help="nr_filters 160, nr_resnet 5, batch 16 (before --config.* flags)")
@@ -64,8 +53,26 @@ def parse_args(argv=None):
   p.add_argument("--no_sampling", action="store_true", help="time the train steps only")
   p.add_argument("--data", default=CIFAR_NPZ,
                  help="CIFAR-10 npz (key x, uint8 NHWC); random pixels if missing")
-  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--seed", type=int, default=0, help="random seed")
   return common.parse(p, argv, prefixes=("config",))
+
+
+common.parse_early(__name__, parse_args)  # --help and flag errors before JAX loads
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from csm_jax import config_base  # noqa: E402
+from csm_jax import data as data_lib  # noqa: E402
+from csm_jax import models  # noqa: E402
+from csm_jax import sampling  # noqa: E402
+from csm_jax import sharding as sharding_lib  # noqa: E402
+from csm_jax import train  # noqa: E402
+
+
+CONFIG = "cifar10_pixelcnnpp"
+CPU_SIZE = ("model.nr_filters=16", "model.nr_resnet=1", "training.batch_size=4",
+            "sampling.num_samples=4")
+PAPER_SIZE = ("model.nr_filters=160", "model.nr_resnet=5", "training.batch_size=16")
 
 
 def load_configs(args, overrides):

@@ -35,23 +35,18 @@ come from the config (default configs/mnist_made.py) and its ``--config.FIELD=va
 overrides; parameters are a random init (the cost does not depend on their values).
 """
 
-import argparse
 import time
 
-import jax
-import numpy as np
-
-from csm_jax import config_base, inference, models, sampling
-from csm_jax import data as data_lib
 from experiments import common
 
 
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p = common.parser(__doc__.splitlines()[0], ("config",))
   p.add_argument("--out", required=True, help="output JSON file")
   p.add_argument("--config", default="mnist_made", help="configs/NAME.py[:variant] or a path")
   p.add_argument("--naive_dims", type=int, default=4, help="k: naive timed on k dims")
-  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--repeats", type=int, default=3,
+                 help="timed calls of each sampler (the median is reported)")
   p.add_argument("--image_size", type=int, default=0,
                  help="images of image_size^2 pixels (smoke runs; 0: the dataset's shape)")
   p.add_argument("--workdir", default=None,
@@ -59,6 +54,14 @@ def parse_args(argv=None):
   p.add_argument("--fixed_point_batches", default="1,8",
                  help="batch sizes for the fixed-point vs sequential comparison ('': skip)")
   return common.parse(p, argv, prefixes=("config",))
+
+
+common.parse_early(__name__, parse_args)  # --help and flag errors before JAX loads
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from csm_jax import config_base, inference, models, sampling  # noqa: E402
+from csm_jax import data as data_lib  # noqa: E402
 
 
 def make_samplers(config, model, k):
