@@ -22,10 +22,10 @@ the fixed-point sampler slower; on a GPU the sequential sampler is latency-bound
 ``--workdir W`` uses a trained model (W's recorded config and latest EMA parameters)
 instead of a random initialization: sweeps depend on the model.
 
-  python -m experiments.bench_sampling --out /tmp/bench_sampling.json
-  python -m experiments.bench_sampling --out /tmp/b.json --workdir /tmp/csm_mnist \
+  python -m experiments.bench_sampling --out /tmp/bench_sampling
+  python -m experiments.bench_sampling --out /tmp/b --workdir /tmp/csm_mnist \
       --naive_dims 0 --fixed_point_batches 1,8
-  python -m experiments.bench_sampling --out /tmp/b.json --config=configs/mnist_made.py \\
+  python -m experiments.bench_sampling --out /tmp/b --config=configs/mnist_made.py \\
       --config.model.hidden_sizes=64,64 --config.noise.num_levels=10 \\
       --config.sampling.num_steps=10 --config.sampling.num_samples=16
 
@@ -42,7 +42,7 @@ from experiments import common
 
 def parse_args(argv=None):
   p = common.parser(__doc__.splitlines()[0], ("config",))
-  p.add_argument("--out", required=True, help="output JSON file")
+  p.add_argument("--out", required=True, help="output directory (results.json)")
   p.add_argument("--config", default="mnist_made", help="configs/NAME.py[:variant] or a path")
   p.add_argument("--naive_dims", type=int, default=4, help="k: naive timed on k dims")
   p.add_argument("--repeats", type=int, default=3,
@@ -159,7 +159,7 @@ def run(args, overrides):
     for b in (int(v) for v in args.fixed_point_batches.split(",")):
       row = fixed_point_vs_sequential(cfg, model, params, b, rng)
       result["fixed_point"].append(row)
-      common.write_json(args.out, result)
+      common.write_results(args.out, result, args)
       print(f"batch {b}: fixed point {row['sweeps']} sweeps (D={dim}), "
             f"{row['fixed_point_seconds']:.2f}s vs sequential {row['sequential_seconds']:.2f}s"
             f" ({row['speedup']:.2f}x), max diff {row['max_abs_diff_to_sequential']:.2e}",
@@ -209,7 +209,7 @@ def run(args, overrides):
                       "naive": f"{dim * num_l * num_t} full passes "
                                f"(context + head on all {dim} dims)"},
   })
-  common.write_json(args.out, result)
+  common.write_results(args.out, result, args)
   print(f"cached {med['cached']:.2f}s, naive {med['naive_k']:.2f}s on {k} dims -> "
         f"{naive_full:.1f}s estimated for D={dim}: speedup {speedup:.1f}x", flush=True)
   return result

@@ -22,6 +22,16 @@ from typing import Optional, Sequence
 RESULTS = "results.json"
 
 
+def data_path(name: str) -> str:
+  """A prepared .npz file (docs/usage.md, python -m csm_jax.data.make_npz): in
+  $CSM_DATA_DIR, else ./data."""
+  return os.path.join(os.environ.get("CSM_DATA_DIR", "data"), name)
+
+
+CIFAR_NPZ = (data_path("cifar10_train_first4000.npz"), data_path("cifar10_test_first1000.npz"))
+CELEBA_NPZ = data_path("celeba32_first5000.npz")
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
   """Keeps the description's layout and appends each flag's default to its help."""
 
@@ -44,7 +54,10 @@ def parser(doc: str, prefixes: Sequence[str] = ("config",)) -> argparse.Argument
                 f"({', '.join(prefixes[1:])})" if len(prefixes) > 1 else "") + ". ")
             if prefixes else "")
   epilog += "Results go to the --out directory: results.json and the pictures."
-  return argparse.ArgumentParser(description=doc.strip(), epilog=textwrap.fill(epilog, 79),
+  script = os.path.splitext(os.path.basename(sys.argv[0] or ""))[0]
+  prog = f"python -m experiments.{script}" if script and script != "__main__" else None
+  return argparse.ArgumentParser(prog=prog, description=doc.strip(),
+                                 epilog=textwrap.fill(epilog, 79),
                                  formatter_class=HelpFormatter)
 
 
@@ -149,7 +162,7 @@ def write_results(out: str, obj: dict, args=None, overrides=None) -> str:
   """Writes OUT/results.json: obj plus 'arguments' (the flags), 'config_overrides' and
   'machine' where obj does not have them; returns the path."""
   obj = dict(obj)
-  if args is not None:
+  if args is not None and "args" not in obj:
     obj.setdefault("arguments", dict(vars(args)))
   if overrides is not None:
     obj.setdefault("config_overrides", overrides)

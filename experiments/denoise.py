@@ -18,7 +18,7 @@ Settings (--settings, comma-separated):
 Models are trained here (in OUT/models/NAME, resumed by a rerun) with CPU-sized defaults,
 or read from work directories of `python -m csm_jax.main` (--csm_workdir, --mle_workdir,
 --cifar_csm_workdir). --csm.FIELD=value / --mle.FIELD=value / --cifar.FIELD=value set
-config fields of one model. Writes denoise.json after every stage (PSNR / SSIM from
+config fields of one model. Writes results.json after every stage (PSNR / SSIM from
 dm-pix, mean and std over the test images) and one PNG per setting: clean / corrupted /
 each restoration.
 
@@ -78,8 +78,7 @@ from csm_jax import noise as noise_lib  # noqa: E402
 from csm_jax import plotting  # noqa: E402
 
 
-CIFAR_NPZ = ("../shared/data/cifar10_subset/train_first4000.npz",
-             "../shared/data/cifar10_subset/test_first1000.npz")
+CIFAR_NPZ = common.CIFAR_NPZ  # $CSM_DATA_DIR (default ./data), docs/usage.md
 # CPU-sized defaults (each overridable with --csm.FIELD= etc.)
 MNIST_CPU = ("model.hidden_sizes=(512, 512)", "model.context_size=8",
              "training.num_steps=1500",
@@ -119,8 +118,8 @@ class Run:
     print(f"{time.perf_counter() - self.start:7.1f}s {msg}", flush=True)
 
   def save(self):
-    common.write_json(os.path.join(self.args.out, "denoise.json"),
-                      dict(self.results, seconds=time.perf_counter() - self.start))
+    common.write_results(self.args.out,
+                         dict(self.results, seconds=time.perf_counter() - self.start), self.args)
 
   def record(self, setting, method, clean, restored, extra=None):
     m = denoise.image_metrics(clean, restored)

@@ -398,7 +398,7 @@ def _print_table(results, threshold):
 def run(args):
   os.makedirs(args.out, exist_ok=True)
   t_start = time.time()
-  write = lambda r: common.write_json(os.path.join(args.out, "convergence.json"), r)
+  write = lambda r: common.write_results(args.out, r, args)
   runs = build_runs(args)
   results = {"config": dict(vars(args), **common.machine()), "runs": {}, "variance": {}}
   print(f"{len(runs)} runs x {args.steps} steps, D={args.dim}, batch={args.batch}", flush=True)
@@ -413,7 +413,7 @@ def run(args):
   _print_table(results, args.threshold)
   pngs = "convergence_loss.png, convergence_error.png" + (
       ", loss_variance.png" if results["variance"] else "")
-  print(f"wrote {args.out}/convergence.json, {pngs} in {results['wall_seconds']:.0f}s", flush=True)
+  print(f"wrote {args.out}/results.json, {pngs} in {results['wall_seconds']:.0f}s", flush=True)
   return results
 
 

@@ -258,8 +258,8 @@ def run(args):
   os.makedirs(args.out, exist_ok=True)
   t_start = time.time()
   print(f"devices: {jax.devices()}  batch={args.batch} hidden={args.hidden}", flush=True)
-  results = measure_all(dims, methods, args, lambda r: common.write_json(
-      os.path.join(args.out, "scaling.json"), r))
+  results = measure_all(dims, methods, args, lambda r: common.write_results(
+      args.out, {"results": r}, args))
   plot(results, os.path.join(args.out, "scaling.png"))
   meta = {"args": vars(args), "machine": common.machine(), "wall_seconds": time.time() - t_start}
   if len(dims) >= 2:
@@ -268,8 +268,8 @@ def run(args):
     r = meta[f"step_ratio_D{hi}_over_D{lo}"] = ratios(results, lo, hi)
     print(f"step time ratio D={hi} / D={lo}: " + ", ".join(
         f"{m}={v:.1f}x" if v else f"{m}=n/a" for m, v in r.items()))
-  common.write_json(os.path.join(args.out, "scaling_meta.json"), meta)
-  print(f"wrote {args.out}/scaling.json, scaling_meta.json, scaling.png "
+  common.write_results(args.out, dict(meta, results=results))
+  print(f"wrote {args.out}/results.json, scaling.png "
         f"in {time.time() - t_start:.0f}s", flush=True)
   return results
 

@@ -13,7 +13,7 @@ with the --config.* overrides applied to both configs): a model with a discretiz
 exactly and ancestrally (D context passes); an AR-CSM with the cached-context annealed
 Langevin sampler (D context passes plus D*L*T head steps). Writes KIND_samples.png as
 each model is sampled, then side_by_side.png (test data | MLE | CSM), samples.npz
-(pixels in [0, 1]) and summary.json. Either work directory may be left out.
+(pixels in [0, 1]) and results.json. Either work directory may be left out.
 """
 
 import json
@@ -55,8 +55,6 @@ from csm_jax import inference  # noqa: E402
 from csm_jax import plotting  # noqa: E402
 from csm_jax import sampling  # noqa: E402
 
-
-from experiments import common  # noqa: E402
 
 BACKBONE_FIELDS = ("backbone", "nr_filters", "nr_resnet", "num_resolutions", "context_size",
                    "hidden_sizes")
@@ -116,7 +114,7 @@ def write_summary(args, infos, configs, files):
       "same_backbone": (sigs["mle"] == sigs["csm"]) if len(sigs) == 2 else None,
       "backbone": sigs, **infos, "files": files,
   }
-  common.write_json(os.path.join(args.out, "summary.json"), summary)
+  common.write_results(args.out, summary, args)
   return summary
 
 

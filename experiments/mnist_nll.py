@@ -32,7 +32,7 @@ optim.warmup_steps = min(100, num_steps // 10 + 1) and training.log_every =
 num_steps // 6 follow each run's training.num_steps unless they are set themselves.
 The data and the fixed dequantization of the test images (seed + 1) follow --config.*;
 the validation images (seed + 2) and the samples (seed + 3) the AR-CSM run's seed.
-Writes DIR/mnist_nll.json and DIR/mnist_nll_curves.png after each run, then
+Writes DIR/results.json and DIR/mnist_nll_curves.png after each run, then
 DIR/mnist_nll_arcsm.png and DIR/mnist_samples.png.
 """
 
@@ -389,7 +389,7 @@ def run(args, overrides):
              "args": vars(args), "overrides": overrides,
              "configs": {n: c.to_dict() for n, c in configs.items()},
              "machine": common.machine(), "runs": {}}
-  json_path = os.path.join(args.out, "mnist_nll.json")
+  json_path = common.results_path(args.out)
   save = lambda: common.write_json(json_path, dict(results,
                                                    seconds=time.perf_counter() - start))
   states = {}

@@ -26,7 +26,7 @@ feature space of a small CNN the project trains on the MNIST labels (cached in
 --classifier_dir; its test accuracy is reported), mean intensity and on-pixel fraction
 (pixels > 0.5) next to the data's, and the class histogram the classifier assigns. The
 "data" row is the FID of as many other test images as samples: the floor at this
-sample size. Writes OUT/sample_quality.json, OUT/samples.png (one row per setting) and
+sample size. Writes OUT/results.json, OUT/samples.png (one row per setting) and
 OUT/samples/ROW.npy (float16 pixels in [0, 1]) after every row, OUT/table.md at the end.
 
   python -m experiments.mnist_sample_quality --out /tmp/msq
@@ -164,7 +164,7 @@ class Run:
 
   def save(self):
     self.results["seconds"] = time.perf_counter() - self.start
-    common.write_json(os.path.join(self.args.out, "sample_quality.json"), self.results)
+    common.write_results(self.args.out, self.results, self.args)
     if self.images:
       plotting.save_image_rows(os.path.join(self.args.out, "samples.png"), self.images,
                                title=self.title)

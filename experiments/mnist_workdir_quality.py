@@ -22,7 +22,7 @@ scored exactly as experiments.mnist_sample_quality scores its rows, with the sam
 and defaults (classifier, reference test[:5000], the floor row "data" of the next
 --num_samples test images), so the numbers of the two compare: classifier-FID with its
 bootstrap spread, mean intensity and on-pixel fraction next to the data's. Writes
-OUT/sample_quality.json, OUT/samples.png (one row per setting) and OUT/samples/NAME.npy
+OUT/results.json, OUT/samples.png (one row per setting) and OUT/samples/NAME.npy
 after every setting, OUT/table.md at the end.
 """
 

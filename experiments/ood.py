@@ -18,7 +18,7 @@ scored by two-sided typicality against held-out in-distribution images; log-like
 one-sided (larger = in-distribution). AUROC with in-distribution as the positive class.
 The synthetic sets have as many images as the in-distribution test images used.
 
-Writes table1.json after each stage (AUROCs, the paper's numbers for reference, the
+Writes results.json after each stage (AUROCs, the paper's numbers for reference, the
 definitions of the synthetic sets), table1.md (the paper's Table 1 layout: rows OOD sets
 and their average, columns statistics/models) and SETTING_hist.png (histograms of each
 statistic per set).
@@ -74,15 +74,7 @@ from csm_jax import noise as noise_lib  # noqa: E402
 from csm_jax import ood  # noqa: E402
 
 
-from experiments import common  # noqa: E402
-
-SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
-                      "shared", "data")
-
-
-CIFAR_NPZ = (os.path.join(SHARED, "cifar10_subset", "train_first4000.npz"),
-             os.path.join(SHARED, "cifar10_subset", "test_first1000.npz"))
-CELEBA_NPZ = os.path.join(SHARED, "celeba32_subset", "celeba32_first5000.npz")
+CIFAR_NPZ, CELEBA_NPZ = common.CIFAR_NPZ, common.CELEBA_NPZ  # $CSM_DATA_DIR, docs/usage.md
 PAPER = {"what": "Meng et al. 2020, Table 1 (AUROC; CIFAR-10 in-distribution)",
          "sets": ["SVHN", "const uniform", "uniform"],
          "PixelCNN++": [0.32, 0.0, 1.0], "Glow": [0.24, 0.0, 1.0], "EBM": [0.63, 0.30, 1.0],
@@ -100,7 +92,7 @@ CIFAR_CPU = ("data.source=npz", f"data.path={CIFAR_NPZ[0]}", f"data.test_path={C
 
 
 class Run:
-  """Results and log of one invocation; table1.json / table1.md after each stage."""
+  """Results and log of one invocation; results.json / table1.md after each stage."""
 
   def __init__(self, args, overrides):
     self.args, self.start = args, time.perf_counter()
@@ -115,8 +107,8 @@ class Run:
     print(f"{time.perf_counter() - self.start:7.1f}s {msg}", flush=True)
 
   def save(self):
-    common.write_json(os.path.join(self.args.out, "table1.json"),
-                      dict(self.results, seconds=time.perf_counter() - self.start))
+    common.write_results(self.args.out,
+                         dict(self.results, seconds=time.perf_counter() - self.start), self.args)
     with open(os.path.join(self.args.out, "table1.md"), "w") as f:
       f.write(markdown(self.results))
 

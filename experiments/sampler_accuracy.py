@@ -234,12 +234,12 @@ def run(args, overrides):
 
   def write():
     results["seconds"] = time.perf_counter() - start
-    common.write_json(os.path.join(args.out, "sampler_accuracy.json"), results)
+    common.write_results(args.out, results, args)
     plot(os.path.join(args.out, "sampler_accuracy.png"), results)
 
   for name in args.models.split(","):
     run_model(name, args, config, results, write, log)
-  log(f"wrote {args.out}/sampler_accuracy.json and sampler_accuracy.png")
+  log(f"wrote {args.out}/results.json and sampler_accuracy.png")
   return results
 
 

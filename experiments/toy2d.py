@@ -14,7 +14,7 @@ matching does not fix the relative weight of separated modes). Samples: the AR-C
 1-D annealed Langevin dynamics (the paper's sampler, Sec. 4.2), the MoL MADE by exact
 ancestral sampling on the grid (`sampling.grid_sample`).
 
-  python -m experiments.toy2d --out /tmp/toy2d        # DIR/toy2d.json, DIR/toy2d.png
+  python -m experiments.toy2d --out /tmp/toy2d        # DIR/results.json, DIR/toy2d.png
   python -m experiments.toy2d --out /tmp/toy2d --datasets ring8,moons \\
       --config.training.num_steps=2000 --arcsm.model.hidden_sizes=64,64 \\
       --mol.model.num_mixtures=10
@@ -425,7 +425,7 @@ def run(args, overrides):
   results["runs"] = {}
   seeds = [int(x) for x in args.seeds.split(",") if x.strip()] or [None]
   panels = {}
-  json_path = os.path.join(args.out, "toy2d.json")
+  json_path = common.results_path(args.out)
 
   def save(name, key, res):
     results["runs"].setdefault(name, {})[key] = res

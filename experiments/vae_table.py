@@ -18,11 +18,11 @@ instead of 1000 and 16, on the first 100 test images instead of all 10000; and a
 check: the ELBO run's first --ais_check_examples images are also scored with the full
 AIS (1000 steps, 16 chains), giving the gap of the cheaper AIS. --full restores the
 protocol (100k iterations, 100 particles, all test images, 1000 steps, 16 chains). Every
-setting used is recorded in table2.json. ``--config.FIELD=value`` sets a field of every
+setting used is recorded in results.json. ``--config.FIELD=value`` sets a field of every
 run (e.g. --config.data.data_dir=DIR); --steps, --kernel_particles, --ais_* override
 the defaults of either mode.
 
-Writes, after each run: DIR/table2.json and DIR/table2.md (the paper's layout, its
+Writes, after each run: DIR/results.json and DIR/table2.md (the paper's layout, its
 numbers beside ours); at the end DIR/vae_curves.png (training curves) and
 DIR/samples_z{8,16}.png (decoder means of z ~ N(0, I), one row per method). Runs train
 in DIR/models/METHOD_zZ (a rerun resumes or skips them; AIS results are cached there).
@@ -240,7 +240,7 @@ def run(args, overrides):
                  f"AIS on the first {args.ais_examples} test images (protocol: all 10000)"],
              "overrides": overrides, "paper": {str(z): v for z, v in PAPER.items()},
              "machine": common.machine(), "results": {}, "ais_check": {}}
-  json_path = os.path.join(args.out, "table2.json")
+  json_path = common.results_path(args.out)
 
   def save():
     common.write_json(json_path, dict(results, seconds=time.perf_counter() - start))
