@@ -11,12 +11,13 @@ parameters, plus the step and RNG state). `export_workdir` (``python -m csm_jax.
   config.json   the run's config, as WORKDIR/config.json records it
 
 each written atomically (temporary file, fsync, rename). `load(path)` returns
-(model, params, config) and checks every array against the model's shapes.
+(model, params, config) and checks every array against the model's shapes;
+`inference.restore` and ``--mode=eval|sample --workdir=EXPORT_DIR`` read an export too.
 """
 
 import json
 import os
-from typing import Callable
+from typing import Callable, Optional
 
 from absl import logging
 import jax
@@ -57,8 +58,10 @@ def save(directory: str, params, config, data_shape, step: int, which: str) -> s
   return path
 
 
-def export_workdir(config, workdir: str, log: Callable[[str], None] = logging.info) -> str:
-  """Writes WORKDIR/export/ from the latest checkpoint's EMA parameters; returns it."""
+def export_workdir(config, workdir: str, out: Optional[str] = None,
+                   log: Callable[[str], None] = logging.info) -> str:
+  """Writes `out` (default WORKDIR/export) from the latest checkpoint's EMA parameters;
+  returns it. `--mode=eval|sample --workdir=OUT` and `inference.restore` read it."""
   from csm_jax import inference, sharding, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   if config_base.is_vae_config(config):
     raise config_base.ConfigError("--mode=export supports the autoregressive models, not VAE "
@@ -66,7 +69,7 @@ def export_workdir(config, workdir: str, log: Callable[[str], None] = logging.in
   workdir_lib.require_checkpoints(workdir)
   inf = inference.build(config)
   params, step = inference.restore(inf, workdir, "ema_params")
-  out = os.path.join(workdir, "export")
+  out = out or os.path.join(workdir, "export")
   if sharding.is_main_process():
     path = save(out, params, config, inf.arrays.shape, step, "ema_params")
     size = sum(os.path.getsize(os.path.join(out, f)) for f in (PARAMS_FILE, CONFIG_FILE))
@@ -80,20 +83,21 @@ def export_workdir(config, workdir: str, log: Callable[[str], None] = logging.in
   return out
 
 
-def load(path: str):
-  """(model, params, config) of an export (its directory or its params.npz).
+def is_export(directory: str) -> bool:
+  """Whether `directory` holds an export (params.npz and config.json)."""
+  return all(os.path.isfile(os.path.join(directory, f)) for f in (PARAMS_FILE, CONFIG_FILE))
 
-  Raises ValueError when the arrays do not match the model the config builds.
-  """
-  directory = path if os.path.isdir(path) else os.path.dirname(path)
-  config = config_base.load_workdir_config(directory)
+
+def read_params(directory: str, model):
+  """(params, meta) of the export in `directory`, checked against `model`'s shapes
+  (ValueError naming every mismatch)."""
   with np.load(os.path.join(directory, PARAMS_FILE), allow_pickle=False) as z:
     arrays = {k: z[k] for k in z.files}
   meta = json.loads(str(arrays.pop("__meta__")))
-  model = models.get_model(config.model, tuple(meta["data_shape"]))
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0))
-  expected = _flatten(jax.tree.map(lambda s: np.zeros((), s.dtype), shapes))
-  want = {k: s for k, s in zip(expected, jax.tree.leaves(shapes))}
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
+  want = {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): leaf
+          for path, leaf in leaves}
   missing, extra = sorted(set(want) - set(arrays)), sorted(set(arrays) - set(want))
   bad = [f"{k}: {arrays[k].shape} {arrays[k].dtype}, model {want[k].shape} {want[k].dtype}"
          for k in want if k in arrays and (arrays[k].shape != want[k].shape
@@ -101,6 +105,16 @@ def load(path: str):
   if missing or extra or bad:
     raise ValueError(f"{directory} does not match the model its config builds: missing "
                      f"{missing}, unexpected {extra}, wrong shape {bad}")
-  treedef = jax.tree.structure(shapes)
-  params = jax.tree.unflatten(treedef, [arrays[k] for k in want])
+  return jax.tree_util.tree_unflatten(treedef, [arrays[k] for k in want]), meta
+
+
+def load(path: str):
+  """(model, params, config) of an export (its directory or its params.npz), the
+  params as numpy arrays; raises ValueError when they do not match the model."""
+  directory = path if os.path.isdir(path) else os.path.dirname(path)
+  config = config_base.load_workdir_config(directory)
+  with np.load(os.path.join(directory, PARAMS_FILE), allow_pickle=False) as z:
+    meta = json.loads(str(z["__meta__"]))
+  model = models.get_model(config.model, tuple(meta["data_shape"]))
+  params, _ = read_params(directory, model)
   return model, params, config

@@ -28,6 +28,7 @@ flags.DEFINE_string("coordinator_address", None, "--multihost: host:port of proc
 flags.DEFINE_integer("num_processes", None, "--multihost: number of processes (default: detected).")
 flags.DEFINE_integer("process_id", None, "--multihost: this process's index in 0..num_processes-1 "
                      "(default: detected).")
+flags.DEFINE_string("export_dir", None, "--mode=export: where to write (default WORKDIR/export).")
 flags.DEFINE_bool("allow_config_change", False, "Train on a workdir whose recorded config "
                   "differs in model/data/optimization fields (the change is recorded).")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -113,7 +114,7 @@ def main(argv):
     elif FLAGS.mode == "export":
       from csm_jax import export  # pylint: disable=g-import-not-at-top
       export.export_workdir(workdir.eval_config(FLAGS.workdir, FLAGS.config, overrides),
-                            FLAGS.workdir)
+                            FLAGS.workdir, FLAGS.export_dir)
     else:  # the workdir's recorded config, with evaluation/sampling overrides only
       config = workdir.eval_config(FLAGS.workdir, FLAGS.config, overrides)
       run = inference.evaluate_workdir if FLAGS.mode == "eval" else inference.sample_workdir
