@@ -62,7 +62,6 @@ def parse_args(argv=None):
 
 common.parse_early(__name__, parse_args)  # --help and flag errors before JAX loads
 
-import jax  # noqa: E402
 import matplotlib  # noqa: E402
 matplotlib.use("Agg")  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
