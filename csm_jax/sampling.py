@@ -13,8 +13,10 @@ the reference; both draw the same random numbers, so with the same rng they agre
 rounding. `grid_sample` is ancestral sampling without Langevin: each 1-D conditional
 is normalized on a quadrature grid (`likelihood.py`) and sampled from it, exact up to
 the grid resolution. `ancestral_sample` draws exactly from a probability-mass head
-(PixelCNN++'s discretized logistic mixture). `make_sampler_from_config` is the one
-place that chooses among them from a config.
+(PixelCNN++'s discretized logistic mixture). `level_sweeps_sample` is the annealed
+sampler of a smoothed-joint model (noise.mode='joint'): one cached sequential sweep per
+noise level, the context given that level. `make_sampler_from_config` is the one place
+that chooses among them from a config.
 """
 
 import functools
@@ -295,15 +297,16 @@ def level_sweeps_sample(model, params, rng, num_samples, sigmas, n_steps=10, ste
 
 def make_level_sweeps_sampler(model, sigmas, num_samples, n_steps=10, step_lr=1e-2,
                               denoise=True, init_scale=None, out_sharding=None, log=None,
-                              mh_nodes=0):
+                              mh_nodes=0, num_dims=None):
   """(params, rng[, x_init]) -> samples of `level_sweeps_sample`; one sweep compiled once
-  (the level is traced) and called L times."""
+  (the level is traced) and called L times. `num_dims`: sweep the first k dimensions of
+  the order only (for timing)."""
   if not model.context_sigma:
     raise ValueError("the level-sweeps sampler is for smoothed-joint models (a context that "
                      "takes the noise level: noise.mode='joint'); use method='sequential'")
   sigmas = np.asarray(sigmas, np.float32)
   mh = _mh(n_steps, mh_nodes)
-  dim = model.dim
+  dim = chunked.dims_to_sample(model.dim, num_dims)
 
   def sweep(params, x, key, sigma, alpha, last):
     sig_steps = jnp.full((n_steps,), sigma, jnp.float32)
@@ -667,22 +670,22 @@ def make_sampler_from_config(config, model, num_samples: Optional[int] = None, m
   sigmas = _sigmas_from_config(config)
   mh_nodes = _mh_nodes(opt)
   if opt["method"] == "level_sweeps":
-    if not cached or num_dims is not None:
-      raise ValueError("sampling.method='level_sweeps' samples all dimensions with the "
-                       "cached sampler: no cached=False or num_dims")
+    if not cached:
+      raise ValueError("sampling.method='level_sweeps' runs the cached sampler: no "
+                       "cached=False")
     info = {"sampler": "level sweeps (smoothed joint): one cached annealed-Langevin sweep "
                        "per noise level, contexts at that level"
                        + (" (Metropolis-adjusted)" if mh_nodes else ""),
             "method": "level_sweeps", "L": len(sigmas), "T": opt["num_steps"],
             "step_lr": opt["step_lr"], "denoise": opt["denoise"],
             "sigmas": [float(v) for v in sigmas], "mh_nodes": mh_nodes,
-            "context_passes_per_sample": len(sigmas) * model.dim,
+            "context_passes_per_sample": len(sigmas) * dims,
             "head_evaluations_per_sample": head_evaluations(
-                model.dim, len(sigmas), opt["num_steps"], mh_nodes, opt["denoise"])}
+                dims, len(sigmas), opt["num_steps"], mh_nodes, opt["denoise"])}
     run = make_level_sweeps_sampler(
         model, sigmas, n, opt["num_steps"], opt["step_lr"], opt["denoise"],
         out_sharding=None if mesh is None else sharding_lib.batch_sharding(mesh), log=log,
-        mh_nodes=mh_nodes)
+        mh_nodes=mh_nodes, num_dims=num_dims)
     return (lambda params, rng: run(params, rng)), info
   model = at_sampling_level(model, sigmas)
   info = {"sampler": f"{'cached-context' if cached else 'naive'} annealed Langevin"
