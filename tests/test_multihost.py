@@ -127,11 +127,13 @@ def test_two_processes_train_like_one(tmp_path):
         np.testing.assert_array_equal(got[k], first[k], err_msg=k)
 
   # Written once: each checkpoint step (committed; no temporary or per-process copies),
-  # the config record, the TensorBoard log, each metrics row.
+  # the config record, the TensorBoard log, each metrics row, each sample grid.
   rows = {}
   for w in (tmp_path / "1_processes", tmp_path / "2_processes"):
     assert sorted(os.listdir(w)) == [".lock", "checkpoints", "config.json", "metrics.jsonl",
-                                     "tensorboard"], w
+                                     "samples", "tensorboard"], w
+    assert sorted(os.listdir(w / "samples")) == [   # training.eval_samples: no temporaries
+        f"train_{s:08d}.png" for s in (2, 4, 6)], w
     steps = sorted(os.listdir(w / "checkpoints"), key=int)
     assert steps == ["2", "4", "6"], (w, steps)
     for s in steps:
