@@ -106,7 +106,7 @@ def main(argv):
   from csm_jax import checkpoints, config_base, data, inference, train, workdir  # pylint: disable=g-import-not-at-top
   try:
     overrides = config_base.command_line_overrides(sys.argv[1:])
-    if config_base.is_vae_config(FLAGS.config):  # VAEs of paper Sec. 6: csm_jax/vae
+    if config_base.is_vae_config(FLAGS.config) and FLAGS.mode != "export":  # csm_jax/vae
       from csm_jax.vae import entry  # pylint: disable=g-import-not-at-top
       entry.run(FLAGS.mode, FLAGS.config, FLAGS.workdir, overrides, FLAGS.allow_config_change)
     elif FLAGS.mode == "train":
