@@ -49,9 +49,9 @@ def _config_error(e: Exception, argv) -> str:
   """One line for a config file that does not load or an unknown --config.FIELD."""
   text = " ".join(str(e).replace("\\n", " ").replace("\\'", "'").split())
   overrides = [a.split("=", 1)[0][len("--config."):] for a in argv if a.startswith("--config.")]
-  if isinstance(e, (AttributeError, KeyError)) and overrides:
-    key = (re.findall(r"\w+", text) or ["?"])[0]
-    field = next((o for o in overrides if key in o.split(".")), key)
+  key = (re.findall(r"\w+", text) or ["?"])[0]
+  field = next((o for o in overrides if key in o.split(".")), None)
+  if isinstance(e, (AttributeError, KeyError)) and field:
     hint = re.search(r'Did you mean "(\w+)"', text)
     return (f"unknown config field {field!r} (--config.{field})"
             + (f". Did you mean {hint.group(1)!r}?" if hint else ""))
