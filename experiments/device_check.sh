@@ -18,13 +18,13 @@ timeout 190 python3 -m pytest -v -n 14 -p no:cacheprovider tests > $R/pytest.log
 grep -E "FAILED|ERROR|passed|failed" $R/pytest.log | tail -25; pack
 # 2. bench_step, float32 and bfloat16 (loop efficiency)
 for dt in float32 bfloat16; do
-  timeout 75 python3 -m experiments.bench_step --out $R/bench_step_$dt.json --repeats 10 --inner 5 \
+  timeout 75 python3 -m experiments.bench_step --out $R/bench_step_$dt --repeats 10 --inner 5 \
     --loop_steps 2000 --config.model.compute_dtype=$dt > $R/bench_step_$dt.log 2>&1; echo "rc $?" >> $R/bench_step_$dt.log
   grep -E "loop|csm_over|rc" $R/bench_step_$dt.log; pack
 done
 # 3. PixelCNN++ paper size, f32 (steps only) then bf16 (steps + bounded sampling)
-timeout 100 python3 -m experiments.bench_pixelcnnpp --out $R/pcnn_f32.json --paper_size --repeats 10 --no_sampling \
+timeout 100 python3 -m experiments.bench_pixelcnnpp --out $R/pcnn_f32 --paper_size --repeats 10 --no_sampling \
   > $R/pcnn_f32.log 2>&1; echo "rc $?" >> $R/pcnn_f32.log; grep -E "CSM step|rc" $R/pcnn_f32.log; pack
-timeout 125 python3 -m experiments.bench_pixelcnnpp --out $R/pcnn_bf16.json --paper_size --repeats 10 \
+timeout 125 python3 -m experiments.bench_pixelcnnpp --out $R/pcnn_bf16 --paper_size --repeats 10 \
   --config.model.compute_dtype=bfloat16 > $R/pcnn_bf16.log 2>&1; echo "rc $?" >> $R/pcnn_bf16.log
 grep -E "CSM step|samples/s|rc" $R/pcnn_bf16.log; pack
