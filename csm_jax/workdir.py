@@ -27,6 +27,7 @@ from typing import Sequence
 from absl import logging
 import jax
 
+from csm_jax import atomic
 from csm_jax import config_base
 from csm_jax import sharding
 
@@ -133,15 +134,12 @@ def check_config(workdir: str, config, allow_changes: bool = False) -> dict:
 
 def write_record(workdir: str, config, changes: dict = None):
   """Writes config.json (atomically) and appends accepted changes to config_changes.jsonl."""
-  path = record_path(workdir)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
-  os.replace(tmp, path)
+  atomic.write_text(record_path(workdir), config.to_json_best_effort(indent=2))
   if changes:
     with open(os.path.join(workdir, "config_changes.jsonl"), "a") as f:
-      f.write(json.dumps({"time": datetime.datetime.now().isoformat(timespec="seconds"),
-                          "changes": {k: list(v) for k, v in changes.items()}}) + "\n")
+      atomic.append_line(f, json.dumps({
+          "time": datetime.datetime.now().isoformat(timespec="seconds"),
+          "changes": {k: list(v) for k, v in changes.items()}}))
 
 
 def eval_config(workdir: str, config, overrides: Sequence[str]):

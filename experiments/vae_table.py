@@ -38,6 +38,7 @@ import numpy as np
 
 from csm_jax import config_base
 from csm_jax import data as data_lib
+from csm_jax import metrics as metrics_lib
 from csm_jax import plotting
 from csm_jax.vae import evaluate as vae_eval
 from csm_jax.vae import train as vae_train
@@ -114,12 +115,8 @@ def run_config(args, overrides, method, z_dim):
 
 
 def read_metrics(workdir):
-  rows = []
   path = os.path.join(workdir, "metrics.jsonl")
-  if os.path.exists(path):
-    with open(path) as f:
-      rows = [json.loads(l) for l in f if l.strip()]
-  return rows
+  return metrics_lib.read_rows(path)[0] if os.path.exists(path) else []
 
 
 def paired(rows, per_example, z):
