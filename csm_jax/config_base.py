@@ -524,13 +524,31 @@ def validate(config) -> ml_collections.ConfigDict:
 def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a training run wrote to WORKDIR/config.json, on the current defaults.
 
-  Fields unknown to this version (renamed or removed since) are reported, not applied.
+  A record that cannot be read back as it was written (empty, truncated, not a JSON
+  object, a field this version does not know, a value of the wrong type) is a
+  ConfigError of one line naming the file and what is wrong.
   """
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: train with python -m csm_jax.main first")
-  with open(path) as f:
-    saved = json.load(f)
+
+  def bad(what):
+    return ConfigError(f"config record {path} {what}; restore it from a copy, or train in "
+                       "a fresh --workdir")
+
+  try:
+    with open(path, "rb") as f:
+      text = f.read().decode("utf-8")
+  except (OSError, UnicodeDecodeError) as e:
+    raise bad(f"cannot be read ({e})") from None
+  if not text.strip():
+    raise bad("is empty")
+  try:
+    saved = json.loads(text)
+  except ValueError as e:
+    raise bad(f"is not valid JSON (truncated or hand-edited?): {e}") from None
+  if not isinstance(saved, dict):
+    raise bad(f"must hold a JSON object of config sections, not a {type(saved).__name__}")
   config = vae_default_config() if "vae" in saved else default_config()
   unknown = []
 
@@ -538,14 +556,20 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
     for k, v in values.items():
       if k not in node:
         unknown.append(prefix + k)
-      elif isinstance(v, dict) and isinstance(node[k], ml_collections.ConfigDict):
+      elif isinstance(node[k], ml_collections.ConfigDict):
+        if not isinstance(v, dict):
+          raise bad(f"field {prefix + k} must be a section (a JSON object), not {v!r}")
         merge(node[k], v, prefix + k + ".")
       else:
-        node[k] = tuple(v) if isinstance(v, list) else v
+        try:
+          node[k] = tuple(v) if isinstance(v, list) else v
+        except (TypeError, ValueError) as e:
+          raise bad(f"field {prefix + k} has a value of the wrong type: {v!r} "
+                    f"({str(e).splitlines()[0]})") from None
 
   merge(config, saved, "")
   if unknown:
-    raise ValueError(f"{path} has fields this version does not know: {unknown}")
+    raise bad(f"has fields this version does not know: {', '.join(unknown)}")
   return config
 
 

@@ -112,6 +112,12 @@ def config_changes(recorded, config) -> dict:
           if _protected(k) and a.get(k) != b.get(k)}
 
 
+def has_checkpoints(workdir: str) -> bool:
+  """Whether workdir/checkpoints holds a step directory (readable or not)."""
+  path = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(path) and any(n.isdigit() for n in os.listdir(path))
+
+
 def record_path(workdir: str) -> str:
   return os.path.join(workdir, "config.json")
 
@@ -120,7 +126,15 @@ def check_config(workdir: str, config, allow_changes: bool = False) -> dict:
   """Compares config with the workdir's record; raises WorkdirError on protected changes
   unless allow_changes. Returns the changes (empty for a new workdir)."""
   if not os.path.exists(record_path(workdir)):
-    return {}
+    if not has_checkpoints(workdir):
+      return {}
+    if not allow_changes:
+      raise WorkdirError(
+          f"{workdir} has checkpoints but no config record ({record_path(workdir)} is "
+          "missing), so nothing shows which config they were trained with. Restore the "
+          "record, use another --workdir, or accept this config as a new start with "
+          "--allow_config_change (it is recorded in config_changes.jsonl).")
+    return {"config.json": (None, "missing: this config recorded as a new start")}
   changes = config_changes(config_base.load_workdir_config(workdir), config)
   if changes and not allow_changes:
     lines = "\n".join(f"  {k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
@@ -133,7 +147,10 @@ def check_config(workdir: str, config, allow_changes: bool = False) -> dict:
 
 
 def write_record(workdir: str, config, changes: dict = None):
-  """Writes config.json (atomically) and appends accepted changes to config_changes.jsonl."""
+  """Writes config.json (atomically) and appends accepted changes to config_changes.jsonl.
+
+  Trainers call it only once the setup is built and the state restored or initialized
+  (`loop.run`'s on_start), so a run that fails before that never rewrites the record."""
   atomic.write_text(record_path(workdir), config.to_json_best_effort(indent=2))
   if changes:
     with open(os.path.join(workdir, "config_changes.jsonl"), "a") as f:
