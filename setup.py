@@ -46,7 +46,11 @@ setup(
         "scikit-learn",        # AUROC of out-of-distribution statistics
     ],
     extras_require={
-        "test": ["pytest", "pytest-xdist", "nbclient", "nbformat", "ipykernel"],
+        "test": ["pytest", "pytest-xdist", "nbclient", "nbformat", "ipykernel",
+                 "bm3d", "scikit-image", "opencv-python-headless"],
+        # The classical restorers of csm_jax.restore.classical (BM3D, scikit-image's
+        # denoisers and inpainting, OpenCV's Telea inpainting).
+        "restore": ["bm3d", "scikit-image", "opencv-python-headless"],
         # tfds needs TensorFlow only to download and prepare a dataset the first time.
         "prepare": ["tensorflow-cpu"],
         # The TensorBoard viewer (event files are written without it, by tensorboardX).

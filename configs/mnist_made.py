@@ -40,4 +40,5 @@ def get_config():
   # run; experiments.mnist_workdir_quality): 162 / 175 (two sample draws) against 212 / 220.
   c.sampling.num_steps = 30
   c.sampling.step_lr = 2 * c.noise.sigma_min ** 2
+  c.training.eval_samples = 16  # a sample grid at each evaluation (samples/train_<step>.png)
   return c

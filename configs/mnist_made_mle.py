@@ -18,4 +18,5 @@ def get_config():
   c.sampling.num_steps = 100
   c.sampling.step_lr = 1e-2
   c.sampling.denoise = False
+  c.training.eval_samples = 16  # a sample grid at each evaluation (samples/train_<step>.png)
   return c

@@ -30,6 +30,10 @@ def _ref(field_type):
   return ml_collections.FieldReference(None, field_type=field_type)
 
 
+NOISE_MODES = ("per_dim", "joint")
+SAMPLING_METHODS = ("sequential", "fixed_point", "level_sweeps")
+
+
 def default_config() -> ml_collections.ConfigDict:
   """Every config field with its default; the returned config is locked."""
   c = ml_collections.ConfigDict()
@@ -69,6 +73,9 @@ def default_config() -> ml_collections.ConfigDict:
   m.scale_by_sigma = True
   m.head_sigma_embedding = 0   # > 0: width of a learned log-sigma embedding in the score head
   m.head_sigma_film = False    # the embedding scales and shifts each head layer (else shifts)
+  # > 0: width of a learned log-sigma embedding in the context network (MADE), which then
+  # takes the noise level too: needed by noise.mode='joint'; 0: the context sees no sigma
+  m.context_sigma_embedding = 0
   m.num_mixtures = 10
   m.num_bins = 256             # discretized_logistic: pixel levels
   m.nr_filters = 160           # PixelCNN++
@@ -98,6 +105,12 @@ def default_config() -> ml_collections.ConfigDict:
   n.sigma_max = 5.0
   n.sigma_min = 0.05
   n.num_levels = 10            # L, geometric from sigma_max to sigma_min
+  # 'per_dim': each (example, dimension) its own sigma, only the target x_d perturbed,
+  # contexts from the clean x (q_sigma(x~_d | x_<d)); 'joint': one sigma per example, the
+  # whole x perturbed, contexts from the noisy x and given sigma
+  # (model.context_sigma_embedding > 0): the model learns the smoothed joint
+  # p * N(0, sigma^2 I) at every level (docs/smoothed_joint.md)
+  n.mode = "per_dim"
 
   c.optim = o = ml_collections.ConfigDict()
   o.learning_rate = 1e-3
@@ -113,6 +126,10 @@ def default_config() -> ml_collections.ConfigDict:
   t.batch_size = 100
   t.log_every = 50
   t.eval_every = 1000
+  # Image data: a grid of this many samples at each evaluation after step 0 (cached
+  # sampler, config.sampling), written to WORKDIR/samples/train_<step>.png and, with
+  # TensorBoard logging, as an image summary. 0: off (the default; image configs set 16).
+  t.eval_samples = 0
   t.checkpoint_every = 1000
   t.checkpoint_every_secs = 600.0  # also save when this much time passed (0: off)
   t.keep_checkpoints = 3
@@ -157,6 +174,10 @@ def default_config() -> ml_collections.ConfigDict:
   # 'sequential': dimension after dimension (D stages); 'fixed_point': the same sample by
   # Jacobi sweeps, every dimension at once per sweep, until the largest change of a
   # coordinate between sweeps is <= fixed_point_tol (0: exactly) or max_sweeps (None: D).
+  # 'level_sweeps' (smoothed-joint models, noise.mode='joint'): one sequential sweep per
+  # noise level, sigma_1 .. sigma_L, each from the last one's sample, the context and the
+  # head at that level, num_steps Langevin steps per dimension (L*D context passes).
+  # 'sequential' on such a model evaluates the context at sigma_L throughout.
   s.method = "sequential"
   s.max_sweeps = _ref(int)
   s.fixed_point_tol = 1e-4
@@ -329,6 +350,7 @@ def pixelcnnpp_config(dataset: str, variant: str = "csm") -> ml_collections.Conf
   c.training.num_steps = 300000
   c.training.log_every = 100
   c.training.eval_every = 5000
+  c.training.eval_samples = 16
   c.training.checkpoint_every = 5000
   c.eval.batch_size = 100
   c.eval.num_batches = 10
@@ -455,7 +477,8 @@ def validate(config) -> ml_collections.ConfigDict:
     section, name = field.split(".")
     value = config[section][name]
     need(isinstance(value, int) and value >= 1, field, value, "an integer >= 1")
-  for field in ("training.eval_every", "optim.warmup_steps", "training.checkpoint_every_secs"):
+  for field in ("training.eval_every", "optim.warmup_steps", "training.checkpoint_every_secs",
+                "training.eval_samples"):
     section, name = field.split(".")
     need(config[section][name] >= 0, field, config[section][name], ">= 0 (0: off)")
   need(isinstance(config.training.steps_per_dispatch, int)
@@ -484,6 +507,17 @@ def validate(config) -> ml_collections.ConfigDict:
   need(0 <= o.ema_decay < 1, "optim.ema_decay", o.ema_decay, "in [0, 1)")
   need(o.grad_clip >= 0, "optim.grad_clip", o.grad_clip, ">= 0 (0: no clipping)")
   n = config.noise
+  need(n.mode in NOISE_MODES, "noise.mode", n.mode, "one of " + ", ".join(map(repr, NOISE_MODES)))
+  if n.mode == "joint":
+    need(n.enabled, "noise.enabled", n.enabled, "True with noise.mode='joint'")
+    need(config.loss.name == "csm", "loss.name", config.loss.name,
+         "'csm' with noise.mode='joint'")
+    need(m.context_sigma_embedding >= 1, "model.context_sigma_embedding",
+         m.context_sigma_embedding, ">= 1 with noise.mode='joint' (the context takes sigma)")
+  else:
+    need(m.context_sigma_embedding == 0, "model.context_sigma_embedding",
+         m.context_sigma_embedding, "0 unless noise.mode='joint' (per-dimension noise has "
+         "no single level for the context)")
   if n.enabled:
     need(n.sigma_min > 0, "noise.sigma_min", n.sigma_min, "> 0")
     need(n.sigma_max >= n.sigma_min, "noise.sigma_max", n.sigma_max,
@@ -494,8 +528,8 @@ def validate(config) -> ml_collections.ConfigDict:
        config.loss.mle_target_sigma, ">= 0 (0: plain MLE)")
   s = config.sampling
   need(s.step_lr > 0, "sampling.step_lr", s.step_lr, "> 0")
-  need(s.method in ("sequential", "fixed_point"), "sampling.method", s.method,
-       "'sequential' or 'fixed_point'")
+  need(s.method in SAMPLING_METHODS, "sampling.method", s.method,
+       "one of " + ", ".join(map(repr, SAMPLING_METHODS)))
   need(s.max_sweeps is None or s.max_sweeps >= 1, "sampling.max_sweeps", s.max_sweeps,
        ">= 1 (None: D)")
   need(s.fixed_point_tol >= 0, "sampling.fixed_point_tol", s.fixed_point_tol, ">= 0")

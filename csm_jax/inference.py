@@ -21,6 +21,7 @@ from csm_jax import atomic
 from csm_jax import checkpoints
 from csm_jax import config_base
 from csm_jax import data as data_lib
+from csm_jax import export as export_lib
 from csm_jax import likelihood
 from csm_jax import losses
 from csm_jax import models
@@ -56,11 +57,17 @@ def restore(inf: Inference, workdir: str, which: str = "ema_params"):
 
   `which` is 'ema_params' (what eval and sampling use) or 'params' (the raw last
   iterate). Only that part of the checkpoint is read; its target shapes come from
-  `jax.eval_shape` of the model's init, so nothing is initialized.
+  `jax.eval_shape` of the model's init, so nothing is initialized. An export directory
+  (`csm_jax.export`, --mode=export) is read the same way.
   """
   if which not in ("ema_params", "params"):
     raise ValueError(f"which must be 'ema_params' or 'params', got {which!r}")
   repl = sharding_lib.replicated(inf.mesh)
+  if export_lib.is_export(workdir):  # --mode=export's directory: its parameters only
+    params, meta = export_lib.read_params(workdir, inf.model)
+    if meta["params"] != which:
+      raise ValueError(f"{workdir} is an export of the {meta['params']} only, not {which}")
+    return jax.device_put(params, repl), int(meta["step"])
   shapes = jax.eval_shape(inf.model.init, jax.random.PRNGKey(0))
   target = {which: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
                                                                sharding=repl), shapes),
@@ -73,7 +80,8 @@ def restore(inf: Inference, workdir: str, which: str = "ema_params"):
 def evaluate_workdir(config, workdir: str, log: Callable[[str], None] = logging.info) -> dict:
   """Test loss over the whole test split and the test NLL (config.likelihood) of the
   latest checkpoint's EMA parameters; written to workdir/eval_<step>.json."""
-  workdir_lib.require_checkpoints(workdir)
+  if not export_lib.is_export(workdir):
+    workdir_lib.require_checkpoints(workdir)
   workdir_lib.check_writable(workdir)
   inf = build(config)
   params, step = restore(inf, workdir)
@@ -88,15 +96,32 @@ def evaluate_workdir(config, workdir: str, log: Callable[[str], None] = logging.
   path = os.path.join(workdir, f"eval_{step:08d}.json")
   if sharding_lib.is_main_process():  # multi-host: every process has the same result
     atomic.write_json(path, result)
-  log(f"eval {json.dumps(result)} -> {path}")
+  log(f"{summary(result, len(inf.arrays.test))}; all results in {path}")
   return result
+
+
+def summary(result: dict, num_test: Optional[int] = None) -> str:
+  """A one-line reading of `evaluate_workdir`'s result (the file holds the rest)."""
+  parts = [f"step {result['step']}: test loss {result['eval_loss']:.4g}"
+           + (f" ({num_test} examples)" if num_test else "")]
+  if "eval_bpd" in result:
+    parts.append(f"test {result['eval_bpd']:.3f} bits/dim (eval batches)")
+  lk = result.get("likelihood")
+  if lk:
+    unit = "bits/dim" if lk["space"] == "pixel" else "bits/dim (model space)"
+    parts.append(f"test NLL {lk['bpd']:.3f} ± {lk['bpd_stderr']:.3f} {unit}, "
+                 f"{lk['nll_nats']:.1f} nats ({lk['num_examples']} examples, {lk['method']})")
+    if "quad_error_bpd" in lk:
+      parts.append(f"quadrature error {lk['quad_error_bpd']:.2g} bits/dim")
+  return "; ".join(parts)
 
 
 def sample_workdir(config, workdir: str, log: Callable[[str], None] = logging.info,
                    rng: Optional[jax.Array] = None) -> str:
   """config.sampling.num_samples samples of the latest checkpoint's EMA parameters;
   writes workdir/samples/samples_<step>.npy (model space) and .png; returns the base path."""
-  workdir_lib.require_checkpoints(workdir)
+  if not export_lib.is_export(workdir):
+    workdir_lib.require_checkpoints(workdir)
   workdir_lib.check_writable(os.path.join(workdir, "samples"))
   inf = build(config)
   params, step = restore(inf, workdir)

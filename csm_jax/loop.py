@@ -14,6 +14,8 @@ trainer says only what is its own, as a `Trainer`:
                               function of the step, so a resumed run sees what the
                               original saw
   evaluate(state) -> dict     evaluation (None: none)
+  sample_grid(state)          an image of a few samples, written at each evaluation after
+                              step 0 to WORKDIR/samples/train_<step>.png (None: none)
 
 and `run` does the rest, the same way for all: resume from the newest readable
 checkpoint, dispatch up to `steps_per_dispatch` steps per call (cut at every logging,
@@ -77,6 +79,7 @@ class Trainer:
   inputs: Callable[[int, int], Any]
   abstract: Optional[Callable[[], Any]] = None
   evaluate: Optional[Callable[[Any], dict]] = None
+  sample_grid: Optional[Callable[[Any], Any]] = None  # state -> (H, W, C) in [0, 1]
   describe: Callable[[Any], str] = lambda state: ""   # the opening log line
   format_row: Callable[[dict], str] = lambda row: f"loss {row['loss']:.4f}"
   nan_hint: str = "Lower optim.learning_rate or check the data."
@@ -126,7 +129,9 @@ def run(trainer: Trainer, training, workdir: Optional[str] = None,
   if on_start is not None:
     on_start()
   start = int(state.step)
-  if start:
+  if start >= n:
+    log(f"{prefix}already at step {start} of {n}; nothing to do")
+  elif start:
     log(f"{prefix}resumed from checkpoint at step {start}")
   if workdir is not None:
     writer = metrics_lib.MetricWriter(workdir, resume_step=start)
@@ -159,6 +164,11 @@ def run(trainer: Trainer, training, workdir: Optional[str] = None,
     if writer is not None:
       writer.write(step, row)
     log(f"{prefix}step {step} eval " + json.dumps(row))
+    if trainer.sample_grid is not None and writer is not None and step > 0:
+      t0 = time.perf_counter()
+      path = writer.write_image(step, "train", trainer.sample_grid(state))
+      if path:
+        log(f"{prefix}step {step} samples -> {path} ({time.perf_counter() - t0:.1f}s)")
 
   if evaluate_fn is not None and start == 0:
     evaluate(0)

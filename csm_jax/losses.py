@@ -49,6 +49,23 @@ def _csm_given_context(model, sigmas, params, ctx, x, k_sig, k_eps):
   return loss, {"loss": loss, "score_sq": (0.5 * s ** 2).sum(-1).mean()}
 
 
+def joint_csm_loss(model, sigmas, params, x, rng, train=True):
+  """CSM (paper Eq. 5) on the smoothed joint p_sigma = p * N(0, sigma^2 I) (noise.mode
+  'joint'): one level per example, x~ = x + sigma eps on every dimension, contexts from
+  the noisy x~ and given sigma, sigma^2 weights.
+
+  Eq. 5 applies unchanged: the samples x~ are data of p_sigma, and s_d(x~_<d, x~_d,
+  sigma) are the conditional scores of an AR model of it.
+  """
+  k_noise, k_drop = jax.random.split(rng)
+  xt, sigma = noise_lib.perturb_joint(k_noise, x, sigmas)
+  ctx = model.context(params, xt, train, k_drop, sigma=sigma)
+  sig = jnp.broadcast_to(sigma[:, None], xt.shape)
+  s, ds = model.score_and_diag(params, ctx, xt, sig)
+  loss = composite_score_matching(s, ds, sig ** 2).mean()
+  return loss, {"loss": loss, "score_sq": (0.5 * s ** 2).sum(-1).mean()}
+
+
 def conditional_csm_loss(model, sigmas, params, z, cond, rng):
   """CSM (paper Eq. 5) on a conditional AR model: the scores of q(z_d | z_<d, cond).
 
@@ -180,6 +197,15 @@ def get_loss_fn(config, model):
                      "loss.name='mle', or use model.head='score' for score matching")
   if name != "mle" and lc.mle_target_sigma:
     raise config_base.ConfigError(f"loss.mle_target_sigma applies to loss.name='mle', not {name!r}")
+  mode = noise_lib.mode_from_config(config.noise)
+  if mode == "joint":
+    if name != "csm" or not config.noise.enabled:
+      raise config_base.ConfigError(f"noise.mode='joint' trains with loss.name='csm' and "
+                                    f"noise.enabled=True, not loss.name={name!r}")
+    if not model.context_sigma:
+      raise config_base.ConfigError("noise.mode='joint' needs a context that takes the noise "
+                                    "level: set model.context_sigma_embedding > 0")
+    return functools.partial(joint_csm_loss, model, noise_lib.sigmas_from_config(config.noise))
   if name == "csm":
     return functools.partial(csm_loss, model, noise_lib.sigmas_from_config(config.noise))
   if name == "mle":

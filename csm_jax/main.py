@@ -1,10 +1,12 @@
 """Command-line entry point: flags and a dispatch to the library.
 
-  python -m csm_jax.main --config=configs/mnist_made.py --workdir=/tmp/w [--mode=train|eval|sample]
+  python -m csm_jax.main --config=configs/mnist_made.py --workdir=/tmp/w [--mode=train|eval|sample|export]
   overrides: --config.training.num_steps=300 --config.training.batch_size=64 ...
 """
 
 import logging as logging_std
+import os
+import re
 import sys
 
 from absl import app
@@ -16,7 +18,9 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"], "What to do.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "export"],
+                  "train (or resume); eval: test loss and NLL of the latest checkpoint; "
+                  "sample; export: the EMA parameters and the config alone, to WORKDIR/export.")
 flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (TPU pods, multi-node "
                   "GPU): one process per host, all with the same command.")
 flags.DEFINE_string("coordinator_address", None, "--multihost: host:port of process 0 (default: "
@@ -24,6 +28,7 @@ flags.DEFINE_string("coordinator_address", None, "--multihost: host:port of proc
 flags.DEFINE_integer("num_processes", None, "--multihost: number of processes (default: detected).")
 flags.DEFINE_integer("process_id", None, "--multihost: this process's index in 0..num_processes-1 "
                      "(default: detected).")
+flags.DEFINE_string("export_dir", None, "--mode=export: where to write (default WORKDIR/export).")
 flags.DEFINE_bool("allow_config_change", False, "Train on a workdir whose recorded config "
                   "differs in model/data/optimization fields (the change is recorded).")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -33,7 +38,53 @@ class _QuietLibraries(logging_std.Filter):
   """Drops INFO chatter from orbax (and other libraries) from our progress log."""
 
   def filter(self, record):
-    return record.levelno >= logging_std.WARNING or "orbax" not in record.pathname
+    if record.levelno >= logging_std.WARNING:
+      return True
+    # JAX probing for a TPU on a CPU/GPU host is not news.
+    return ("orbax" not in record.pathname
+            and not str(record.msg).startswith("Unable to initialize backend 'tpu'"))
+
+
+def _config_error(e: Exception, argv) -> str:
+  """One line for a config file that does not load or an unknown --config.FIELD."""
+  text = " ".join(str(e).replace("\\n", " ").replace("\\'", "'").split())
+  overrides = [a.split("=", 1)[0][len("--config."):] for a in argv if a.startswith("--config.")]
+  if isinstance(e, (AttributeError, KeyError)) and overrides:
+    key = (re.findall(r"\w+", text) or ["?"])[0]
+    field = next((o for o in overrides if key in o.split(".")), key)
+    hint = re.search(r'Did you mean "(\w+)"', text)
+    return (f"unknown config field {field!r} (--config.{field})"
+            + (f". Did you mean {hint.group(1)!r}?" if hint else ""))
+  path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if path is None and "--config" in argv[:-1]:
+    path = argv[argv.index("--config") + 1]
+  while e.__cause__ is not None or (e.__context__ is not None and not e.__suppress_context__):
+    e = e.__cause__ or e.__context__
+  if path and not os.path.exists(path.split(":")[0]):
+    why = "no such file"
+  elif isinstance(e, SyntaxError):
+    why = f"syntax error at line {e.lineno}: {e.msg}"
+  elif isinstance(e, OSError) and e.strerror:
+    why = e.strerror
+  else:
+    why = f"{type(e).__name__}: " + " ".join(str(e).split())
+  return f"cannot load config file {path}: {why}"
+
+
+def _parse_flags(argv):
+  """absl's flag parsing; a config file that does not load, or an unknown config field,
+  is one line naming it (exit 1) instead of a traceback, before anything is created."""
+  try:
+    rest = FLAGS(argv)
+    "training" in FLAGS.config  # pylint: disable=pointless-statement  (loads the file now)
+    return rest
+  except flags.Error as e:  # a bad flag value; for a config file, the traceback's last line
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    print(f"error: {' '.join(lines[:1] + lines[1:][-1:])} (--helpfull lists the flags)",
+          file=sys.stderr)
+  except Exception as e:  # pylint: disable=broad-except
+    print(f"error: {_config_error(e, argv)}", file=sys.stderr)
+  sys.exit(1)
 
 
 def main(argv):
@@ -60,6 +111,10 @@ def main(argv):
       entry.run(FLAGS.mode, FLAGS.config, FLAGS.workdir, overrides, FLAGS.allow_config_change)
     elif FLAGS.mode == "train":
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.allow_config_change)
+    elif FLAGS.mode == "export":
+      from csm_jax import export  # pylint: disable=g-import-not-at-top
+      export.export_workdir(workdir.eval_config(FLAGS.workdir, FLAGS.config, overrides),
+                            FLAGS.workdir, FLAGS.export_dir)
     else:  # the workdir's recorded config, with evaluation/sampling overrides only
       config = workdir.eval_config(FLAGS.workdir, FLAGS.config, overrides)
       run = inference.evaluate_workdir if FLAGS.mode == "eval" else inference.sample_workdir
@@ -74,4 +129,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

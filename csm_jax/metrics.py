@@ -4,9 +4,11 @@ import datetime
 import json
 import os
 import time
+from typing import Optional
 
 from absl import logging
 import jax
+import numpy as np
 
 from csm_jax import atomic
 
@@ -64,6 +66,29 @@ class MetricWriter:
     if self._tb is not None:
       for k, v in scalars.items():
         self._tb.add_scalar(k, float(v), int(step))
+
+  def write_image(self, step: int, name: str, image) -> Optional[str]:
+    """Writes image (H, W, C) in [0, 1] to WORKDIR/samples/NAME_STEP.png (atomically:
+    temporary file, fsync, rename) and to TensorBoard; returns the path (None off
+    process 0)."""
+    if self._f is None:
+      return None
+    from matplotlib import image as mpl_image  # pylint: disable=g-import-not-at-top
+    image = np.clip(np.asarray(image, np.float32), 0.0, 1.0)
+    directory = os.path.join(os.path.dirname(self.path), "samples")
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, f"{name}_{int(step):08d}.png")
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+      mpl_image.imsave(f, image[..., 0] if image.shape[-1] == 1 else image, format="png",
+                       cmap="gray", vmin=0.0, vmax=1.0)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+    if self._tb is not None:
+      self._tb.add_image(f"samples/{name}", image, int(step), dataformats="HWC")
+      self._tb.flush()
+    return path
 
   def close(self):
     if self._f is not None:

@@ -1,7 +1,11 @@
-"""Noise levels and per-dimension perturbation (paper Sec. 4.2, our reading of App. C).
+"""Noise levels and the two ways of perturbing the data for CSM training (noise.mode).
 
-Each (example, dimension) gets its own sigma from a geometric schedule; only the
-target coordinate x_d is perturbed, the context stays computed from the clean x_<d.
+'per_dim' (paper Sec. 4.2, our reading of App. C): each (example, dimension) gets its own
+sigma from a geometric schedule; only the target coordinate x_d is perturbed, the
+context stays computed from the clean x_<d: the model learns q_sigma(x~_d | x_<d).
+'joint' (the smoothed joint): one sigma per example, the whole x perturbed, x~ = x +
+sigma eps; contexts see x~_<d and sigma, so the AR model is one of p_sigma = p * N(0,
+sigma^2 I) at every level (docs/smoothed_joint.md).
 """
 
 import jax
@@ -15,6 +19,19 @@ def geometric_sigmas(sigma_max: float, sigma_min: float, num_levels: int) -> np.
     raise ValueError(f"need noise.num_levels >= 1 and noise.sigma_max >= noise.sigma_min > 0, "
                      f"got {num_levels}, {sigma_max}, {sigma_min}")
   return np.geomspace(sigma_max, sigma_min, num_levels).astype(np.float32)
+
+
+MODES = ("per_dim", "joint")
+
+
+def mode_from_config(noise_config) -> str:
+  """config.noise.mode ('per_dim' when absent: configs older than the field)."""
+  from csm_jax import config_base  # pylint: disable=g-import-not-at-top
+  mode = noise_config.get("mode", "per_dim")
+  if mode not in MODES:
+    raise config_base.ConfigError(f"config field noise.mode must be one of "
+                                  f"{', '.join(map(repr, MODES))}, got {mode!r}")
+  return mode
 
 
 def sigmas_from_config(noise_config):
@@ -35,3 +52,12 @@ def perturb(rng, x, sigma):
   """x~ = x + sigma * eps, eps ~ N(0, I); returns (x~, eps)."""
   eps = jax.random.normal(rng, x.shape, x.dtype)
   return x + sigma * eps, eps
+
+
+def perturb_joint(rng, x, sigmas):
+  """The smoothed joint's perturbation: one level per example from `sigmas`, the whole
+  example perturbed; returns (x~ = x + sigma eps, sigma (B,))."""
+  k_sig, k_eps = jax.random.split(rng)
+  sigma = sample_sigmas(k_sig, x.shape[:1], sigmas).astype(x.dtype)
+  xt, _ = perturb(k_eps, x, sigma.reshape((-1,) + (1,) * (x.ndim - 1)))
+  return xt, sigma

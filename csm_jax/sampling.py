@@ -13,8 +13,10 @@ the reference; both draw the same random numbers, so with the same rng they agre
 rounding. `grid_sample` is ancestral sampling without Langevin: each 1-D conditional
 is normalized on a quadrature grid (`likelihood.py`) and sampled from it, exact up to
 the grid resolution. `ancestral_sample` draws exactly from a probability-mass head
-(PixelCNN++'s discretized logistic mixture). `make_sampler_from_config` is the one
-place that chooses among them from a config.
+(PixelCNN++'s discretized logistic mixture). `level_sweeps_sample` is the annealed
+sampler of a smoothed-joint model (noise.mode='joint'): one cached sequential sweep per
+noise level, the context given that level. `make_sampler_from_config` is the one place
+that chooses among them from a config.
 """
 
 import functools
@@ -156,9 +158,11 @@ def _constrain(x, sharding):
 
 
 def _langevin_chunk(model, params, x, k_run, start, length, num_dims, sig_steps,
-                    alpha_steps, denoise, cached, sharding, mh=None, acc=None):
+                    alpha_steps, denoise, cached, sharding, mh=None, acc=None,
+                    context_sigma=None):
   """Samples dimensions order[start:start+length] (those < num_dims) of x in place;
-  returns (x, acc) with acc[d] the mean acceptance rate of dimension d (1: unadjusted)."""
+  returns (x, acc) with acc[d] the mean acceptance rate of dimension d (1: unadjusted).
+  `context_sigma`: the level of a noise-conditional context (None: model.context_level)."""
   order = jnp.asarray(model.order)
   acc = jnp.ones((model.dim,), jnp.float32) if acc is None else acc
 
@@ -167,7 +171,8 @@ def _langevin_chunk(model, params, x, k_run, start, length, num_dims, sig_steps,
     d = order[t]
     key = jax.random.fold_in(k_run, t)
     if cached:
-      ctx_d = jax.lax.dynamic_index_in_dim(model.context(params, x), d, axis=1)  # (B,1,C)
+      ctx = model.context(params, x, sigma=context_sigma)
+      ctx_d = jax.lax.dynamic_index_in_dim(ctx, d, axis=1)                        # (B,1,C)
       score_fn = lambda xd, sig: model.score(params, ctx_d, xd[:, None], sig[:, None])[:, 0]
     else:
       def score_fn(xd, sig):
@@ -269,6 +274,63 @@ def make_sampler(model, sigmas, num_samples, n_steps=10, step_lr=1e-2, denoise=T
     carry = (x, jnp.ones((model.dim,), jnp.float32))
     return pick(chunked.run_in_chunks(lambda c, t: chunk_fn(params, c, k_run, t), carry,
                                       steps, chunk_dims, log, "Langevin sampling"))
+  return run
+
+
+def level_sweeps_sample(model, params, rng, num_samples, sigmas, n_steps=10, step_lr=1e-2,
+                        denoise=True, init_scale=None, x_init=None, mh_nodes=0,
+                        sharding=None, log=None):
+  """Level-by-level annealed sampler of a smoothed-joint model (noise.mode='joint').
+
+  For each level sigma_l (l = 1..L) one sequential sweep of the cached sampler over all
+  D dimensions, started from the previous sweep's sample: dimension d runs T Langevin
+  steps at sigma_l (step alpha_l = step_lr sigma_l^2 / sigma_L^2) given the context of
+  the current x_<d at the same level sigma_l. Each sweep is ancestral sampling of
+  q_sigma_l, which the joint training fits at every level, so the chain tracks p * N(0,
+  sigma_l^2 I) down to sigma_L (the denoising step after the last). Cost: L*D context
+  passes, D*L*T head evaluations. Returns (num_samples, D). Not jit-able as a whole (one
+  compiled sweep per call, `log(str)` after each level); see `make_level_sweeps_sampler`.
+  """
+  return make_level_sweeps_sampler(model, sigmas, num_samples, n_steps, step_lr, denoise,
+                                   init_scale, sharding, log, mh_nodes)(params, rng, x_init)
+
+
+def make_level_sweeps_sampler(model, sigmas, num_samples, n_steps=10, step_lr=1e-2,
+                              denoise=True, init_scale=None, out_sharding=None, log=None,
+                              mh_nodes=0, num_dims=None):
+  """(params, rng[, x_init]) -> samples of `level_sweeps_sample`; one sweep compiled once
+  (the level is traced) and called L times. `num_dims`: sweep the first k dimensions of
+  the order only (for timing)."""
+  if not model.context_sigma:
+    raise ValueError("the level-sweeps sampler is for smoothed-joint models (a context that "
+                     "takes the noise level: noise.mode='joint'); use method='sequential'")
+  sigmas = np.asarray(sigmas, np.float32)
+  mh = _mh(n_steps, mh_nodes)
+  dim = chunked.dims_to_sample(model.dim, num_dims)
+
+  def sweep(params, x, key, sigma, alpha, last):
+    sig_steps = jnp.full((n_steps,), sigma, jnp.float32)
+    alpha_steps = jnp.full((n_steps,), alpha, jnp.float32)
+    return _langevin_chunk(model, params, x, key, 0, dim, dim, sig_steps, alpha_steps,
+                           denoise and last, True, out_sharding, mh,
+                           context_sigma=sigma)[0]
+
+  sweep_fn = jax.jit(sweep, static_argnums=5)
+  start_fn = jax.jit(lambda rng, x_init: _start(model, rng, num_samples, sigmas, init_scale,
+                                                x_init, out_sharding))
+
+  def run(params, rng, x_init=None):
+    x, k_run = start_fn(rng, x_init)
+    t0 = time.perf_counter()
+    for lv, sigma in enumerate(sigmas):
+      alpha = step_lr * (float(sigma) / float(sigmas[-1])) ** 2
+      x = sweep_fn(params, x, jax.random.fold_in(k_run, lv), sigma, np.float32(alpha),
+                   lv == len(sigmas) - 1)
+      if log is not None:
+        jax.block_until_ready(x)
+        log(f"level sweeps: level {lv + 1}/{len(sigmas)} (sigma {float(sigma):.4g}) done, "
+            f"elapsed {time.perf_counter() - t0:.0f}s")
+    return x
   return run
 
 
@@ -607,6 +669,25 @@ def make_sampler_from_config(config, model, num_samples: Optional[int] = None, m
     return make_ancestral_sampler(model, n, num_dims=num_dims, chunk_dims=chunk, log=log), info
   sigmas = _sigmas_from_config(config)
   mh_nodes = _mh_nodes(opt)
+  if opt["method"] == "level_sweeps":
+    if not cached:
+      raise ValueError("sampling.method='level_sweeps' runs the cached sampler: no "
+                       "cached=False")
+    info = {"sampler": "level sweeps (smoothed joint): one cached annealed-Langevin sweep "
+                       "per noise level, contexts at that level"
+                       + (" (Metropolis-adjusted)" if mh_nodes else ""),
+            "method": "level_sweeps", "L": len(sigmas), "T": opt["num_steps"],
+            "step_lr": opt["step_lr"], "denoise": opt["denoise"],
+            "sigmas": [float(v) for v in sigmas], "mh_nodes": mh_nodes,
+            "context_passes_per_sample": len(sigmas) * dims,
+            "head_evaluations_per_sample": head_evaluations(
+                dims, len(sigmas), opt["num_steps"], mh_nodes, opt["denoise"])}
+    run = make_level_sweeps_sampler(
+        model, sigmas, n, opt["num_steps"], opt["step_lr"], opt["denoise"],
+        out_sharding=None if mesh is None else sharding_lib.batch_sharding(mesh), log=log,
+        mh_nodes=mh_nodes, num_dims=num_dims)
+    return (lambda params, rng: run(params, rng)), info
+  model = at_sampling_level(model, sigmas)
   info = {"sampler": f"{'cached-context' if cached else 'naive'} annealed Langevin"
                      + (" (Metropolis-adjusted)" if mh_nodes else ""),
           "L": len(sigmas),
@@ -633,6 +714,15 @@ def make_sampler_from_config(config, model, num_samples: Optional[int] = None, m
   return sampler, info
 
 
+def at_sampling_level(model, sigmas):
+  """A smoothed-joint model with its context at the smallest level sigma_L (the level
+  whose joint approximates the data) unless it has one: the per-dimension samplers then
+  run on it unchanged, annealing the head only. Other models are returned as they are."""
+  if model.context_sigma and model.context_level is None:
+    return model.at_level(float(np.min(np.asarray(sigmas))))
+  return model
+
+
 def _mh_nodes(opt) -> int:
   """Gauss-Lobatto nodes of the MH correction asked for (0: unadjusted Langevin)."""
   if not opt["mh_correction"]:
@@ -652,6 +742,7 @@ def _fixed_point_from_config(config, model, n, opt, log):
     info["sampler"] = "exact ancestral (discretized logistic mixture), fixed-point sweeps"
   else:
     sigmas = _sigmas_from_config(config)
+    model = at_sampling_level(model, sigmas)
     kind = "langevin"
     kwargs = dict(sigmas=tuple(float(v) for v in sigmas), n_steps=opt["num_steps"],
                   step_lr=opt["step_lr"], denoise=opt["denoise"], mh_nodes=_mh_nodes(opt))

@@ -31,6 +31,7 @@ from csm_jax import loop as loop_lib
 from csm_jax import losses
 from csm_jax import models
 from csm_jax import pipeline as pipeline_lib
+from csm_jax import sampling
 from csm_jax import sharding as sharding_lib
 from csm_jax import workdir as workdir_lib
 
@@ -254,8 +255,32 @@ def trainer(s: Setup, eval_fn: Optional[Callable[[Any], dict]] = None) -> loop_l
       init=lambda: initial_state(s), compile=compile_fn, inputs=pipe.inputs,
       abstract=lambda: loop_lib.abstract_replicated(lambda: initial_state(s), s.mesh),
       evaluate=None if eval_fn is None else (lambda state: eval_fn(state.ema_params)),
+      sample_grid=None if eval_fn is None else sample_grid_fn(s),
       describe=describe, steps_per_dispatch=int(t.steps_per_dispatch),
       nan_hint="Lower optim.learning_rate, check the data, or raise noise.sigma_min.")
+
+
+def sample_grid_fn(s: Setup) -> Optional[Callable[[Any], np.ndarray]]:
+  """state -> an image grid of training.eval_samples samples of the EMA parameters
+  (config.sampling's sampler, the same random numbers every time); None where
+  eval_samples is 0 or the data are not images."""
+  config, n = s.config, int(s.config.training.eval_samples)
+  if not n or len(s.arrays.shape) != 3:
+    return None
+  sampler = []  # built at the first call (its compilation is part of the first grid)
+
+  def grid(state):
+    from csm_jax import plotting  # pylint: disable=g-import-not-at-top  (matplotlib)
+    if not sampler:
+      sampler.append(sampling.make_sampler_from_config(config, s.model, num_samples=n,
+                                                       mesh=s.mesh)[0])
+    x = sharding_lib.to_host(sampler[0](state.ema_params,
+                                        jax.random.PRNGKey(config.seed + 30_000)))
+    images = np.asarray(s.pre.to_display(x)).reshape((-1,) + tuple(s.arrays.shape))
+    images = np.nan_to_num(images, nan=0.0, posinf=1.0, neginf=0.0)  # a diverged chain
+    return plotting.image_grid(np.clip(images, 0.0, 1.0))
+
+  return grid
 
 
 def train_loop(s: Setup, workdir: Optional[str] = None,

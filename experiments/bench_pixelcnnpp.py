@@ -18,40 +18,22 @@ dimension for comparison. The JSON is written after the train steps and after sa
 
 CPU-feasible defaults (batch 4, 16 filters, 1 resnet per resolution, 4 samples); config
 fields are set with --config.FIELD=value (both variants), e.g.
-  python -m experiments.bench_pixelcnnpp --out /tmp/bench.json \\
+  python -m experiments.bench_pixelcnnpp --out /tmp/bench_pixelcnnpp \\
       --config.model.nr_filters=32 --config.sampling.num_steps=5
 and the paper size (160 filters, 5 resnets, batch 16) on a GPU:
-  python -m experiments.bench_pixelcnnpp --out /tmp/bench.json --paper_size
+  python -m experiments.bench_pixelcnnpp --out /tmp/bench_pixelcnnpp --paper_size
 """
 
-import argparse
 import os
 import sys
 import time
 
-import jax
-import numpy as np
-
-from csm_jax import config_base
-from csm_jax import data as data_lib
-from csm_jax import models
-from csm_jax import sampling
-from csm_jax import sharding as sharding_lib
-from csm_jax import train
 from experiments import common
-
-CONFIG = "cifar10_pixelcnnpp"
-CPU_SIZE = ("model.nr_filters=16", "model.nr_resnet=1", "training.batch_size=4",
-            "sampling.num_samples=4")
-PAPER_SIZE = ("model.nr_filters=160", "model.nr_resnet=5", "training.batch_size=16")
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CIFAR_NPZ = os.path.join(os.path.dirname(REPO), "shared", "data", "cifar10_subset",
-                         "train_first4000.npz")
 
 
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--out", required=True, help="output JSON file")
+  p = common.parser(__doc__.split("\n\n")[0], ("config",))
+  p.add_argument("--out", required=True, help="output directory (results.json)")
   p.add_argument("--paper_size", action="store_true",
                  help="nr_filters 160, nr_resnet 5, batch 16 (before --config.* flags)")
   p.add_argument("--image_size", type=int, default=None,
@@ -62,10 +44,28 @@ def parse_args(argv=None):
                  help="k1,k2 (or one k): dimensions timed, scaled to D (module docstring)")
   p.add_argument("--no_naive", action="store_true", help="skip the naive sampler timing")
   p.add_argument("--no_sampling", action="store_true", help="time the train steps only")
-  p.add_argument("--data", default=CIFAR_NPZ,
+  p.add_argument("--data", default=common.CIFAR_NPZ[0],
                  help="CIFAR-10 npz (key x, uint8 NHWC); random pixels if missing")
-  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--seed", type=int, default=0, help="random seed")
   return common.parse(p, argv, prefixes=("config",))
+
+
+common.parse_early(__name__, parse_args)  # --help and flag errors before JAX loads
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from csm_jax import config_base  # noqa: E402
+from csm_jax import data as data_lib  # noqa: E402
+from csm_jax import models  # noqa: E402
+from csm_jax import sampling  # noqa: E402
+from csm_jax import sharding as sharding_lib  # noqa: E402
+from csm_jax import train  # noqa: E402
+
+
+CONFIG = "cifar10_pixelcnnpp"
+CPU_SIZE = ("model.nr_filters=16", "model.nr_resnet=1", "training.batch_size=4",
+            "sampling.num_samples=4")
+PAPER_SIZE = ("model.nr_filters=160", "model.nr_resnet=5", "training.batch_size=16")
 
 
 def load_configs(args, overrides):
@@ -224,7 +224,7 @@ def main(argv=None):
       "paper_size": args.paper_size, "data": source, "machine": common.machine(),
   }
   result["train_step"], runs = time_train_steps(configs, arrays, args)
-  common.write_json(args.out, result)
+  common.write_results(args.out, result, args)
   steps = result["train_step"]
   print(f"CSM step {steps['csm_step_s_median'] * 1e3:.1f} ms, MLE step "
         f"{steps['mle_step_s_median'] * 1e3:.1f} ms, ratio {steps['ratio_csm_over_mle']:.3f}",
@@ -232,12 +232,12 @@ def main(argv=None):
   if not args.no_sampling:
     def save(partial):
       result["sampling"] = partial
-      common.write_json(args.out, result)
+      common.write_results(args.out, result, args)
     time_sampling(args, runs, save)
     for k, v in result["sampling"].items():
       print(f"{k}: {v['samples_per_sec']:.4g} samples/s "
             f"(full image {v['est_full_image_s']:.1f} s for {v['num_samples']})", flush=True)
-  print("wrote", args.out)
+  print("wrote", common.results_path(args.out))
   return result
 
 

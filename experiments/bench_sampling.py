@@ -22,10 +22,10 @@ the fixed-point sampler slower; on a GPU the sequential sampler is latency-bound
 ``--workdir W`` uses a trained model (W's recorded config and latest EMA parameters)
 instead of a random initialization: sweeps depend on the model.
 
-  python -m experiments.bench_sampling --out /tmp/bench_sampling.json
-  python -m experiments.bench_sampling --out /tmp/b.json --workdir /tmp/csm_mnist \
+  python -m experiments.bench_sampling --out /tmp/bench_sampling
+  python -m experiments.bench_sampling --out /tmp/b --workdir /tmp/csm_mnist \
       --naive_dims 0 --fixed_point_batches 1,8
-  python -m experiments.bench_sampling --out /tmp/b.json --config=configs/mnist_made.py \\
+  python -m experiments.bench_sampling --out /tmp/b --config=configs/mnist_made.py \\
       --config.model.hidden_sizes=64,64 --config.noise.num_levels=10 \\
       --config.sampling.num_steps=10 --config.sampling.num_samples=16
 
@@ -35,23 +35,18 @@ come from the config (default configs/mnist_made.py) and its ``--config.FIELD=va
 overrides; parameters are a random init (the cost does not depend on their values).
 """
 
-import argparse
 import time
 
-import jax
-import numpy as np
-
-from csm_jax import config_base, inference, models, sampling
-from csm_jax import data as data_lib
 from experiments import common
 
 
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--out", required=True, help="output JSON file")
+  p = common.parser(__doc__.splitlines()[0], ("config",))
+  p.add_argument("--out", required=True, help="output directory (results.json)")
   p.add_argument("--config", default="mnist_made", help="configs/NAME.py[:variant] or a path")
   p.add_argument("--naive_dims", type=int, default=4, help="k: naive timed on k dims")
-  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--repeats", type=int, default=3,
+                 help="timed calls of each sampler (the median is reported)")
   p.add_argument("--image_size", type=int, default=0,
                  help="images of image_size^2 pixels (smoke runs; 0: the dataset's shape)")
   p.add_argument("--workdir", default=None,
@@ -59,6 +54,14 @@ def parse_args(argv=None):
   p.add_argument("--fixed_point_batches", default="1,8",
                  help="batch sizes for the fixed-point vs sequential comparison ('': skip)")
   return common.parse(p, argv, prefixes=("config",))
+
+
+common.parse_early(__name__, parse_args)  # --help and flag errors before JAX loads
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from csm_jax import config_base, inference, models, sampling  # noqa: E402
+from csm_jax import data as data_lib  # noqa: E402
 
 
 def make_samplers(config, model, k):
@@ -156,7 +159,7 @@ def run(args, overrides):
     for b in (int(v) for v in args.fixed_point_batches.split(",")):
       row = fixed_point_vs_sequential(cfg, model, params, b, rng)
       result["fixed_point"].append(row)
-      common.write_json(args.out, result)
+      common.write_results(args.out, result, args)
       print(f"batch {b}: fixed point {row['sweeps']} sweeps (D={dim}), "
             f"{row['fixed_point_seconds']:.2f}s vs sequential {row['sequential_seconds']:.2f}s"
             f" ({row['speedup']:.2f}x), max diff {row['max_abs_diff_to_sequential']:.2e}",
@@ -206,7 +209,7 @@ def run(args, overrides):
                       "naive": f"{dim * num_l * num_t} full passes "
                                f"(context + head on all {dim} dims)"},
   })
-  common.write_json(args.out, result)
+  common.write_results(args.out, result, args)
   print(f"cached {med['cached']:.2f}s, naive {med['naive_k']:.2f}s on {k} dims -> "
         f"{naive_full:.1f}s estimated for D={dim}: speedup {speedup:.1f}x", flush=True)
   return result

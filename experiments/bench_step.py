@@ -13,28 +13,45 @@ rate of its compiled step fed one resident batch (loop efficiency = step alone /
 per step), for the host pipeline, the device-resident pipeline, and the device pipeline
 with --steps_per_dispatch steps per call. FLOP/s from XLA's cost analysis.
 
-  python -m experiments.bench_step --out bench_step.json \\
+  python -m experiments.bench_step --out /tmp/bench_step \\
       [--config.model.hidden_sizes='(1024,1024)' --config.training.batch_size=100]
       [--config.model.compute_dtype=bfloat16] [--loop_steps 2000]
 """
 
-import argparse
 import functools
 import math
 import sys
 import time
 
-import jax
-import numpy as np
-
-from csm_jax import config_base
-from csm_jax import data as data_lib
-from csm_jax import losses
-from csm_jax import models
-from csm_jax import noise
-from csm_jax import sharding as sharding_lib
-from csm_jax import train
 from experiments import common
+
+
+def parse_args(argv=None):
+  p = common.parser(__doc__.splitlines()[0], ("config",))
+  p.add_argument("--out", required=True, help="output directory (results.json)")
+  p.add_argument("--repeats", type=int, default=15, help="interleaved timing rounds")
+  p.add_argument("--inner", type=int, default=3, help="steps per timing")
+  p.add_argument("--loop_steps", type=int, default=30,
+                 help="steps of each timed training loop (0: skip the loop efficiency)")
+  p.add_argument("--loop_examples", type=int, default=60000,
+                 help="training images of the loop runs (random uint8, MNIST-shaped)")
+  p.add_argument("--steps_per_dispatch", type=int, default=10,
+                 help="k of the device pipeline's several-steps-per-dispatch loop run")
+  return common.parse(p, argv, prefixes=("config",))
+
+
+common.parse_early(__name__, parse_args)  # --help and flag errors before JAX loads
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from csm_jax import config_base  # noqa: E402
+from csm_jax import data as data_lib  # noqa: E402
+from csm_jax import losses  # noqa: E402
+from csm_jax import models  # noqa: E402
+from csm_jax import noise  # noqa: E402
+from csm_jax import sharding as sharding_lib  # noqa: E402
+from csm_jax import train  # noqa: E402
+
 
 CONFIG = "mnist_made"  # configs/mnist_made.py
 
@@ -170,33 +187,23 @@ def run(args, config):
     thunks[name], out["params"][name], out["flops_per_step"][name] = compiled_thunk(
         model, loss_fn, optimizer, x, rng)
     print(f"compiled {name}", flush=True)
-  common.write_json(args.out, out)
+  common.write_results(args.out, out, args)
   med, raw = common.time_interleaved(thunks, repeats=args.repeats, inner=args.inner)
   out.update(csm_over_forward_backward=med["csm"] / med["forward_backward"],
              csm_over_mle=med["csm"] / med["mle"], median_step_seconds=med,
              raw_step_seconds=raw,
              flops_per_sec={k: (out["flops_per_step"][k] / med[k]
                                 if out["flops_per_step"][k] else None) for k in med})
-  common.write_json(args.out, out)
+  common.write_results(args.out, out, args)
   print({k: round(v, 3) for k, v in out.items() if k.startswith("csm_")}, med, flush=True)
   if args.loop_steps:
     out["loop"] = loop_efficiency(config, args)
-    common.write_json(args.out, out)
+    common.write_results(args.out, out, args)
   return out
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--out", required=True, help="output JSON file")
-  p.add_argument("--repeats", type=int, default=15, help="interleaved timing rounds")
-  p.add_argument("--inner", type=int, default=3, help="steps per timing")
-  p.add_argument("--loop_steps", type=int, default=30,
-                 help="steps of each timed training loop (0: skip the loop efficiency)")
-  p.add_argument("--loop_examples", type=int, default=60000,
-                 help="training images of the loop runs (random uint8, MNIST-shaped)")
-  p.add_argument("--steps_per_dispatch", type=int, default=10,
-                 help="k of the device pipeline's several-steps-per-dispatch loop run")
-  args, ov = common.parse(p, argv, prefixes=("config",))
+  args, ov = parse_args(argv)
   return run(args, common.apply(config_base.load_config(CONFIG), ov["config"]))
 
 

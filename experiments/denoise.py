@@ -18,45 +18,21 @@ Settings (--settings, comma-separated):
 Models are trained here (in OUT/models/NAME, resumed by a rerun) with CPU-sized defaults,
 or read from work directories of `python -m csm_jax.main` (--csm_workdir, --mle_workdir,
 --cifar_csm_workdir). --csm.FIELD=value / --mle.FIELD=value / --cifar.FIELD=value set
-config fields of one model. Writes denoise.json after every stage (PSNR / SSIM from
+config fields of one model. Writes results.json after every stage (PSNR / SSIM from
 dm-pix, mean and std over the test images) and one PNG per setting: clean / corrupted /
 each restoration.
 
   python -m experiments.denoise --out /tmp/denoise
 """
 
-import argparse
 import os
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-
-from csm_jax import config_base
-from csm_jax import data as data_lib
-from csm_jax import denoise
-from csm_jax import noise as noise_lib
-from csm_jax import plotting
 from experiments import common
-
-CIFAR_NPZ = ("../shared/data/cifar10_subset/train_first4000.npz",
-             "../shared/data/cifar10_subset/test_first1000.npz")
-# CPU-sized defaults (each overridable with --csm.FIELD= etc.)
-MNIST_CPU = ("model.hidden_sizes=(512, 512)", "model.context_size=8",
-             "training.num_steps=1500",
-             "training.batch_size=64", "training.log_every=200", "training.eval_every=0",
-             "training.checkpoint_every=500", "optim.warmup_steps=100",
-             "optim.ema_decay=0.99")
-CIFAR_CPU = ("data.source=npz", f"data.path={CIFAR_NPZ[0]}", f"data.test_path={CIFAR_NPZ[1]}",
-             "model.nr_filters=16", "model.nr_resnet=1", "model.dropout_rate=0.0",
-             "training.batch_size=8", "training.num_steps=400", "training.log_every=50",
-             "training.eval_every=0", "training.checkpoint_every=100",
-             "optim.warmup_steps=20", "optim.ema_decay=0.99")
 
 
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p = common.parser(__doc__.split("\n\n")[0], ("config", "csm", "mle", "cifar"))
   p.add_argument("--out", required=True, help="output directory")
   p.add_argument("--settings", default="mnist_gaussian,mnist_sp",
                  help="comma-separated: mnist_gaussian, mnist_sp, cifar_sp")
@@ -74,17 +50,46 @@ def parse_args(argv=None):
                  help="Langevin steps per level (default: the model config's sampling)")
   p.add_argument("--step_lr", type=float, default=None,
                  help="Langevin step at the last level (default: the model config's)")
-  p.add_argument("--csm_workdir", default=None)
-  p.add_argument("--mle_workdir", default=None)
-  p.add_argument("--cifar_csm_workdir", default=None)
+  p.add_argument("--csm_workdir", default=None,
+                 help="trained MNIST AR-CSM run of csm_jax.main to restore (default: train one)")
+  p.add_argument("--mle_workdir", default=None,
+                 help="trained MNIST MLE run of csm_jax.main to restore (default: train one)")
+  p.add_argument("--cifar_csm_workdir", default=None,
+                 help="trained CIFAR-10 AR-CSM run (cifar_sp; default: train one)")
   p.add_argument("--paper_size", action="store_true",
                  help="train the configs' own (paper-size) models, not the CPU-sized ones")
   p.add_argument("--num_show", type=int, default=8, help="images per row of the figures")
   p.add_argument("--params", choices=tuple(common.PARAMS), default="ema",
                  help="EMA parameters, or the raw last iterate (short runs trained with a "
                       "long EMA horizon, which still remembers the initialization)")
-  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--seed", type=int, default=0, help="random seed")
   return common.parse(p, argv, prefixes=("config", "csm", "mle", "cifar"))
+
+
+common.parse_early(__name__, parse_args)  # --help and flag errors before JAX loads
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from csm_jax import config_base  # noqa: E402
+from csm_jax import data as data_lib  # noqa: E402
+from csm_jax import denoise  # noqa: E402
+from csm_jax import noise as noise_lib  # noqa: E402
+from csm_jax import plotting  # noqa: E402
+
+
+CIFAR_NPZ = common.CIFAR_NPZ  # $CSM_DATA_DIR (default ./data), docs/usage.md
+# CPU-sized defaults (each overridable with --csm.FIELD= etc.)
+MNIST_CPU = ("model.hidden_sizes=(512, 512)", "model.context_size=8",
+             "training.num_steps=1500",
+             "training.batch_size=64", "training.log_every=200", "training.eval_every=0",
+             "training.checkpoint_every=500", "optim.warmup_steps=100",
+             "optim.ema_decay=0.99")
+CIFAR_CPU = ("data.source=npz", f"data.path={CIFAR_NPZ[0]}", f"data.test_path={CIFAR_NPZ[1]}",
+             "model.nr_filters=16", "model.nr_resnet=1", "model.dropout_rate=0.0",
+             "training.batch_size=8", "training.num_steps=400", "training.log_every=50",
+             "training.eval_every=0", "training.checkpoint_every=100",
+             "optim.warmup_steps=20", "optim.ema_decay=0.99")
 
 
 def _config(path, variant, cpu, args, overrides, name):
@@ -113,8 +118,8 @@ class Run:
     print(f"{time.perf_counter() - self.start:7.1f}s {msg}", flush=True)
 
   def save(self):
-    common.write_json(os.path.join(self.args.out, "denoise.json"),
-                      dict(self.results, seconds=time.perf_counter() - self.start))
+    common.write_results(self.args.out,
+                         dict(self.results, seconds=time.perf_counter() - self.start), self.args)
 
   def record(self, setting, method, clean, restored, extra=None):
     m = denoise.image_metrics(clean, restored)

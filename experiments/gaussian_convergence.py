@@ -38,24 +38,13 @@ variance of its gradient. (Exact SM equals noise-free CSM draw by draw on an AR-
                                                       # the SSM discrepancy (README)
 """
 
-import argparse
 import functools
 import math
 import os
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
-from jax.flatten_util import ravel_pytree
-
-from csm_jax import losses
-from csm_jax import models
-from csm_jax import train
 from experiments import common
-from experiments import matched_sizes
 
 
 # --ssm_variants: name -> (run name prefix, projection distribution, variance_reduced).
@@ -69,23 +58,19 @@ SSM_VARIANTS = {
 }
 
 
-def ssm_optimum_rel_fisher(distribution, variance_reduced, dim):
-  """Relative Fisher error of the minimizer of the SSM variant's expected objective:
-  s / D for variance-reduced SSM with unit-length projections, else the score itself."""
-  return (1.0 - 1.0 / dim) ** 2 if (distribution == "gaussian_unit" and variance_reduced) else 0.0
-
-
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p = common.parser(__doc__.split("\n\n")[0], ())
   p.add_argument("--out", required=True, help="output directory")
-  p.add_argument("--dim", type=int, default=100)
+  p.add_argument("--dim", type=int, default=100, help="data dimension D")
   p.add_argument("--std", type=float, default=0.1, help="data are N(0, std^2 I)")
-  p.add_argument("--steps", type=int, default=3000)
-  p.add_argument("--batch", type=int, default=128)
-  p.add_argument("--lr", type=float, default=1e-3)
-  p.add_argument("--eval_every", type=int, default=50)
+  p.add_argument("--steps", type=int, default=3000, help="training steps per run")
+  p.add_argument("--batch", type=int, default=128, help="training batch size")
+  p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+  p.add_argument("--eval_every", type=int, default=50,
+                 help="steps between evaluations of the error")
   p.add_argument("--num_eval", type=int, default=2000, help="held-out samples")
-  p.add_argument("--dsm_sigmas", default="0.01,0.05,0.1")
+  p.add_argument("--dsm_sigmas", default="0.01,0.05,0.1",
+                 help="comma-separated DSM noise levels (one run each)")
   p.add_argument("--nets", default="made,mlp",
                  help="networks for SSM and DSM (CSM trains the MADE AR-CSM)")
   p.add_argument("--ssm_variants", default="vr,plain,unit,unit_vr",
@@ -94,8 +79,10 @@ def parse_args(argv=None):
   p.add_argument("--csm", type=int, default=1,
                  help="train the CSM run and do the loss-variance study at its parameters (0/1)")
   p.add_argument("--hidden", type=int, default=128, help="MADE hidden width (3 layers)")
-  p.add_argument("--context_size", type=int, default=4)
-  p.add_argument("--head_hidden", default="32,32")
+  p.add_argument("--context_size", type=int, default=4,
+                 help="MADE context features per dimension")
+  p.add_argument("--head_hidden", default="32,32",
+                 help="score-head hidden widths, comma-separated")
   p.add_argument("--activation", default="softplus", help="MLP score-net activation")
   p.add_argument("--threshold", type=float, default=0.05,
                  help="relative Fisher divergence for the time-to-threshold report")
@@ -105,8 +92,27 @@ def parse_args(argv=None):
   p.add_argument("--variance_sm", type=int, default=0,
                  help="include exact SM in the variance study (0/1); on an AR-CSM it equals "
                       "noise-free CSM draw by draw, at ~D times the cost")
-  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--seed", type=int, default=0, help="random seed")
   return p.parse_args(argv)
+
+
+common.parse_early(__name__, parse_args)  # --help and flag errors before JAX loads
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from jax.flatten_util import ravel_pytree  # noqa: E402
+from csm_jax import losses  # noqa: E402
+from csm_jax import models  # noqa: E402
+from csm_jax import train  # noqa: E402
+from experiments import matched_sizes  # noqa: E402
+
+
+def ssm_optimum_rel_fisher(distribution, variance_reduced, dim):
+  """Relative Fisher error of the minimizer of the SSM variant's expected objective:
+  s / D for variance-reduced SSM with unit-length projections, else the score itself."""
+  return (1.0 - 1.0 / dim) ** 2 if (distribution == "gaussian_unit" and variance_reduced) else 0.0
 
 
 def _head_hidden(args):
@@ -392,7 +398,7 @@ def _print_table(results, threshold):
 def run(args):
   os.makedirs(args.out, exist_ok=True)
   t_start = time.time()
-  write = lambda r: common.write_json(os.path.join(args.out, "convergence.json"), r)
+  write = lambda r: common.write_results(args.out, r, args)
   runs = build_runs(args)
   results = {"config": dict(vars(args), **common.machine()), "runs": {}, "variance": {}}
   print(f"{len(runs)} runs x {args.steps} steps, D={args.dim}, batch={args.batch}", flush=True)
@@ -407,7 +413,7 @@ def run(args):
   _print_table(results, args.threshold)
   pngs = "convergence_loss.png, convergence_error.png" + (
       ", loss_variance.png" if results["variance"] else "")
-  print(f"wrote {args.out}/convergence.json, {pngs} in {results['wall_seconds']:.0f}s", flush=True)
+  print(f"wrote {args.out}/results.json, {pngs} in {results['wall_seconds']:.0f}s", flush=True)
   return results
 
 

@@ -16,41 +16,37 @@ exceed the time or memory budget are written as {"skipped": reason}.
   python -m experiments.gaussian_scaling --out /tmp/scaling
 """
 
-import argparse
 import functools
 import os
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
-
-from csm_jax import losses
-from csm_jax import models
-from csm_jax import train
 from experiments import common
-from experiments import matched_sizes
+
 
 METHODS = ("sm", "ssm", "dsm", "csm")
+
+
 DEFAULT_DIMS = "2,10,50,100,200,500,1000,2000"
 
 
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p = common.parser(__doc__.split("\n\n")[0], ())
   p.add_argument("--out", required=True, help="output directory")
   p.add_argument("--dims", default=DEFAULT_DIMS, help="comma-separated data dimensions")
-  p.add_argument("--methods", default=",".join(METHODS))
+  p.add_argument("--methods", default=",".join(METHODS),
+                 help="comma-separated objectives to time (sm, ssm, dsm, csm)")
   p.add_argument("--steps", type=int, default=20, help="timed steps per point (at most)")
   p.add_argument("--min_steps", type=int, default=3, help="timed steps per point (at least)")
-  p.add_argument("--batch", type=int, default=32)
+  p.add_argument("--batch", type=int, default=32, help="batch size of the timed steps")
   p.add_argument("--hidden", type=int, default=128,
                  help="MADE hidden width; the MLP's width is matched to its parameter count")
-  p.add_argument("--context_size", type=int, default=4)
-  p.add_argument("--head_hidden", default="32,32")
+  p.add_argument("--context_size", type=int, default=4,
+                 help="MADE context features per dimension")
+  p.add_argument("--head_hidden", default="32,32",
+                 help="score-head hidden widths, comma-separated")
   p.add_argument("--activation", default="softplus", help="MLP score-net activation")
-  p.add_argument("--dsm_sigma", type=float, default=0.1)
+  p.add_argument("--dsm_sigma", type=float, default=0.1, help="DSM noise level")
   p.add_argument("--sm_chunk_size", type=int, default=None,
                  help="one-hot jvps per chunk in SM (bounds memory); default all D at once")
   p.add_argument("--point_budget", type=float, default=30.0,
@@ -60,8 +56,20 @@ def parse_args(argv=None):
   p.add_argument("--max_temp_gb", type=float, default=8.0,
                  help="skip a point whose compiled temporary memory exceeds this")
   p.add_argument("--sm_max_dim", type=int, default=None, help="skip SM above this D")
-  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--seed", type=int, default=0, help="random seed")
   return p.parse_args(argv)
+
+
+common.parse_early(__name__, parse_args)  # --help and flag errors before JAX loads
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from csm_jax import losses  # noqa: E402
+from csm_jax import models  # noqa: E402
+from csm_jax import train  # noqa: E402
+from experiments import matched_sizes  # noqa: E402
 
 
 def _mem_stats(compiled):
@@ -250,8 +258,8 @@ def run(args):
   os.makedirs(args.out, exist_ok=True)
   t_start = time.time()
   print(f"devices: {jax.devices()}  batch={args.batch} hidden={args.hidden}", flush=True)
-  results = measure_all(dims, methods, args, lambda r: common.write_json(
-      os.path.join(args.out, "scaling.json"), r))
+  results = measure_all(dims, methods, args, lambda r: common.write_results(
+      args.out, {"results": r}, args))
   plot(results, os.path.join(args.out, "scaling.png"))
   meta = {"args": vars(args), "machine": common.machine(), "wall_seconds": time.time() - t_start}
   if len(dims) >= 2:
@@ -260,8 +268,8 @@ def run(args):
     r = meta[f"step_ratio_D{hi}_over_D{lo}"] = ratios(results, lo, hi)
     print(f"step time ratio D={hi} / D={lo}: " + ", ".join(
         f"{m}={v:.1f}x" if v else f"{m}=n/a" for m, v in r.items()))
-  common.write_json(os.path.join(args.out, "scaling_meta.json"), meta)
-  print(f"wrote {args.out}/scaling.json, scaling_meta.json, scaling.png "
+  common.write_results(args.out, dict(meta, results=results))
+  print(f"wrote {args.out}/results.json, scaling.png "
         f"in {time.time() - t_start:.0f}s", flush=True)
   return results
 

@@ -13,46 +13,51 @@ with the --config.* overrides applied to both configs): a model with a discretiz
 exactly and ancestrally (D context passes); an AR-CSM with the cached-context annealed
 Langevin sampler (D context passes plus D*L*T head steps). Writes KIND_samples.png as
 each model is sampled, then side_by_side.png (test data | MLE | CSM), samples.npz
-(pixels in [0, 1]) and summary.json. Either work directory may be left out.
+(pixels in [0, 1]) and results.json. Either work directory may be left out.
 """
 
-import argparse
 import json
 import os
 import sys
 import time
 
-import jax
-import matplotlib
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from experiments import common
 
-from csm_jax import config_base  # noqa: E402
-from csm_jax import inference  # noqa: E402
-from csm_jax import plotting  # noqa: E402
-from csm_jax import sampling  # noqa: E402
-from experiments import common  # noqa: E402
 
 WHICH = {"ema": "ema_params", "raw": "params"}
-BACKBONE_FIELDS = ("backbone", "nr_filters", "nr_resnet", "num_resolutions", "context_size",
-                   "hidden_sizes")
 
 
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p = common.parser(__doc__.split("\n\n")[0], ("config",))
   p.add_argument("--out", required=True, help="output directory")
   p.add_argument("--mle_workdir", default=None, help="MLE run (e.g. a ':mle' config)")
   p.add_argument("--csm_workdir", default=None, help="AR-CSM run")
-  p.add_argument("--num_samples", type=int, default=16)
+  p.add_argument("--num_samples", type=int, default=16, help="samples per model")
   p.add_argument("--num_dims", type=int, default=None,
                  help="sample only the first k dimensions (smoke tests; the rest stay at "
                       "their initial values)")
   p.add_argument("--params", choices=tuple(WHICH), default="ema",
                  help="EMA parameters (as eval and --mode=sample) or the raw last iterate "
                       "(short runs, where the EMA still remembers the initialization)")
-  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--seed", type=int, default=0, help="random seed")
   return common.parse(p, argv, prefixes=("config",))
+
+
+common.parse_early(__name__, parse_args)  # --help and flag errors before JAX loads
+
+import jax  # noqa: E402
+import matplotlib  # noqa: E402
+matplotlib.use("Agg")  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from csm_jax import config_base  # noqa: E402
+from csm_jax import inference  # noqa: E402
+from csm_jax import plotting  # noqa: E402
+from csm_jax import sampling  # noqa: E402
+
+
+BACKBONE_FIELDS = ("backbone", "nr_filters", "nr_resnet", "num_resolutions", "context_size",
+                   "hidden_sizes")
 
 
 def sample_workdir(workdir, args, overrides, key):
@@ -109,7 +114,7 @@ def write_summary(args, infos, configs, files):
       "same_backbone": (sigs["mle"] == sigs["csm"]) if len(sigs) == 2 else None,
       "backbone": sigs, **infos, "files": files,
   }
-  common.write_json(os.path.join(args.out, "summary.json"), summary)
+  common.write_results(args.out, summary, args)
   return summary
 
 

@@ -7,11 +7,15 @@ parameter count matches the MADE's (gaussian_scaling, gaussian_convergence).
 import math
 from typing import Sequence
 
-import ml_collections
+from experiments import common
 
-from csm_jax import config_base
-from csm_jax import models
-from csm_jax.models import score_nets
+common.helper_module(__name__, "matched_sizes")
+
+import ml_collections  # noqa: E402
+
+from csm_jax import config_base  # noqa: E402
+from csm_jax import models  # noqa: E402
+from csm_jax.models import score_nets  # noqa: E402
 
 
 def ar_csm_config(dim: int, hidden: int = 256, num_hidden: int = 3, context_size: int = 4,

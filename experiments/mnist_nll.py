@@ -32,24 +32,65 @@ optim.warmup_steps = min(100, num_steps // 10 + 1) and training.log_every =
 num_steps // 6 follow each run's training.num_steps unless they are set themselves.
 The data and the fixed dequantization of the test images (seed + 1) follow --config.*;
 the validation images (seed + 2) and the samples (seed + 3) the AR-CSM run's seed.
-Writes DIR/mnist_nll.json and DIR/mnist_nll_curves.png after each run, then
+Writes DIR/results.json and DIR/mnist_nll_curves.png after each run, then
 DIR/mnist_nll_arcsm.png and DIR/mnist_samples.png.
 """
 
-import argparse
 import dataclasses
 import os
 import time
 
-import jax
-import numpy as np
-
-from csm_jax import config_base, likelihood, losses, noise, plotting, sampling, train
-from csm_jax import data as data_lib
 from experiments import common
 
-plt = plotting.plt
+
 FAMILIES = ("gaussian", "arcsm", "mol")
+
+
+def parse_args(argv=None):
+  p = common.parser(__doc__.splitlines()[0], ("config",) + FAMILIES)
+  p.add_argument("--out", required=True, help="output directory")
+  p.add_argument("--methods", default="mle,csm,dsm,ssm", help="Gaussian MADE objectives")
+  p.add_argument("--dsm_sigmas", default="0.01,0.05,0.1",
+                 help="comma-separated DSM noise levels (one run each)")
+  p.add_argument("--sm_target", choices=["joint", "conditional"], default="joint",
+                 help="DSM/SSM on the joint score (joint) or on each conditional "
+                      "(conditional); see the module docstring")
+  p.add_argument("--arcsm_comparison", type=int, default=1,
+                 help="1: AR-CSM + MoL quadrature comparison")
+  p.add_argument("--num_eval", type=int, default=500, help="test images per curve point")
+  p.add_argument("--num_final", type=int, default=10000, help="test images, final exact NLL")
+  p.add_argument("--num_quadrature", type=int, default=100, help="test images, quadrature")
+  p.add_argument("--holdout", type=int, default=1000, help="train images held out (validation)")
+  p.add_argument("--num_val", type=int, default=20, help="validation images to pick sigma*")
+  p.add_argument("--num_points", type=int, default=1025, help="quadrature nodes")
+  p.add_argument("--grid", choices=["support", "data"], default="support",
+                 help="quadrature range: the exact support [logit(lambda), logit(1-lambda)] "
+                      "of the logit-transformed data, or the training data range + 10%%")
+  p.add_argument("--quad_batch", type=int, default=10, help="test images per quadrature call")
+  p.add_argument("--num_samples", type=int, default=16, help="0: no samples figure")
+  p.add_argument("--num_train", type=int, default=0, help="0: all but the held-out images")
+  p.add_argument("--num_steps", type=int, default=0,
+                 help="training steps of every run (0: the config's 1500); with "
+                      "--methods mle,csm --arcsm_comparison 0 the CSM-MLE gap against "
+                      "training length (table gap_vs_steps)")
+  p.add_argument("--eval_every", type=int, default=0,
+                 help="steps between test-NLL curve points (0: the config's 150)")
+  args, overrides = common.parse(p, argv, prefixes=("config",) + FAMILIES)
+  extra = ([f"training.num_steps={args.num_steps}"] if args.num_steps else []) + (
+      [f"training.eval_every={args.eval_every}"] if args.eval_every else [])
+  overrides["config"] = extra + list(overrides["config"])  # explicit --config.* wins
+  return args, overrides
+
+
+common.parse_early(__name__, parse_args)  # --help and flag errors before JAX loads
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from csm_jax import config_base, likelihood, losses, noise, plotting, sampling, train  # noqa: E402
+from csm_jax import data as data_lib  # noqa: E402
+
+
+plt = plotting.plt
 
 
 class JointScore:
@@ -315,39 +356,6 @@ def plot_samples(path, args, states, configs, grid, pre, log):
 # ------------------------------------------------------------------------------------
 
 
-def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--out", required=True, help="output directory")
-  p.add_argument("--methods", default="mle,csm,dsm,ssm", help="Gaussian MADE objectives")
-  p.add_argument("--dsm_sigmas", default="0.01,0.05,0.1")
-  p.add_argument("--sm_target", choices=["joint", "conditional"], default="joint")
-  p.add_argument("--arcsm_comparison", type=int, default=1,
-                 help="1: AR-CSM + MoL quadrature comparison")
-  p.add_argument("--num_eval", type=int, default=500, help="test images per curve point")
-  p.add_argument("--num_final", type=int, default=10000, help="test images, final exact NLL")
-  p.add_argument("--num_quadrature", type=int, default=100, help="test images, quadrature")
-  p.add_argument("--holdout", type=int, default=1000, help="train images held out (validation)")
-  p.add_argument("--num_val", type=int, default=20, help="validation images to pick sigma*")
-  p.add_argument("--num_points", type=int, default=1025, help="quadrature nodes")
-  p.add_argument("--grid", choices=["support", "data"], default="support",
-                 help="quadrature range: the exact support [logit(lambda), logit(1-lambda)] "
-                      "of the logit-transformed data, or the training data range + 10%%")
-  p.add_argument("--quad_batch", type=int, default=10)
-  p.add_argument("--num_samples", type=int, default=16, help="0: no samples figure")
-  p.add_argument("--num_train", type=int, default=0, help="0: all but the held-out images")
-  p.add_argument("--num_steps", type=int, default=0,
-                 help="training steps of every run (0: the config's 1500); with "
-                      "--methods mle,csm --arcsm_comparison 0 the CSM-MLE gap against "
-                      "training length (table gap_vs_steps)")
-  p.add_argument("--eval_every", type=int, default=0,
-                 help="steps between test-NLL curve points (0: the config's 150)")
-  args, overrides = common.parse(p, argv, prefixes=("config",) + FAMILIES)
-  extra = ([f"training.num_steps={args.num_steps}"] if args.num_steps else []) + (
-      [f"training.eval_every={args.eval_every}"] if args.eval_every else [])
-  overrides["config"] = extra + list(overrides["config"])  # explicit --config.* wins
-  return args, overrides
-
-
 def gap_vs_steps(runs, a="gaussian_csm", b="gaussian_mle"):
   """[{step, a, b, gap}]: test bits/dim of runs a and b at the curve points they share
   (the same test images), and a - b; the final exact NLL on --num_final images last."""
@@ -381,7 +389,7 @@ def run(args, overrides):
              "args": vars(args), "overrides": overrides,
              "configs": {n: c.to_dict() for n, c in configs.items()},
              "machine": common.machine(), "runs": {}}
-  json_path = os.path.join(args.out, "mnist_nll.json")
+  json_path = common.results_path(args.out)
   save = lambda: common.write_json(json_path, dict(results,
                                                    seconds=time.perf_counter() - start))
   states = {}

@@ -26,36 +26,24 @@ feature space of a small CNN the project trains on the MNIST labels (cached in
 --classifier_dir; its test accuracy is reported), mean intensity and on-pixel fraction
 (pixels > 0.5) next to the data's, and the class histogram the classifier assigns. The
 "data" row is the FID of as many other test images as samples: the floor at this
-sample size. Writes OUT/sample_quality.json, OUT/samples.png (one row per setting) and
+sample size. Writes OUT/results.json, OUT/samples.png (one row per setting) and
 OUT/samples/ROW.npy (float16 pixels in [0, 1]) after every row, OUT/table.md at the end.
 
   python -m experiments.mnist_sample_quality --out /tmp/msq
 """
 
-import argparse
 import os
 import time
 
-import jax
-import numpy as np
-
-from csm_jax import chunked
-from csm_jax import config_base
-from csm_jax import data as data_lib
-from csm_jax import image_quality as iq
-from csm_jax import likelihood
-from csm_jax import plotting
-from csm_jax import sampling
-from csm_jax.data import tfds_source
 from experiments import common
 
-# CPU-sized training, the same for every model (each overridable).
-CPU = ("model.hidden_sizes=(512, 512)", "model.context_size=8", "model.head_hidden=(32, 32)",
-       "training.num_steps=1500", "training.batch_size=64", "training.log_every=250",
-       "training.eval_every=0", "training.checkpoint_every=500", "optim.warmup_steps=100",
-       "optim.ema_decay=0.99", "seed=0")
+
 OLD_SAMPLER = ("sampling.num_steps=10", "sampling.step_lr=0.002")
+
+
 LOGIT = ("data.logit_lambda=1e-06", "data.scale=unit")
+
+
 MODELS = {
     "sigma5": ("mnist_made", LOGIT + ("noise.sigma_max=5.0", "noise.sigma_min=0.05",
                               "noise.num_levels=10") + OLD_SAMPLER,
@@ -73,28 +61,11 @@ MODELS = {
 }
 
 
-def add_scoring_flags(p):
-  """The flags of the scoring every row shares (sample count, reference set, classifier,
-  figure, seed); experiments.mnist_workdir_quality uses the same, so that its numbers
-  compare with this experiment's."""
-  p.add_argument("--out", required=True, help="output directory")
-  p.add_argument("--num_samples", type=int, default=200, help="samples per row")
-  p.add_argument("--num_reference", type=int, default=5000,
-                 help="test images of the reference statistics (the floor row uses the "
-                      "next --num_samples test images)")
-  p.add_argument("--num_dims", type=int, default=None,
-                 help="sample only the first k dimensions (smoke tests)")
-  p.add_argument("--classifier_dir", default=None,
-                 help="cache of the FID classifier (default OUT/classifier)")
-  p.add_argument("--classifier_steps", type=int, default=2000)
-  p.add_argument("--classifier_channels", default="32,64")
-  p.add_argument("--classifier_features", type=int, default=128)
-  p.add_argument("--num_show", type=int, default=16, help="samples per row of the figure")
-  p.add_argument("--seed", type=int, default=0)
+add_scoring_flags = common.add_sample_scoring_flags
 
 
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p = common.parser(__doc__.split("\n\n")[0], ("config",) + tuple(MODELS))
   p.add_argument("--models", default=",".join(MODELS),
                  help=f"comma-separated subset of {','.join(MODELS)}")
   p.add_argument("--grid_points", type=int, default=513,
@@ -108,7 +79,8 @@ def parse_args(argv=None):
                  help="comma-separated row names to run (e.g. sigma30_T30,gaussian_grid; "
                       "default: all rows of the chosen models)")
   add_scoring_flags(p)
-  p.add_argument("--params", choices=tuple(common.PARAMS), default="ema")
+  p.add_argument("--params", choices=tuple(common.PARAMS), default="ema",
+                 help="EMA parameters, or the raw last iterate")
   args, ov = common.parse(p, argv, prefixes=("config",) + tuple(MODELS))
   args.models = [m for m in args.models.split(",") if m]
   args.rows = [r for r in args.rows.split(",") if r]
@@ -116,6 +88,27 @@ def parse_args(argv=None):
   if bad:
     p.error(f"unknown models {sorted(bad)}; choose from {list(MODELS)}")
   return args, ov
+
+
+common.parse_early(__name__, parse_args)  # --help and flag errors before JAX loads
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from csm_jax import chunked  # noqa: E402
+from csm_jax import config_base  # noqa: E402
+from csm_jax import data as data_lib  # noqa: E402
+from csm_jax import image_quality as iq  # noqa: E402
+from csm_jax import likelihood  # noqa: E402
+from csm_jax import plotting  # noqa: E402
+from csm_jax import sampling  # noqa: E402
+from csm_jax.data import tfds_source  # noqa: E402
+
+
+# CPU-sized training, the same for every model (each overridable).
+CPU = ("model.hidden_sizes=(512, 512)", "model.context_size=8", "model.head_hidden=(32, 32)",
+       "training.num_steps=1500", "training.batch_size=64", "training.log_every=250",
+       "training.eval_every=0", "training.checkpoint_every=500", "optim.warmup_steps=100",
+       "optim.ema_decay=0.99", "seed=0")
 
 
 def model_config(name, overrides):
@@ -171,7 +164,7 @@ class Run:
 
   def save(self):
     self.results["seconds"] = time.perf_counter() - self.start
-    common.write_json(os.path.join(self.args.out, "sample_quality.json"), self.results)
+    common.write_results(self.args.out, self.results, self.args)
     if self.images:
       plotting.save_image_rows(os.path.join(self.args.out, "samples.png"), self.images,
                                title=self.title)

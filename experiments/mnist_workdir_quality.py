@@ -22,21 +22,14 @@ scored exactly as experiments.mnist_sample_quality scores its rows, with the sam
 and defaults (classifier, reference test[:5000], the floor row "data" of the next
 --num_samples test images), so the numbers of the two compare: classifier-FID with its
 bootstrap spread, mean intensity and on-pixel fraction next to the data's. Writes
-OUT/sample_quality.json, OUT/samples.png (one row per setting) and OUT/samples/NAME.npy
+OUT/results.json, OUT/samples.png (one row per setting) and OUT/samples/NAME.npy
 after every setting, OUT/table.md at the end.
 """
 
-import argparse
 import re
 
-import jax
-
-from csm_jax import config_base
-from csm_jax import image_quality as iq
-from csm_jax import inference
-from csm_jax import workdir as workdir_lib
 from experiments import common
-from experiments import mnist_sample_quality as msq
+
 
 # A comma that starts the next FIELD=VALUE (not one inside a tuple value).
 _SPLIT = re.compile(r",\s*(?=[A-Za-z_][\w.]*=)")
@@ -52,15 +45,16 @@ def parse_setting(text: str):
 
 
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p = common.parser(__doc__.split("\n\n")[0])
   p.add_argument("--workdir", required=True, help="a trained MNIST run of csm_jax.main")
   p.add_argument("--setting", action="append", default=[],
                  help="NAME=FIELD=VALUE[,FIELD=VALUE...] (eval/sampling fields), repeatable")
-  p.add_argument("--params", choices=tuple(common.PARAMS), default="ema")
+  p.add_argument("--params", choices=tuple(common.PARAMS), default="ema",
+                 help="EMA parameters, or the raw last iterate")
   p.add_argument("--sample_seed", type=int, default=None,
                  help="seed of the samplers' random key (default --seed + 3, as "
                       "mnist_sample_quality); unlike --seed it leaves the classifier as it is")
-  msq.add_scoring_flags(p)
+  common.add_sample_scoring_flags(p)
   args, ov = common.parse(p, argv)
   try:
     settings = [parse_setting(t) for t in (args.setting or ["recorded="])]
@@ -71,6 +65,16 @@ def parse_args(argv=None):
     p.error(f"--setting names must differ, got {names}")
   args.setting = dict(settings)
   return args, ov
+
+
+common.parse_early(__name__, parse_args)  # --help and flag errors before JAX loads
+
+import jax  # noqa: E402
+from csm_jax import config_base  # noqa: E402
+from csm_jax import image_quality as iq  # noqa: E402
+from csm_jax import inference  # noqa: E402
+from csm_jax import workdir as workdir_lib  # noqa: E402
+from experiments import mnist_sample_quality as msq  # noqa: E402
 
 
 def setting_configs(workdir: str, settings: dict, common_overrides=()) -> dict:

@@ -18,7 +18,7 @@ scored by two-sided typicality against held-out in-distribution images; log-like
 one-sided (larger = in-distribution). AUROC with in-distribution as the positive class.
 The synthetic sets have as many images as the in-distribution test images used.
 
-Writes table1.json after each stage (AUROCs, the paper's numbers for reference, the
+Writes results.json after each stage (AUROCs, the paper's numbers for reference, the
 definitions of the synthetic sets), table1.md (the paper's Table 1 layout: rows OOD sets
 and their average, columns statistics/models) and SETTING_hist.png (histograms of each
 statistic per set).
@@ -26,28 +26,55 @@ statistic per set).
   python -m experiments.ood --out /tmp/ood
 """
 
-import argparse
 import os
 import time
 
-import jax
-import matplotlib
-matplotlib.use("Agg")
+from experiments import common
+
+
+def parse_args(argv=None):
+  p = common.parser(__doc__.split("\n\n")[0], ("config", "mnist", "cifar", "cifar_mle"))
+  p.add_argument("--out", required=True, help="output directory")
+  p.add_argument("--settings", default="mnist,cifar", help="comma-separated: mnist, cifar")
+  p.add_argument("--num_test", type=int, default=500,
+                 help="in-distribution test images, and images per OOD set")
+  p.add_argument("--num_heldout", type=int, default=300,
+                 help="held-out in-distribution training images (reference, sigma*)")
+  p.add_argument("--num_ll", type=int, default=50,
+                 help="images per set for the AR-CSM quadrature log-likelihood (0: skip)")
+  p.add_argument("--num_ll_cifar", type=int, default=20,
+                 help="the same for the CIFAR-10 AR-CSM (3072 dimensions)")
+  p.add_argument("--num_ll_val", type=int, default=20,
+                 help="held-out images that choose the quadrature density's noise level")
+  p.add_argument("--num_ll_val_cifar", type=int, default=5,
+                 help="the same for the CIFAR-10 AR-CSM")
+  p.add_argument("--mnist_workdir", default=None, help="trained MNIST AR-CSM run")
+  p.add_argument("--cifar_csm_workdir", default=None, help="trained CIFAR-10 AR-CSM run")
+  p.add_argument("--cifar_mle_workdir", default=None, help="trained CIFAR-10 MLE run")
+  p.add_argument("--paper_size", action="store_true",
+                 help="train the configs' own (paper-size) models, not the CPU-sized ones")
+  p.add_argument("--params", choices=tuple(common.PARAMS), default="ema",
+                 help="EMA parameters, or the raw last iterate (short runs trained with a "
+                      "long EMA horizon, which still remembers the initialization)")
+  p.add_argument("--seed", type=int, default=0, help="random seed")
+  return common.parse(p, argv, prefixes=("config", "mnist", "cifar", "cifar_mle"))
+
+
+common.parse_early(__name__, parse_args)  # --help and flag errors before JAX loads
+
+import jax  # noqa: E402
+import matplotlib  # noqa: E402
+matplotlib.use("Agg")  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-
 from csm_jax import config_base  # noqa: E402
 from csm_jax import data as data_lib  # noqa: E402
 from csm_jax import likelihood  # noqa: E402
 from csm_jax import noise as noise_lib  # noqa: E402
 from csm_jax import ood  # noqa: E402
-from experiments import common  # noqa: E402
 
-SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
-                      "shared", "data")
-CIFAR_NPZ = (os.path.join(SHARED, "cifar10_subset", "train_first4000.npz"),
-             os.path.join(SHARED, "cifar10_subset", "test_first1000.npz"))
-CELEBA_NPZ = os.path.join(SHARED, "celeba32_subset", "celeba32_first5000.npz")
+
+CIFAR_NPZ, CELEBA_NPZ = common.CIFAR_NPZ, common.CELEBA_NPZ  # $CSM_DATA_DIR, docs/usage.md
 PAPER = {"what": "Meng et al. 2020, Table 1 (AUROC; CIFAR-10 in-distribution)",
          "sets": ["SVHN", "const uniform", "uniform"],
          "PixelCNN++": [0.32, 0.0, 1.0], "Glow": [0.24, 0.0, 1.0], "EBM": [0.63, 0.30, 1.0],
@@ -64,35 +91,8 @@ CIFAR_CPU = ("data.source=npz", f"data.path={CIFAR_NPZ[0]}", f"data.test_path={C
              "likelihood.outer_points=64")
 
 
-def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--out", required=True, help="output directory")
-  p.add_argument("--settings", default="mnist,cifar", help="comma-separated: mnist, cifar")
-  p.add_argument("--num_test", type=int, default=500,
-                 help="in-distribution test images, and images per OOD set")
-  p.add_argument("--num_heldout", type=int, default=300,
-                 help="held-out in-distribution training images (reference, sigma*)")
-  p.add_argument("--num_ll", type=int, default=50,
-                 help="images per set for the AR-CSM quadrature log-likelihood (0: skip)")
-  p.add_argument("--num_ll_cifar", type=int, default=20,
-                 help="the same for the CIFAR-10 AR-CSM (3072 dimensions)")
-  p.add_argument("--num_ll_val", type=int, default=20,
-                 help="held-out images that choose the quadrature density's noise level")
-  p.add_argument("--num_ll_val_cifar", type=int, default=5)
-  p.add_argument("--mnist_workdir", default=None, help="trained MNIST AR-CSM run")
-  p.add_argument("--cifar_csm_workdir", default=None, help="trained CIFAR-10 AR-CSM run")
-  p.add_argument("--cifar_mle_workdir", default=None, help="trained CIFAR-10 MLE run")
-  p.add_argument("--paper_size", action="store_true",
-                 help="train the configs' own (paper-size) models, not the CPU-sized ones")
-  p.add_argument("--params", choices=tuple(common.PARAMS), default="ema",
-                 help="EMA parameters, or the raw last iterate (short runs trained with a "
-                      "long EMA horizon, which still remembers the initialization)")
-  p.add_argument("--seed", type=int, default=0)
-  return common.parse(p, argv, prefixes=("config", "mnist", "cifar", "cifar_mle"))
-
-
 class Run:
-  """Results and log of one invocation; table1.json / table1.md after each stage."""
+  """Results and log of one invocation; results.json / table1.md after each stage."""
 
   def __init__(self, args, overrides):
     self.args, self.start = args, time.perf_counter()
@@ -107,8 +107,8 @@ class Run:
     print(f"{time.perf_counter() - self.start:7.1f}s {msg}", flush=True)
 
   def save(self):
-    common.write_json(os.path.join(self.args.out, "table1.json"),
-                      dict(self.results, seconds=time.perf_counter() - self.start))
+    common.write_results(self.args.out,
+                         dict(self.results, seconds=time.perf_counter() - self.start), self.args)
     with open(os.path.join(self.args.out, "table1.md"), "w") as f:
       f.write(markdown(self.results))
 

@@ -28,34 +28,39 @@ The noise schedule is --config.noise.* (here 3 -> 0.01, 10 levels, unless set); 
 denoising step follows --config.sampling.denoise, MALA's nodes --config.sampling.mh_nodes.
 """
 
-import argparse
 import os
 import time
 
-import jax
-import numpy as np
-
-from csm_jax import config_base, likelihood, noise, plotting, sampling
-from csm_jax.models import known
 from experiments import common
-
-plt = plotting.plt
 
 
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p = common.parser(__doc__.split("\n\n")[0])
   p.add_argument("--out", required=True, help="output directory (JSON + PNG)")
-  p.add_argument("--models", default="gaussian,mixture")
-  p.add_argument("--dim", type=int, default=8)
-  p.add_argument("--num_samples", type=int, default=10000)
+  p.add_argument("--models", default="gaussian,mixture",
+                 help="comma-separated known-conditional AR models: gaussian, mixture")
+  p.add_argument("--dim", type=int, default=8, help="dimension D of the test models")
+  p.add_argument("--num_samples", type=int, default=10000, help="samples per sampler setting")
   p.add_argument("--ula_steps", default="1,3,10,30,100", help="T for ULA")
   p.add_argument("--ula_c", default="0.2,0.8,2", help="c = step_lr / sigma_L^2 for ULA")
   p.add_argument("--mala_steps", default="1,3,10,30", help="T for MALA")
   p.add_argument("--mala_c", default="0.8,2,6", help="c = step_lr / sigma_L^2 for MALA")
   p.add_argument("--grid_points", default="65,257,1025", help="K for grid_sample")
-  p.add_argument("--floor_reps", type=int, default=5)
-  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--floor_reps", type=int, default=5,
+                 help="sets of exact samples whose mean error is the Monte Carlo floor")
+  p.add_argument("--seed", type=int, default=0, help="random seed")
   return common.parse(p, argv)
+
+
+common.parse_early(__name__, parse_args)  # --help and flag errors before JAX loads
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from csm_jax import config_base, likelihood, noise, plotting, sampling  # noqa: E402
+from csm_jax.models import known  # noqa: E402
+
+
+plt = plotting.plt
 
 
 def _floats(text, kind=float):
@@ -229,12 +234,12 @@ def run(args, overrides):
 
   def write():
     results["seconds"] = time.perf_counter() - start
-    common.write_json(os.path.join(args.out, "sampler_accuracy.json"), results)
+    common.write_results(args.out, results, args)
     plot(os.path.join(args.out, "sampler_accuracy.png"), results)
 
   for name in args.models.split(","):
     run_model(name, args, config, results, write, log)
-  log(f"wrote {args.out}/sampler_accuracy.json and sampler_accuracy.png")
+  log(f"wrote {args.out}/results.json and sampler_accuracy.png")
   return results
 
 

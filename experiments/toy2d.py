@@ -14,7 +14,7 @@ matching does not fix the relative weight of separated modes). Samples: the AR-C
 1-D annealed Langevin dynamics (the paper's sampler, Sec. 4.2), the MoL MADE by exact
 ancestral sampling on the grid (`sampling.grid_sample`).
 
-  python -m experiments.toy2d --out /tmp/toy2d        # DIR/toy2d.json, DIR/toy2d.png
+  python -m experiments.toy2d --out /tmp/toy2d        # DIR/results.json, DIR/toy2d.png
   python -m experiments.toy2d --out /tmp/toy2d --datasets ring8,moons \\
       --config.training.num_steps=2000 --arcsm.model.hidden_sizes=64,64 \\
       --mol.model.num_mixtures=10
@@ -42,21 +42,51 @@ sampling noise at this sample size. The JSON is rewritten after each (dataset, m
 seed), the figure after each (dataset, seed); it shows the first seed.
 """
 
-import argparse
 import os
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-
-from csm_jax import (config_base, likelihood, models, noise, plotting, sample_metrics,
-                     sampling, train)
-from csm_jax import data as data_lib
 from experiments import common
 
-plt = plotting.plt
+
 KINDS = ("arcsm", "mol")
+# csm_jax.data.TOY2D_NAMES, repeated so that --help needs no JAX (a test keeps them equal).
+DATASETS = ("ring8", "moons", "checkerboard", "spirals", "pinwheel", "rings")
+
+
+def parse_args(argv=None):
+  p = common.parser(__doc__.splitlines()[0], ("config",) + KINDS)
+  p.add_argument("--out", required=True, help="output directory")
+  p.add_argument("--datasets", default=",".join(DATASETS),
+                 help="comma-separated toy densities")
+  p.add_argument("--num_val", type=int, default=1000, help="validation set to pick sigma*")
+  p.add_argument("--num_points", type=int, default=1025, help="quadrature nodes per dim")
+  p.add_argument("--num_samples", type=int, default=2000,
+                 help="model samples per (dataset, model) for the figures")
+  p.add_argument("--stride", type=int, default=4, help="heatmap: every k-th grid node")
+  p.add_argument("--seeds", default="",
+                 help="comma-separated seeds: each (dataset, model) is run once per seed, "
+                      "with seed and data.seed set to it (default: the configs' seeds)")
+  p.add_argument("--num_metric_samples", type=int, default=10000,
+                 help="model samples and held-out data points for the sample metrics "
+                      "(0: none)")
+  p.add_argument("--num_hist_data", type=int, default=200000,
+                 help="data draw whose histogram the samples' histogram is compared with")
+  p.add_argument("--hist_bins", type=int, default=64, help="histogram bins per axis")
+  p.add_argument("--mmd_block", type=int, default=256, help="MMD: pairs per block side")
+  return common.parse(p, argv, prefixes=("config",) + KINDS)
+
+
+common.parse_early(__name__, parse_args)  # --help and flag errors before JAX loads
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from csm_jax import (config_base, likelihood, models, noise, plotting, sample_metrics,  # noqa: E402
+                     sampling, train)
+from csm_jax import data as data_lib  # noqa: E402
+
+
+plt = plotting.plt
 
 
 # ------------------------------------------------------------------------------------
@@ -375,27 +405,6 @@ def log_table(results, log):
 # ------------------------------------------------------------------------------------
 
 
-def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--out", required=True, help="output directory")
-  p.add_argument("--datasets", default=",".join(data_lib.TOY2D_NAMES))
-  p.add_argument("--num_val", type=int, default=1000, help="validation set to pick sigma*")
-  p.add_argument("--num_points", type=int, default=1025, help="quadrature nodes per dim")
-  p.add_argument("--num_samples", type=int, default=2000)
-  p.add_argument("--stride", type=int, default=4, help="heatmap: every k-th grid node")
-  p.add_argument("--seeds", default="",
-                 help="comma-separated seeds: each (dataset, model) is run once per seed, "
-                      "with seed and data.seed set to it (default: the configs' seeds)")
-  p.add_argument("--num_metric_samples", type=int, default=10000,
-                 help="model samples and held-out data points for the sample metrics "
-                      "(0: none)")
-  p.add_argument("--num_hist_data", type=int, default=200000,
-                 help="data draw whose histogram the samples' histogram is compared with")
-  p.add_argument("--hist_bins", type=int, default=64, help="histogram bins per axis")
-  p.add_argument("--mmd_block", type=int, default=256, help="MMD: pairs per block side")
-  return common.parse(p, argv, prefixes=("config",) + KINDS)
-
-
 def run(args, overrides):
   os.makedirs(args.out, exist_ok=True)
   names = [n for n in args.datasets.split(",") if n]
@@ -416,7 +425,7 @@ def run(args, overrides):
   results["runs"] = {}
   seeds = [int(x) for x in args.seeds.split(",") if x.strip()] or [None]
   panels = {}
-  json_path = os.path.join(args.out, "toy2d.json")
+  json_path = common.results_path(args.out)
 
   def save(name, key, res):
     results["runs"].setdefault(name, {})[key] = res

@@ -18,42 +18,26 @@ instead of 1000 and 16, on the first 100 test images instead of all 10000; and a
 check: the ELBO run's first --ais_check_examples images are also scored with the full
 AIS (1000 steps, 16 chains), giving the gap of the cheaper AIS. --full restores the
 protocol (100k iterations, 100 particles, all test images, 1000 steps, 16 chains). Every
-setting used is recorded in table2.json. ``--config.FIELD=value`` sets a field of every
+setting used is recorded in results.json. ``--config.FIELD=value`` sets a field of every
 run (e.g. --config.data.data_dir=DIR); --steps, --kernel_particles, --ais_* override
 the defaults of either mode.
 
-Writes, after each run: DIR/table2.json and DIR/table2.md (the paper's layout, its
+Writes, after each run: DIR/results.json and DIR/table2.md (the paper's layout, its
 numbers beside ours); at the end DIR/vae_curves.png (training curves) and
 DIR/samples_z{8,16}.png (decoder means of z ~ N(0, I), one row per method). Runs train
 in DIR/models/METHOD_zZ (a rerun resumes or skips them; AIS results are cached there).
 """
 
-import argparse
 import json
 import os
 import time
 
-import jax
-import numpy as np
-
-from csm_jax import config_base
-from csm_jax import data as data_lib
-from csm_jax import metrics as metrics_lib
-from csm_jax import plotting
-from csm_jax.vae import evaluate as vae_eval
-from csm_jax.vae import train as vae_train
 from experiments import common
 
-plt = plotting.plt
 
 METHODS = ("elbo", "stein", "spectral", "ssm", "ssm_ar", "csm")
-LABELS = {"elbo": "ELBO", "stein": "Stein", "spectral": "Spectral", "ssm": "SSM",
-          "ssm_ar": "SSM-AR", "csm": "CSM"}
-# Meng et al. 2020, Table 2: MNIST negative log-likelihood (nats), AIS.
-PAPER = {8: {"elbo": 96.74, "stein": 96.90, "spectral": 96.85, "ssm": 95.61, "ssm_ar": 95.85,
-             "csm": 95.02},
-         16: {"elbo": 91.82, "stein": 88.86, "spectral": 88.76, "ssm": 88.44, "ssm_ar": 88.98,
-              "csm": 88.42}}
+
+
 # CPU defaults, chosen from step times measured on the 2-core machine (shared, load ~6;
 # seconds per step at z = 8 / 16): elbo 0.017 / 0.010, csm 0.035 / 0.025, ssm 0.024 /
 # 0.015, ssm_ar 0.042 / 0.051, stein (32 particles) 0.135 / 0.123, spectral (32) 0.133 /
@@ -61,15 +45,18 @@ PAPER = {8: {"elbo": 96.74, "stein": 96.90, "spectral": 96.85, "ssm": 95.61, "ss
 # image at 200 steps x 8 chains, 9 s at 1000 x 16. Total ~72 min at that load.
 CPU = {"steps": 4000, "kernel_particles": 32, "ais_examples": 100, "ais_steps": 200,
        "ais_chains": 8, "ais_check_examples": 8}
+
+
 FULL = {"steps": 100000, "kernel_particles": 100, "ais_examples": -1, "ais_steps": 1000,
         "ais_chains": 16, "ais_check_examples": 0}
 
 
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p = common.parser(__doc__.splitlines()[0])
   p.add_argument("--out", required=True, help="output directory")
   p.add_argument("--full", action="store_true", help="the paper's protocol (GPU)")
-  p.add_argument("--methods", default=",".join(METHODS))
+  p.add_argument("--methods", default=",".join(METHODS),
+                 help="comma-separated: elbo, stein, spectral, ssm, ssm_ar, csm")
   p.add_argument("--latents", default="8,16", help="latent sizes (32 too, if wanted)")
   p.add_argument("--steps", type=int, help="training iterations per run")
   p.add_argument("--kernel_particles", type=int, help="Stein / Spectral particles per x")
@@ -79,8 +66,10 @@ def parse_args(argv=None):
   p.add_argument("--ais_batch", type=int, default=50, help="test images per AIS call")
   p.add_argument("--ais_check_examples", type=int,
                  help="images of the ELBO run also scored with the full AIS (0: no check)")
-  p.add_argument("--ais_check_steps", type=int, default=1000)
-  p.add_argument("--ais_check_chains", type=int, default=16)
+  p.add_argument("--ais_check_steps", type=int, default=1000,
+                 help="AIS annealing distributions of the check")
+  p.add_argument("--ais_check_chains", type=int, default=16,
+                 help="AIS chains per image of the check")
   p.add_argument("--eval_every", type=int, default=0,
                  help="validation every this many steps (0: steps // 10; -1: none)")
   p.add_argument("--num_samples", type=int, default=10, help="samples per method in the grids")
@@ -95,6 +84,28 @@ def parse_args(argv=None):
     p.error(f"unknown methods {bad}; known: {','.join(METHODS)}")
   args.latents = [int(z) for z in args.latents.split(",") if z]
   return args, overrides["config"]
+
+
+common.parse_early(__name__, parse_args)  # --help and flag errors before JAX loads
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from csm_jax import config_base  # noqa: E402
+from csm_jax import data as data_lib  # noqa: E402
+from csm_jax import plotting  # noqa: E402
+from csm_jax.vae import evaluate as vae_eval  # noqa: E402
+from csm_jax.vae import train as vae_train  # noqa: E402
+
+
+plt = plotting.plt
+
+LABELS = {"elbo": "ELBO", "stein": "Stein", "spectral": "Spectral", "ssm": "SSM",
+          "ssm_ar": "SSM-AR", "csm": "CSM"}
+# Meng et al. 2020, Table 2: MNIST negative log-likelihood (nats), AIS.
+PAPER = {8: {"elbo": 96.74, "stein": 96.90, "spectral": 96.85, "ssm": 95.61, "ssm_ar": 95.85,
+             "csm": 95.02},
+         16: {"elbo": 91.82, "stein": 88.86, "spectral": 88.76, "ssm": 88.44, "ssm_ar": 88.98,
+              "csm": 88.42}}
 
 
 def run_config(args, overrides, method, z_dim):
@@ -115,8 +126,9 @@ def run_config(args, overrides, method, z_dim):
 
 
 def read_metrics(workdir):
+  from csm_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   path = os.path.join(workdir, "metrics.jsonl")
-  return metrics_lib.read_rows(path)[0] if os.path.exists(path) else []
+  return metrics_lib.read_rows(path)[0] if os.path.exists(path) else []  # torn rows skipped
 
 
 def paired(rows, per_example, z):
@@ -225,7 +237,7 @@ def run(args, overrides):
                  f"AIS on the first {args.ais_examples} test images (protocol: all 10000)"],
              "overrides": overrides, "paper": {str(z): v for z, v in PAPER.items()},
              "machine": common.machine(), "results": {}, "ais_check": {}}
-  json_path = os.path.join(args.out, "table2.json")
+  json_path = common.results_path(args.out)
 
   def save():
     common.write_json(json_path, dict(results, seconds=time.perf_counter() - start))

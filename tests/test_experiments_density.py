@@ -12,12 +12,12 @@ def _finite(x):
 
 
 def test_bench_sampling_smoke(tmp_path):
-  out = tmp_path / "bench.json"
+  out = tmp_path / "bench"
   bench_sampling.main(["--out", str(out), "--config.model.hidden_sizes=16",
                        "--config.model.context_size=2", "--image_size", "3", "--fixed_point_batches", "1,2",
                        "--config.sampling.num_samples=2", "--config.noise.num_levels=2",
                        "--config.sampling.num_steps=2", "--naive_dims", "2", "--repeats", "1"])
-  r = json.loads(out.read_text())
+  r = json.loads((out / "results.json").read_text())
   assert _finite(r["speedup_over_naive"]) and r["speedup_over_naive"] > 0
   assert r["naive_dims_timed"] == 2 and "scaled" in r["naive_scaling"]
   assert r["max_rel_diff_naive_vs_cached_first_k"] < 1e-4
@@ -38,7 +38,7 @@ def test_toy2d_smoke(tmp_path):
               "--num_points", "65", "--num_samples", "50", "--stride", "2",
               "--seeds", "0,1", "--num_metric_samples", "60", "--num_hist_data", "500",
               "--hist_bins", "8", "--mmd_block", "32"])
-  r = json.loads((tmp_path / "toy2d.json").read_text())
+  r = json.loads((tmp_path / "results.json").read_text())
   row = r["table"]["ring8"]
   assert row["num_seeds"] == 2 and set(r["runs"]["ring8"]) == {"0", "1"}
   for key in ("arcsm_mmd2", "mol_mmd2", "arcsm_kl", "mol_kl", "arcsm_js", "mol_js",
@@ -62,7 +62,7 @@ def test_mnist_nll_smoke(tmp_path, mnist_data_dir):
                   "--dsm_sigmas", "0.1", "--num_eval", "16", "--num_final", "16",
                   "--num_quadrature", "2", "--num_points", "17", "--quad_batch", "2",
                   "--num_samples", "2", "--num_train", "256", "--num_val", "2"])
-  r = json.loads((tmp_path / "mnist_nll.json").read_text())
+  r = json.loads((tmp_path / "results.json").read_text())
   assert set(r["table_fig3a"]) == {"gaussian_mle", "gaussian_csm", "gaussian_dsm_0.1",
                                    "gaussian_ssm"}
   for row in r["table_fig3a"].values():

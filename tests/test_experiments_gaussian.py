@@ -18,7 +18,8 @@ def test_gaussian_scaling_smoke(tmp_path):
   gaussian_scaling.main(["--out", str(out), "--dims", "2,3", "--steps", "2", "--min_steps", "1",
                          "--point_budget", "0", "--batch", "4", "--hidden", "8",
                          "--head_hidden", "4", "--sm_max_dim", "2"])
-  res = json.loads((out / "scaling.json").read_text())
+  written = json.loads((out / "results.json").read_text())
+  res = written["results"]
   assert set(res) == {"sm", "ssm", "dsm", "csm"}
   for method, points in res.items():
     assert set(points) == {"2", "3"}
@@ -32,8 +33,7 @@ def test_gaussian_scaling_smoke(tmp_path):
       assert rec["temp_bytes"] is None or rec["temp_bytes"] >= 0
       assert _finite(rec["final_loss"])
   assert (out / "scaling.png").stat().st_size > 0
-  meta = json.loads((out / "scaling_meta.json").read_text())
-  assert "step_ratio_D3_over_D2" in meta
+  assert "step_ratio_D3_over_D2" in written and written["args"]["dims"] == "2,3"
 
 
 def test_gaussian_convergence_smoke(tmp_path):
@@ -42,7 +42,7 @@ def test_gaussian_convergence_smoke(tmp_path):
                              "--num_eval", "32", "--batch", "8", "--hidden", "8",
                              "--head_hidden", "4", "--nets", "made", "--dsm_sigmas", "0.1",
                              "--var_draws", "4"])
-  res = json.loads((out / "convergence.json").read_text())
+  res = json.loads((out / "results.json").read_text())
   assert set(res["runs"]) == {"csm-made", "ssm-made", "ssm_plain-made", "ssm_unit-made",
                               "ssm_unit_vr-made", "dsm_0.1-made"}
   runs = res["runs"]

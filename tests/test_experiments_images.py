@@ -59,7 +59,7 @@ BENCH_ARGS = ["--image_size=4", "--config.training.batch_size=2", "--config.mode
 def bench_run(tmp_path_factory):
   """Starts the benchmark smoke run in the background (it is compile-bound and
   single-threaded, so it overlaps with the other smoke test); yields (proc, out)."""
-  out = tmp_path_factory.mktemp("bench") / "bench.json"
+  out = tmp_path_factory.mktemp("bench") / "bench"
   proc = subprocess.Popen([sys.executable, "-m", "experiments.bench_pixelcnnpp",
                            f"--out={out}"] + BENCH_ARGS, cwd=REPO, env=ENV,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -103,7 +103,7 @@ def test_image_samples_smoke(tmp_path, bench_run):
   out = tmp_path / "fig"
   for name in ("side_by_side.png", "mle_samples.png", "csm_samples.png", "samples.npz"):
     assert (out / name).stat().st_size > 0, name
-  summary = json.loads((out / "summary.json").read_text())
+  summary = json.loads((out / "results.json").read_text())
   assert summary["same_backbone"]
   assert summary["mle"]["step"] == summary["csm"]["step"] == 0
   assert summary["mle"]["sampler"].startswith("exact ancestral")
@@ -119,7 +119,7 @@ def test_bench_pixelcnnpp_smoke(bench_run):
   proc, out = bench_run
   log, _ = proc.communicate(timeout=300)
   assert proc.returncode == 0, log[-5000:]
-  r = json.loads(out.read_text())
+  r = json.loads((out / "results.json").read_text())
   assert r["shape"] == [4, 4, 3]
   ts = r["train_step"]
   assert len(ts["csm_step_s"]) == len(ts["mle_step_s"]) == 2

@@ -17,7 +17,7 @@ def test_vae_table_smoke(tmp_path, mnist_data_dir):
           "--config.training.batch_size=8", "--config.eval.batch_size=8",
           "--config.eval.num_batches=1"]
   vae_table.main(argv)
-  r = json.loads((tmp_path / "table2.json").read_text())
+  r = json.loads((tmp_path / "results.json").read_text())
   assert set(r["results"]["2"]) == {"elbo", "csm"}
   for row in r["results"]["2"].values():
     assert math.isfinite(row["nll"]) and row["nll"] > 0 and row["num_examples"] == 2
@@ -30,5 +30,5 @@ def test_vae_table_smoke(tmp_path, mnist_data_dir):
     assert os.path.getsize(tmp_path / name) > 0
   # a rerun skips training and reuses the cached AIS
   vae_table.main(argv)
-  r2 = json.loads((tmp_path / "table2.json").read_text())
+  r2 = json.loads((tmp_path / "results.json").read_text())
   assert r2["results"]["2"]["csm"]["nll"] == r["results"]["2"]["csm"]["nll"]

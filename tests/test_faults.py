@@ -123,7 +123,8 @@ def test_bad_values_are_refused_up_front_with_the_field(tmp_path, field, value):
   assert not (tmp_path / "w").exists() or os.listdir(tmp_path / "w") == []
 
 
-@pytest.mark.parametrize("field", ["model.head", "model.backbone", "loss.name", "data.dataset"])
+@pytest.mark.parametrize("field", ["model.head", "model.backbone", "loss.name", "data.dataset",
+                                   "noise.mode"])
 def test_unknown_names_are_config_errors_naming_the_field(tmp_path, field):
   """A misspelled choice is a ConfigError (main.py prints it as one line), naming the
   field and the valid values, and no config record is written."""

@@ -24,9 +24,9 @@ def test_mnist_sample_quality_smoke(tmp_path, mnist_data_dir, monkeypatch):
   assert results["rows"]["sigma5_T10"]["T"] == 10 and results["rows"]["sigma5_T10"]["L"] == 2
   assert results["rows"]["sigma5_grid"]["sampler"] == "grid"
   assert 0 <= results["classifier"]["test_accuracy"] <= 1
-  for f in ("sample_quality.json", "samples.png", "table.md"):
+  for f in ("results.json", "samples.png", "table.md"):
     assert os.path.getsize(os.path.join(out, f)) > 0
-  with open(os.path.join(out, "sample_quality.json")) as f:
+  with open(os.path.join(out, "results.json")) as f:
     assert json.load(f)["models"]["sigma5"]["steps"] == 2
   assert [f for f in os.listdir(os.path.join(out, "classifier")) if f.endswith(".npz")]
   args, ov = msq.parse_args(["--out", out])

@@ -45,9 +45,9 @@ def test_mnist_workdir_quality_smoke(tmp_path, mnist_data_dir, monkeypatch):
   assert (rows["new"]["T"], rows["new"]["step_lr"]) == (30, 2 * 0.05 ** 2)
   assert "T=30" in rows["new"]["label"] and "c=2" in rows["new"]["label"]
   assert results["models"]["workdir"]["steps"] == 2
-  for f in ("sample_quality.json", "samples.png", "table.md", "samples/old.npy"):
+  for f in ("results.json", "samples.png", "table.md", "samples/old.npy"):
     assert os.path.getsize(os.path.join(out, f)) > 0
-  with open(os.path.join(out, "sample_quality.json")) as f:
+  with open(os.path.join(out, "results.json")) as f:
     assert json.load(f)["settings"] == {"old": ["sampling.num_steps=2",
                                                 "sampling.step_lr=0.002"], "new": []}
   # A setting may change only evaluation and sampling fields (as --mode=sample).

@@ -129,13 +129,13 @@ def test_several_steps_per_dispatch_equal_one_per_dispatch(kind):
 
 def test_bench_step_reports_loop_efficiency_and_flops(tmp_path):
   from experiments import bench_step  # pylint: disable=g-import-not-at-top
-  out = tmp_path / "bench.json"
+  out = tmp_path / "bench"
   bench_step.main([f"--out={out}", "--repeats=1", "--inner=1", "--loop_steps=4",
                    "--loop_examples=64", "--steps_per_dispatch=2",
                    "--config.model.hidden_sizes=(16,)", "--config.model.context_size=2",
                    "--config.model.head_hidden=(8,)", "--config.training.batch_size=8"])
   import json  # pylint: disable=g-import-not-at-top
-  r = json.loads(out.read_text())
+  r = json.loads((out / "results.json").read_text())
   assert set(r["loop"]["runs"]) == {"host_k1", "device_k1", "device_k2"}
   for run in r["loop"]["runs"].values():
     assert run["loop_seconds_per_step"] > 0 and run["efficiency"] > 0

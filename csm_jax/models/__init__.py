@@ -29,6 +29,7 @@ class Backbone:
   rank: np.ndarray
   has_dropout: bool = False
   num_masked_weights: int = 0   # kernel entries fixed at zero by masks (MADE)
+  context_sigma: bool = False   # the net takes the noise level: net(x, train, sigma=)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,10 +70,12 @@ def _made(cfg, data_shape) -> Backbone:
   dim = math.prod(data_shape)
   net = made_lib.MADE(dim=dim, hidden_sizes=tuple(cfg.hidden_sizes),
                       context_size=cfg.context_size, order=cfg.order,
-                      order_seed=cfg.order_seed, dtype=compute_dtype(cfg))
+                      order_seed=cfg.order_seed, dtype=compute_dtype(cfg),
+                      sigma_embedding=context_sigma_embedding(cfg))
   masks = made_lib.made_masks(net.rank, net.hidden_sizes, net.context_size)
   return Backbone(net, net.rank, has_dropout=False,
-                  num_masked_weights=int(sum((m == 0).sum() for m in masks)))
+                  num_masked_weights=int(sum((m == 0).sum() for m in masks)),
+                  context_sigma=net.sigma_embedding > 0)
 
 
 @register_backbone("pixelcnnpp")
@@ -114,6 +117,11 @@ def _discretized_logistic_head(cfg):
                                                     num_bins=cfg.num_bins)
 
 
+def context_sigma_embedding(model_config) -> int:
+  """model.context_sigma_embedding (absent in old configs: 0, a context without sigma)."""
+  return int(model_config.get("context_sigma_embedding", 0))
+
+
 def compute_dtype(model_config):
   """The backbone's operand dtype (model.compute_dtype; absent in old configs: float32)."""
   return jnp.dtype(model_config.get("compute_dtype", "float32"))
@@ -141,8 +149,14 @@ def get_model(model_config, data_shape) -> ARModel:
     raise config_base.ConfigError(f"unknown model.backbone {b!r}; known: {sorted(_BACKBONES)}")
   kind = head_kind(model_config)
   backbone = _BACKBONES[b](model_config, tuple(data_shape))
+  if context_sigma_embedding(model_config) and not backbone.context_sigma:
+    raise config_base.ConfigError(
+        f"model.context_sigma_embedding (a noise-conditional context) is supported by the "
+        f"'made' backbone only, not model.backbone={b!r}")
   head = _HEADS[model_config.head].build(model_config)
-  return ARModel(net=ARNet(backbone=backbone.net, head=head, kind=kind),
+  net = ARNet(backbone=backbone.net, head=head, kind=kind,
+              context_sigma=backbone.context_sigma)
+  return ARModel(net=net,
                  dim=math.prod(data_shape), rank=backbone.rank, kind=kind,
                  data_shape=tuple(data_shape), has_dropout=backbone.has_dropout,
                  num_masked_weights=backbone.num_masked_weights,

@@ -48,8 +48,11 @@ class ARNet(nn.Module):
   backbone: nn.Module
   head: nn.Module
   kind: str = "score"
+  context_sigma: bool = False   # the backbone takes the noise level (one per example)
 
-  def context(self, x, train: bool = False):
+  def context(self, x, train: bool = False, sigma=None):
+    if self.context_sigma:
+      return self.backbone(x, train=train, sigma=sigma)
     return self.backbone(x, train=train)
 
   def head_out(self, ctx, x, sigma=None):
@@ -58,7 +61,8 @@ class ARNet(nn.Module):
     return self.head(ctx, x)
 
   def __call__(self, x, sigma, train: bool = False):
-    return self.head_out(self.context(x, train), x, sigma)
+    ctx_sigma = sigma[:, 0] if self.context_sigma else None
+    return self.head_out(self.context(x, train, ctx_sigma), x, sigma)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,12 +90,39 @@ class ARModel:
   # backend default). bfloat16 backbones ignore theirs (operands are bfloat16).
   backbone_precision: Optional[str] = None
   head_precision: Optional[str] = "highest"
+  # A noise-conditional context (smoothed-joint training, noise.mode='joint'): the context
+  # network takes the noise level too. `context_level` is the level it is evaluated at
+  # when a caller gives none (None: callers must give one); see `at_level`.
+  context_level: Optional[float] = None
 
   def __post_init__(self):
     if self.kind not in KINDS:
       raise ValueError(f"ARModel.kind must be one of {KINDS}, got {self.kind!r}")
     if self.net.kind != self.kind:
       raise ValueError(f"ARModel.kind {self.kind!r} differs from its net's {self.net.kind!r}")
+
+  @property
+  def context_sigma(self) -> bool:
+    """The context network takes the noise level (a model of the smoothed joint)."""
+    return self.net.context_sigma
+
+  def at_level(self, sigma: float) -> "ARModel":
+    """This model with its context evaluated at noise level `sigma` whenever a caller
+    gives none: q_sigma(x) of a smoothed-joint model as a plain AR model, for every
+    function that calls `context(params, x)` (samplers, likelihood, restoration)."""
+    return dataclasses.replace(self, context_level=float(sigma))
+
+  def _context_sigma(self, sigma, batch: int):
+    """The (B,) context noise level of a noise-conditional context; None otherwise."""
+    if not self.context_sigma:
+      return None
+    if sigma is None:
+      sigma = self.context_level
+    if sigma is None:
+      raise ValueError("this model's context network is noise-conditional "
+                       "(model.context_sigma_embedding > 0, noise.mode='joint'): give "
+                       "context(..., sigma=level) or use model.at_level(level)")
+    return jnp.broadcast_to(jnp.asarray(sigma), (batch,))
 
   @property
   def normalized(self) -> bool:
@@ -106,19 +137,24 @@ class ARModel:
   def init(self, rng, batch_size: int = 2):
     """Parameters (see `fast_init`)."""
     def f(rng):
-      x = jnp.zeros((batch_size, self.dim), jnp.float32)
+      x = jnp.zeros((batch_size, self.dim), jnp.float32)  # sigma = 1 for every input
       with _precision(self.backbone_precision):
         return self.net.init({"params": rng, "dropout": rng}, x, jnp.ones_like(x))
     return fast_init(f, rng)
 
-  def context(self, params, x, train: bool = False, rng=None):
-    """Contexts (B, D, C); context[:, d] depends only on x_<d."""
+  def context(self, params, x, train: bool = False, rng=None, sigma=None):
+    """Contexts (B, D, C); context[:, d] depends only on x_<d.
+
+    `sigma` (scalar or (B,)): the noise level of a noise-conditional context (default
+    `context_level`); ignored by a context that takes none.
+    """
     chex.assert_shape(x, (None, self.dim))
     rngs = {"dropout": rng} if (train and self.has_dropout) else None
     if train and self.has_dropout and rng is None:
       raise ValueError("this model uses dropout: context(train=True) needs an rng")
+    ctx_sigma = self._context_sigma(sigma, x.shape[0])
     with _precision(self.backbone_precision):
-      return self.net.apply(params, x, train, method=ARNet.context, rngs=rngs)
+      return self.net.apply(params, x, train, ctx_sigma, method=ARNet.context, rngs=rngs)
 
   def log_cond(self, params, ctx, x):
     """log q(x_d | x_<d) per dimension, (B, D); normalized heads only."""
@@ -141,8 +177,15 @@ class ARModel:
     return jax.jvp(f, (x,), (jnp.ones_like(x),))
 
   def full_score(self, params, x, sigma, train: bool = False, rng=None):
-    """s(x) as a function R^D -> R^D (context recomputed from x): for references."""
-    return self.score(params, self.context(params, x, train, rng), x, sigma)
+    """s(x) as a function R^D -> R^D (context recomputed from x): for references.
+
+    A noise-conditional context is evaluated at each example's level sigma[:, 0] (one
+    level per example in the smoothed joint) unless `context_level` is set.
+    """
+    ctx_sigma = None
+    if self.context_sigma and self.context_level is None:
+      ctx_sigma = jnp.broadcast_to(sigma, x.shape)[:, 0]
+    return self.score(params, self.context(params, x, train, rng, ctx_sigma), x, sigma)
 
   @property
   def order(self) -> np.ndarray:

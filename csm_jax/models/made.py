@@ -44,6 +44,26 @@ def made_masks(rank: np.ndarray, hidden_sizes: Sequence[int], context_size: int)
   return masks
 
 
+class SigmaEmbedding(nn.Module):
+  """log sigma (one level per example) -> a learned (B, width) embedding: sinusoidal
+  features of log sigma through one swish layer (as the score head's)."""
+  width: int
+
+  @nn.compact
+  def __call__(self, sigma, batch: int):
+    sigma = jnp.asarray(sigma)
+    sigma = sigma.astype(jnp.promote_types(sigma.dtype, jnp.float32))
+    ls = jnp.log(jnp.broadcast_to(sigma, (batch,))).reshape(-1, 1)
+    freqs = 2.0 ** jnp.arange(4, dtype=ls.dtype)
+    feats = jnp.concatenate([ls, jnp.sin(ls * freqs), jnp.cos(ls * freqs)], axis=-1)
+    return nn.swish(nn.Dense(self.width, name="dense")(feats))
+
+
+def sigma_features(sigma, batch: int, width: int):
+  """The embedding of `SigmaEmbedding` inside a compact module (named 'sigma_embed')."""
+  return SigmaEmbedding(width, name="sigma_embed")(sigma, batch)
+
+
 class MaskedDense(nn.Module):
   """Dense layer whose kernel is multiplied by a fixed binary mask."""
   mask: np.ndarray
@@ -66,21 +86,34 @@ class MADE(nn.Module):
   order: str = "natural"
   order_seed: int = 0
   dtype: jnp.dtype = jnp.float32
+  # > 0: the context is noise-conditional (smoothed-joint training, noise.mode='joint'):
+  # a learned embedding of log sigma, one level per example, shifts every layer's
+  # pre-activations. sigma is not a data variable, so the masks stay autoregressive.
+  sigma_embedding: int = 0
 
   @property
   def rank(self) -> np.ndarray:
     return variable_order(self.dim, self.order, self.order_seed)
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, sigma=None):
     del train  # MADE has no dropout
     chex.assert_rank(x, 2)
     if x.shape[-1] != self.dim:
       raise ValueError(f"MADE built for D={self.dim} got inputs with D={x.shape[-1]}")
     masks = made_masks(self.rank, self.hidden_sizes, self.context_size)
+    emb = None
+    if self.sigma_embedding:
+      if sigma is None:
+        raise ValueError("this MADE is noise-conditional (sigma_embedding > 0): it needs sigma")
+      emb = sigma_features(sigma, x.shape[0], self.sigma_embedding)
+    shift = lambda width, name: (0.0 if emb is None else
+                                 nn.Dense(width, name=name)(emb).astype(self.dtype))
     h = x
     for i, m in enumerate(masks[:-1]):
-      h = nn.relu(MaskedDense(m, dtype=self.dtype, name=f"hidden_{i}")(h))
+      z = MaskedDense(m, dtype=self.dtype, name=f"hidden_{i}")(h)
+      h = nn.relu(z + shift(m.shape[1], f"sigma_{i}"))
     out = MaskedDense(masks[-1], dtype=self.dtype, name="context")(h)
+    out = out + shift(masks[-1].shape[1], "sigma_context")
     out = out.reshape(x.shape[0], self.dim, self.context_size)
     return out.astype(jnp.promote_types(out.dtype, x.dtype))  # bf16 -> the input's dtype
