@@ -42,12 +42,35 @@ class WorkdirError(RuntimeError):
   """The workdir cannot be used as asked (owned by another run, config changed, ...)."""
 
 
+def check_trainable(workdir: str):
+  """One-line WorkdirError / ConfigError, before anything is created, when `workdir`
+  cannot be trained in: a regular file, not writable, or a garbled config record."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise WorkdirError(f"--workdir {workdir} is a file, not a directory; give a directory "
+                       "(it is created if missing)")
+  parent = workdir
+  while not os.path.exists(parent):
+    parent = os.path.dirname(os.path.abspath(parent))
+  if not os.path.isdir(parent):
+    raise WorkdirError(f"--workdir {workdir} cannot be created: {parent} is a file")
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise WorkdirError(f"--workdir {workdir} is not writable ({parent} is read-only for "
+                       "this user); train in a writable directory, or fix its permissions")
+  if os.path.exists(record_path(workdir)):
+    config_base.load_workdir_config(workdir)   # a garbled record: one ConfigError line
+
+
 @contextlib.contextmanager
 def lock(workdir: str):
   """Holds the exclusive training lock of workdir for the duration of the block."""
+  check_trainable(workdir)
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, ".lock")
-  f = open(path, "a+")
+  try:
+    f = open(path, "a+")
+  except OSError as e:
+    raise WorkdirError(f"cannot take the training lock {path} ({e.strerror}); train in a "
+                       "writable --workdir") from None
   try:
     try:
       fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
