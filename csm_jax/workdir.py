@@ -197,7 +197,11 @@ def eval_config(workdir: str, config, overrides: Sequence[str]):
     raise WorkdirError(
         f"--mode=eval/sample use the config recorded in {record_path(workdir)}; only "
         f"{', '.join(p + '.*' for p in EVAL_FIELDS)} may be changed there, not {changed}")
-  return config_base.override(recorded, evals)
+  config = config_base.override(recorded, evals)
+  # before anything is built or restored: a bad value is one line naming the field
+  if config_base.is_vae_config(config):
+    return config_base.validate_vae(config)
+  return config_base.validate(config)
 
 
 def _is_eval_field(field: str) -> bool:

@@ -116,7 +116,11 @@ def test_checkpoint_of_another_model_is_a_config_mismatch(tmp_path):
 @pytest.mark.parametrize("field,value", [
     ("training.keep_checkpoints", 0), ("training.checkpoint_every", 0),
     ("eval.batch_size", 0), ("training.batch_size", 0), ("training.num_steps", 0),
-    ("noise.sigma_min", -1.0), ("likelihood.num_points", 100)])
+    ("noise.sigma_min", -1.0), ("likelihood.num_points", 100),
+    ("optim.b2", 2.0), ("optim.b1", 1.0), ("optim.weight_decay", -100.0),
+    ("likelihood.num_examples", -5), ("data.logit_lambda", 0.5),
+    ("sampling.chunk_dims", -3), ("model.dropout_rate", 1.0), ("loss.dsm_sigma", 0.0),
+    ("optim.learning_rate", float("nan")), ("training.num_steps", True)])
 def test_bad_values_are_refused_up_front_with_the_field(tmp_path, field, value):
   with pytest.raises(config_base.ConfigError, match=field.replace(".", r"\.")):
     train.train_and_evaluate(_config(**{field: value}), str(tmp_path / "w"))
@@ -382,3 +386,43 @@ def test_a_failed_config_change_never_rewrites_the_record(tmp_path):
   assert not (tmp_path / "config_changes.jsonl").exists()
   train.train_and_evaluate(_config(**{"training.num_steps": 40}), w)
   assert (tmp_path / "checkpoints" / "40").exists()
+
+
+# ------------------------------------------------------------------------------------
+# Declared ranges
+# ------------------------------------------------------------------------------------
+
+def test_every_numeric_field_has_a_declared_range():
+  """Each int / float / tuple-of-numbers field of the default config (and each optional
+  numeric one) has a range in config_base.RANGES, and the defaults are inside it."""
+  c = config_base.default_config()
+  missing = []
+
+  def walk(node, prefix):
+    for k in node.keys():
+      v = node[k]
+      if hasattr(v, "keys"):
+        walk(v, prefix + k + ".")
+        continue
+      ref = node.get_ref(k)
+      numeric = (isinstance(v, (int, float)) and not isinstance(v, bool)) or (
+          isinstance(v, tuple) and all(isinstance(x, (int, float)) for x in v)) or (
+          v is None and ref.get_type() in (int, float, tuple))
+      if numeric and prefix + k not in config_base.RANGES:
+        missing.append(prefix + k)
+  walk(c, "")
+  assert not missing, missing
+  config_base.check_ranges(c)
+  with pytest.raises(config_base.ConfigError, match=r"^config field optim\.b2 must be \[0, 1\)"):
+    config_base.check_ranges(config_base.override(c, ["optim.b2=2.0"]))
+
+
+def test_eval_overrides_out_of_range_are_refused_before_the_restore(tmp_path):
+  """sampling.chunk_dims=-3 on --mode=sample: refused by eval_config, naming the field,
+  before any model is built or checkpoint read."""
+  w = str(tmp_path)
+  workdir_lib.write_record(w, _config())
+  for field, value in (("sampling.chunk_dims", -3), ("likelihood.num_examples", -5)):
+    with pytest.raises(config_base.ConfigError, match=field.replace(".", r"\.")):
+      workdir_lib.eval_config(w, _config(), [f"{field}={value}"])
+  assert os.listdir(tmp_path) == ["config.json"]
