@@ -23,7 +23,7 @@ and the FID of decoder samples against the test images when given Inception weig
 (none can be downloaded here; format in csm_jax/inception_weights.py):
 
   python -m csm_jax.main --config=configs/celeba_vae.py:csm --workdir=/tmp/celeba_vae \
-    --mode=eval --config.eval.inception_weights=/path/to/inception_v3_weights_fid.pickle
+    --mode=eval --config.eval.inception_weights=/path/to/inception_fid.npz
 """
 
 from csm_jax.config_base import vae_default_config

@@ -25,6 +25,73 @@ class ConfigError(ValueError):
   """A config value that cannot work (the message names the field)."""
 
 
+# "section.field" -> its declared range, written beside the defaults by `_declare` and
+# checked by `check_ranges` before anything is built. A range is one or more
+# alternatives joined by " or ": "int" (any integer), "int >= 1", "> 0", ">= 0",
+# "[0, 1)", "(0, 0.5)" (intervals, ends open or closed), "each ..." (every element of a
+# tuple), "None (meaning)", a number with its meaning ("-1 (the whole test split)"), or
+# "any number".
+RANGES = {}
+
+
+def _declare(section: str, **ranges):
+  for name, spec in ranges.items():
+    RANGES[f"{section}.{name}" if section else name] = spec
+
+
+def _number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _satisfies(value, alternative: str) -> bool:
+  import math  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  alt = alternative.strip()
+  if alt.startswith("each "):
+    return (isinstance(value, (tuple, list)) and len(value) >= 1
+            and all(_satisfies(v, alt[len("each "):]) for v in value))
+  if alt.startswith("None"):
+    return value is None
+  if not _number(value) or (isinstance(value, float) and math.isnan(value)):
+    return False
+  if alt == "any number":
+    return math.isfinite(value)
+  if alt.startswith("int"):
+    if not isinstance(value, int):
+      return False
+    alt = alt[len("int"):].strip()
+    if not alt:
+      return True
+  m = re.fullmatch(r"(>=|<=|>|<)\s*(-?[\d.e+-]+)", alt)
+  if m:
+    bound = float(m.group(2))
+    return {">=": value >= bound, "<=": value <= bound, ">": value > bound,
+            "<": value < bound}[m.group(1)]
+  m = re.fullmatch(r"([\[(])\s*(-?[\d.e+-]+)\s*,\s*(-?[\d.e+-]+)\s*([\])])", alt)
+  if m:
+    lo, hi = float(m.group(2)), float(m.group(3))
+    return ((value >= lo if m.group(1) == "[" else value > lo)
+            and (value <= hi if m.group(4) == "]" else value < hi))
+  m = re.fullmatch(r"(-?[\d.e+-]+)\s*(\(.*\))?", alt)
+  if m:
+    return value == float(m.group(1))
+  raise ValueError(f"unparsable range {alternative!r}")
+
+
+def check_ranges(config) -> ml_collections.ConfigDict:
+  """ConfigError naming the first field (of RANGES, in config) outside its declared range."""
+  for field, spec in RANGES.items():
+    node = config
+    for part in field.split("."):
+      if part not in node:
+        break
+      node = node[part]
+    else:
+      if not any(_satisfies(node, alt) for alt in spec.split(" or ")):
+        raise ConfigError(f"config field {field} must be {spec}, got {node!r}")
+  return config
+
+
 def _ref(field_type):
   """An optional field: None until set, then only values of `field_type`."""
   return ml_collections.FieldReference(None, field_type=field_type)
@@ -61,6 +128,9 @@ def default_config() -> ml_collections.ConfigDict:
   # the array takes at most device_max_mb MiB (csm_jax/pipeline.py).
   d.pipeline = "auto"
   d.device_max_mb = 2048.0
+  _declare("data", seed="int", dim="int >= 1", num_train="int >= 1", num_test="int >= 1",
+           image_size="int >= 1", crop="int >= 1", device_max_mb=">= 0",
+           logit_lambda="0 (off) or (0, 0.5)")
 
   c.model = m = ml_collections.ConfigDict()
   m.backbone = "made"          # made | pixelcnnpp
@@ -89,6 +159,11 @@ def default_config() -> ml_collections.ConfigDict:
   # on NVIDIA GPUs, no bf16 passes on TPU), 'high' or 'default' (the backend's choice:
   # TF32 on Ampere and later). The head always runs at 'highest'.
   m.matmul_precision = "highest"
+  _declare("model", hidden_sizes="each int >= 1", context_size="int >= 1",
+           order_seed="int", head_hidden="each int >= 1", head_sigma_embedding="int >= 0",
+           context_sigma_embedding="int >= 0", num_mixtures="int >= 1", num_bins="int >= 2",
+           nr_filters="int >= 1", nr_resnet="int >= 1", num_resolutions="int >= 1",
+           dropout_rate="[0, 1)")
 
   c.loss = l = ml_collections.ConfigDict()
   l.name = "csm"               # csm | mle | sm | ssm | dsm
@@ -99,6 +174,8 @@ def default_config() -> ml_collections.ConfigDict:
   l.sm_chunk_size = _ref(int)  # sm: one-hot jvps per chunk (None: all D at once)
   l.mle_target_sigma = 0.0     # mle: fit q(x_d + sigma eps | x_<d) (clean contexts), the
                                # noisy conditional of Tweedie denoising; 0: plain MLE
+  _declare("loss", num_projections="int >= 1", dsm_sigma="> 0",
+           sm_chunk_size="None (all at once) or int >= 1", mle_target_sigma=">= 0")
 
   c.noise = n = ml_collections.ConfigDict()
   n.enabled = True
@@ -111,6 +188,7 @@ def default_config() -> ml_collections.ConfigDict:
   # (model.context_sigma_embedding > 0): the model learns the smoothed joint
   # p * N(0, sigma^2 I) at every level (docs/smoothed_joint.md)
   n.mode = "per_dim"
+  _declare("noise", sigma_max="> 0", sigma_min="> 0", num_levels="int >= 1")
 
   c.optim = o = ml_collections.ConfigDict()
   o.learning_rate = 1e-3
@@ -120,6 +198,8 @@ def default_config() -> ml_collections.ConfigDict:
   o.b2 = 0.999
   o.weight_decay = 0.0
   o.ema_decay = 0.999
+  _declare("optim", learning_rate="> 0", warmup_steps="int >= 0", grad_clip=">= 0",
+           b1="[0, 1)", b2="[0, 1)", weight_decay=">= 0", ema_decay="[0, 1)")
 
   c.training = t = ml_collections.ConfigDict()
   t.num_steps = 20000
@@ -134,10 +214,14 @@ def default_config() -> ml_collections.ConfigDict:
   t.checkpoint_every_secs = 600.0  # also save when this much time passed (0: off)
   t.keep_checkpoints = 3
   t.steps_per_dispatch = 1  # k > 1: k train steps per jitted call (lax.scan)
+  _declare("training", num_steps="int >= 1", batch_size="int >= 1", log_every="int >= 1",
+           eval_every="int >= 0", checkpoint_every="int >= 1", checkpoint_every_secs=">= 0",
+           keep_checkpoints="int >= 1", steps_per_dispatch="int >= 1", eval_samples="int >= 0")
 
   c.eval = e = ml_collections.ConfigDict()
   e.batch_size = 500
   e.num_batches = 4  # periodic eval; --mode=eval uses the whole test split
+  _declare("eval", batch_size="int >= 1", num_batches="int >= 1")
 
   # Test NLL in --mode=eval: exact for normalized heads, 1-D quadrature for AR-CSM heads
   # (grid interior, outer nodes and analytic tails beyond it: nothing truncated).
@@ -154,6 +238,12 @@ def default_config() -> ml_collections.ConfigDict:
   lk.batch_chunk = _ref(int)   # examples per inner quadrature step (None: auto)
   lk.node_chunk = _ref(int)    # grid nodes per vmapped head call (None: auto)
   lk.sigma = _ref(float)       # noise level of the head (None: the smallest sigma)
+  _declare("likelihood", num_examples="-1 (the whole test split) or int >= 0",
+           num_points="int >= 5", grid_min="None (from the data) or any number",
+           grid_max="None (from the data) or any number", margin=">= 0",
+           grid_num_train="int >= 1", outer_points="int >= 0", outer_reach="> 0",
+           batch_size="int >= 1", batch_chunk="None (auto) or int >= 1",
+           node_chunk="None (auto) or int >= 1", sigma="None (the smallest sigma) or > 0")
 
   c.sampling = s = ml_collections.ConfigDict()
   s.num_samples = 16
@@ -187,6 +277,11 @@ def default_config() -> ml_collections.ConfigDict:
   # included; cost mh_nodes - 1 head evaluations per step instead of 1).
   s.mh_correction = False
   s.mh_nodes = 3
+  _declare("sampling", num_samples="int >= 1", num_steps="int >= 1", step_lr="> 0",
+           sigmas="None (the noise schedule) or each > 0",
+           chunk_dims="None (about 20 reports) or int >= 0",
+           max_sweeps="None (D) or int >= 1", fixed_point_tol=">= 0", mh_nodes="int >= 2")
+  _declare("", seed="int")
   c.lock()
   return c
 
@@ -322,7 +417,7 @@ def validate_vae(config) -> ml_collections.ConfigDict:
        e.fid_batch_size, "an integer >= 1")
   need(isinstance(e.inception_weights, str), "eval.inception_weights", e.inception_weights,
        "a file path ('' skips FID)")
-  return config
+  return check_ranges(config)  # the fields it shares with image configs
 
 
 def pixelcnnpp_config(dataset: str, variant: str = "csm") -> ml_collections.ConfigDict:
@@ -552,19 +647,37 @@ def validate(config) -> ml_collections.ConfigDict:
   if lk.grid_min is not None and lk.grid_max is not None:
     need(lk.grid_max > lk.grid_min, "likelihood.grid_max", lk.grid_max,
          f"> likelihood.grid_min ({lk.grid_min})")
-  return config
+  return check_ranges(config)  # every numeric field against its declared range
 
 
 def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a training run wrote to WORKDIR/config.json, on the current defaults.
 
-  Fields unknown to this version (renamed or removed since) are reported, not applied.
+  A record that cannot be read back as it was written (empty, truncated, not a JSON
+  object, a field this version does not know, a value of the wrong type) is a
+  ConfigError of one line naming the file and what is wrong.
   """
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: train with python -m csm_jax.main first")
-  with open(path) as f:
-    saved = json.load(f)
+
+  def bad(what):
+    return ConfigError(f"config record {path} {what}; restore it from a copy, or train in "
+                       "a fresh --workdir")
+
+  try:
+    with open(path, "rb") as f:
+      text = f.read().decode("utf-8")
+  except (OSError, UnicodeDecodeError) as e:
+    raise bad(f"cannot be read ({e})") from None
+  if not text.strip():
+    raise bad("is empty")
+  try:
+    saved = json.loads(text)
+  except ValueError as e:
+    raise bad(f"is not valid JSON (truncated or hand-edited?): {e}") from None
+  if not isinstance(saved, dict):
+    raise bad(f"must hold a JSON object of config sections, not a {type(saved).__name__}")
   config = vae_default_config() if "vae" in saved else default_config()
   unknown = []
 
@@ -572,14 +685,20 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
     for k, v in values.items():
       if k not in node:
         unknown.append(prefix + k)
-      elif isinstance(v, dict) and isinstance(node[k], ml_collections.ConfigDict):
+      elif isinstance(node[k], ml_collections.ConfigDict):
+        if not isinstance(v, dict):
+          raise bad(f"field {prefix + k} must be a section (a JSON object), not {v!r}")
         merge(node[k], v, prefix + k + ".")
       else:
-        node[k] = tuple(v) if isinstance(v, list) else v
+        try:
+          node[k] = tuple(v) if isinstance(v, list) else v
+        except (TypeError, ValueError) as e:
+          raise bad(f"field {prefix + k} has a value of the wrong type: {v!r} "
+                    f"({str(e).splitlines()[0]})") from None
 
   merge(config, saved, "")
   if unknown:
-    raise ValueError(f"{path} has fields this version does not know: {unknown}")
+    raise bad(f"has fields this version does not know: {', '.join(unknown)}")
   return config
 
 

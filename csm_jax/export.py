@@ -23,6 +23,7 @@ from absl import logging
 import jax
 import numpy as np
 
+from csm_jax import atomic
 from csm_jax import config_base
 from csm_jax import models
 
@@ -30,12 +31,8 @@ PARAMS_FILE, CONFIG_FILE = "params.npz", "config.json"
 
 
 def _write_atomic(path: str, write: Callable):
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "wb") as f:
+  with atomic.open_atomic(path, "wb") as f:   # temporary file, fsync, rename, dir fsync
     write(f)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 def _flatten(params) -> dict:

@@ -33,6 +33,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
+from csm_jax import atomic
 from csm_jax.models.ar import fast_init
 
 ON_THRESHOLD = 0.5
@@ -235,12 +236,8 @@ def _fingerprint(*arrays) -> str:
 def _save(path: str, params, info: dict):
   flat = {"/".join(k): np.asarray(v) for k, v in
           traverse_util.flatten_dict(jax.device_get(params)).items()}
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, **flat)
-  os.replace(tmp, path + ".npz")
-  with open(path + ".json.tmp", "w") as f:
-    json.dump(info, f, indent=2)
-  os.replace(path + ".json.tmp", path + ".json")
+  atomic.save_npz(path + ".npz", **flat)
+  atomic.write_json(path + ".json", info)
 
 
 def _load(path: str):

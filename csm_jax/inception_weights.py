@@ -1,16 +1,15 @@
 """The file of FID Inception weights the user supplies, and random weights for tests.
 
-Two formats, told apart by the file name:
+The format is a numpy archive (.npz) of float arrays, one per key (below), read with
+allow_pickle=False: loading it cannot run code. `save_npz` writes it. The library never
+unpickles anything: the pickle of nested dicts of arrays that matthias-wright/jax-fid
+distributes (inception_v3_weights_fid.pickle, converted from pytorch-fid's FID
+Inception) is converted once, on purpose, by
 
-  *.npz             a numpy archive of float arrays, one per key (below); read with
-                    allow_pickle=False, so it cannot run code. `save_npz` writes it.
-  anything else     a pickle of nested dicts of arrays whose paths are the keys
-                    (`{'Mixed_5b': {'branch1x1': {'conv': {'kernel': ...}, ...}}}`):
-                    the format of the weights file matthias-wright/jax-fid distributes
-                    (inception_v3_weights_fid.pickle, converted from pytorch-fid's FID
-                    Inception), loadable as it is. Unpickling runs code: load only
-                    files you trust, or convert once to .npz
-                    (`save_npz(load_variables(PICKLE), NPZ)`).
+  python -m csm_jax.tools.convert_inception_pickle inception_v3_weights_fid.pickle OUT.npz
+
+which reads it with a restricted unpickler (numpy arrays, dicts, lists, strings and
+numbers only; any other object is refused before it can run).
 
 Keys: for each of the 94 convolutions of `csm_jax.inception.FIDInceptionV3`, at its
 path LAYER (e.g. `Conv2d_1a_3x3`, `Mixed_6b/branch7x7dbl_3`; `expected_shapes()` lists
@@ -27,7 +26,7 @@ or a wrong shape raises `WeightsError` naming the file and the key.
 
 import functools
 import os
-import pickle
+import zipfile
 from typing import Dict, Mapping, Tuple
 
 import jax
@@ -61,29 +60,24 @@ def _expected_shapes() -> Tuple[Tuple[str, Tuple[int, ...]], ...]:
   return tuple(sorted(flat.items()))
 
 
-def _flatten(tree, path: str) -> Dict[str, np.ndarray]:
-  if not isinstance(tree, Mapping):
-    raise WeightsError(f"{path}: the pickle must hold nested dicts of arrays, got "
-                       f"{type(tree).__name__}")
-  flat = {}
-  for path_tuple, leaf in traverse_util.flatten_dict(dict(tree)).items():
-    flat["/".join(str(p) for p in path_tuple)] = leaf
-  return flat
+CONVERT = "python -m csm_jax.tools.convert_inception_pickle IN OUT.npz"
 
 
 def read_flat(path: str) -> Dict[str, np.ndarray]:
-  """{key: array} of every array in the file (no checks against the network)."""
+  """{key: array} of every array in the .npz file (no checks against the network)."""
   if not os.path.isfile(path):
     raise WeightsError(f"Inception weights file {path} does not exist")
+  if not path.endswith(".npz"):
+    raise WeightsError(f"Inception weights file {path} is not an .npz: weights are read only "
+                       "from .npz files (never unpickled); convert a jax-fid pickle once with "
+                       f"`{CONVERT}`")
   try:
-    if path.endswith(".npz"):
-      with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
-    with open(path, "rb") as f:
-      tree = pickle.load(f)
-  except (OSError, ValueError, pickle.UnpicklingError, EOFError) as e:
-    raise WeightsError(f"cannot read Inception weights file {path}: {e}") from None
-  return _flatten(tree, path)
+    with np.load(path, allow_pickle=False) as z:
+      return {k: z[k] for k in z.files}
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    reason = ("holds an array of Python objects (dtype object), which is never loaded"
+              if "pickle" in str(e) else f"{type(e).__name__}: {e}")
+    raise WeightsError(f"cannot read Inception weights file {path}: {reason}") from None
 
 
 def from_flat(flat: Mapping[str, np.ndarray], path: str = "<arrays>") -> dict:
@@ -126,9 +120,8 @@ def save_npz(variables, path: str):
   """Writes variables as the .npz format (atomically: a temporary file, then a rename)."""
   if not path.endswith(".npz"):
     raise ValueError(f"an .npz path is needed, got {path}")
-  tmp = path[:-4] + ".tmp.npz"
-  np.savez(tmp, **to_flat(variables))
-  os.replace(tmp, path)
+  from csm_jax import atomic  # pylint: disable=g-import-not-at-top
+  atomic.save_npz(path, **to_flat(variables))
 
 
 def random_variables(seed: int = 0) -> dict:

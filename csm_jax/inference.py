@@ -17,6 +17,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from csm_jax import atomic
 from csm_jax import checkpoints
 from csm_jax import config_base
 from csm_jax import data as data_lib
@@ -94,8 +95,7 @@ def evaluate_workdir(config, workdir: str, log: Callable[[str], None] = logging.
                                                     train=inf.arrays.train)
   path = os.path.join(workdir, f"eval_{step:08d}.json")
   if sharding_lib.is_main_process():  # multi-host: every process has the same result
-    with open(path, "w") as f:
-      json.dump(result, f, indent=2)
+    atomic.write_json(path, result)
   log(f"{summary(result, len(inf.arrays.test))}; all results in {path}")
   return result
 
@@ -135,7 +135,7 @@ def sample_workdir(config, workdir: str, log: Callable[[str], None] = logging.in
   base = os.path.join(workdir, "samples", f"samples_{step:08d}")
   if sharding_lib.is_main_process():
     os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-    np.save(base + ".npy", x)
+    atomic.save_npy(base + ".npy", x)
     plotting.save_samples(base + ".png", inf.pre.to_display(x), inf.arrays.shape,
                           f"step {step}")
     log(f"wrote {base}.png")

@@ -102,7 +102,8 @@ def _restore_or_init(trainer: Trainer, ckpt):
 
 def run(trainer: Trainer, training, workdir: Optional[str] = None,
         eval_every: Optional[int] = None, log: Callable[[str], None] = logging.info,
-        label: str = "", callbacks: Sequence[Callable] = ()):
+        label: str = "", callbacks: Sequence[Callable] = (),
+        on_start: Optional[Callable[[], None]] = None):
   """Trains to training.num_steps (`training`: the config's training section).
 
   Returns (state, info); info: compile_seconds, train_seconds (evaluation and
@@ -111,7 +112,9 @@ def run(trainer: Trainer, training, workdir: Optional[str] = None,
   {step, seconds, **evaluation} per evaluation).
   `eval_every` defaults to training.eval_every (0: never); evaluation runs at step 0 of
   a fresh run, every `eval_every` steps and at the end. `callbacks`: cb(step, state,
-  row) after each logged step.
+  row) after each logged step. `on_start()` runs once the state is restored (or
+  initialized), before the first step: trainers write their config record there, so a
+  run refused by its checkpoints never rewrites it.
   """
   t, n = training, int(training.num_steps)
   eval_every = t.eval_every if eval_every is None else eval_every
@@ -123,6 +126,8 @@ def run(trainer: Trainer, training, workdir: Optional[str] = None,
   if workdir is not None:
     ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), t.keep_checkpoints)
   state = _restore_or_init(trainer, ckpt)
+  if on_start is not None:
+    on_start()
   start = int(state.step)
   if start >= n:
     log(f"{prefix}already at step {start} of {n}; nothing to do")

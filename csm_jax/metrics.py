@@ -6,13 +6,35 @@ import os
 import time
 from typing import Optional
 
+from absl import logging
 import jax
 import numpy as np
 
+from csm_jax import atomic
+
+
+def read_rows(path: str):
+  """(rows, skipped): the rows of a metrics.jsonl, each a JSON object with an integer
+  "step", and the number of other lines (torn by a kill, or foreign) passed over."""
+  rows, skipped = [], 0
+  with open(path, "rb") as f:
+    for raw in f:
+      try:
+        row = json.loads(raw.decode("utf-8"))
+      except (UnicodeDecodeError, ValueError):
+        row = None
+      if (isinstance(row, dict) and isinstance(row.get("step"), int)
+          and not isinstance(row.get("step"), bool)):
+        rows.append(row)
+      elif raw.strip():
+        skipped += 1
+  return rows, skipped
+
 
 class MetricWriter:
-  """Appends one JSON object per call; on resume drops rows past the resumed step (all
-  rows when a run starts again from step 0), so no step is written twice.
+  """Appends one JSON object per call (flushed and fsynced); on resume drops rows past
+  the resumed step (all rows when a run starts again from step 0), so no step is written
+  twice, and torn or foreign lines (counted in a warning).
 
   With several processes (multi-host) only process 0 writes; the others' writers do
   nothing (every process computes the same replicated metrics)."""
@@ -23,18 +45,12 @@ class MetricWriter:
     if jax.process_index() != 0:
       return
     if os.path.exists(self.path):
-      keep = []
-      with open(self.path) as f:
-        for line in f:
-          try:
-            row = json.loads(line)
-          except json.JSONDecodeError:
-            continue  # a line cut by a kill
-          if resume_step > 0 and row.get("step", 0) <= resume_step:
-            keep.append(line if line.endswith("\n") else line + "\n")
-      with open(self.path + ".tmp", "w") as f:
-        f.writelines(keep)
-      os.replace(self.path + ".tmp", self.path)
+      rows, skipped = read_rows(self.path)
+      if skipped:
+        logging.warning("%s: skipped %d torn or foreign line(s)", self.path, skipped)
+      keep = [json.dumps(r) + "\n" for r in rows
+              if resume_step > 0 and r["step"] <= resume_step]
+      atomic.write_text(self.path, "".join(keep))
     self._f = open(self.path, "a")
     try:
       from tensorboardX import SummaryWriter
@@ -46,8 +62,7 @@ class MetricWriter:
     if self._f is None:
       return
     row = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
-    self._f.write(json.dumps(row) + "\n")
-    self._f.flush()
+    atomic.append_line(self._f, json.dumps(row))  # flushed and fsynced
     if self._tb is not None:
       for k, v in scalars.items():
         self._tb.add_scalar(k, float(v), int(step))

@@ -9,6 +9,8 @@ import math
 import matplotlib.pyplot as plt
 import numpy as np
 
+from csm_jax import atomic
+
 
 def image_grid(images: np.ndarray, ncols: int = None) -> np.ndarray:
   """(N, H, W, C) in [0, 1] -> one (rows*H, cols*W, C) mosaic with 1-pixel gaps."""
@@ -36,8 +38,10 @@ def save_samples(path: str, samples: np.ndarray, data_shape: tuple, title: str =
     plt.scatter(flat[:, 0], flat[:, 1] if flat.shape[1] > 1 else np.zeros(len(flat)), s=2)
   if title:
     plt.title(title)
-  fig.savefig(path, dpi=100, bbox_inches="tight")
-  plt.close(fig)
+  try:
+    atomic.save_figure(path, fig, dpi=100, bbox_inches="tight")
+  finally:
+    plt.close(fig)
 
 
 def save_image_rows(path: str, rows: dict, title: str = ""):
@@ -54,5 +58,7 @@ def save_image_rows(path: str, rows: dict, title: str = ""):
     ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
   if title:
     fig.suptitle(title, fontsize=9)
-  fig.savefig(path, dpi=100, bbox_inches="tight")
-  plt.close(fig)
+  try:
+    atomic.save_figure(path, fig, dpi=100, bbox_inches="tight")
+  finally:
+    plt.close(fig)

@@ -286,7 +286,8 @@ def sample_grid_fn(s: Setup) -> Optional[Callable[[Any], np.ndarray]]:
 def train_loop(s: Setup, workdir: Optional[str] = None,
                eval_fn: Optional[Callable[[Any], dict]] = None,
                eval_every: Optional[int] = None, log: Callable[[str], None] = logging.info,
-               label: str = "", callbacks: Sequence[Callable] = ()):
+               label: str = "", callbacks: Sequence[Callable] = (),
+               on_start: Optional[Callable[[], None]] = None):
   """Trains s.model to config.training.num_steps with `loop.run`; returns (state, info).
 
   With a `workdir`: resumes from its latest readable checkpoint, saves every
@@ -302,7 +303,7 @@ def train_loop(s: Setup, workdir: Optional[str] = None,
   config_base.validate(s.config)
   state, info = loop_lib.run(trainer(s, eval_fn), s.config.training, workdir=workdir,
                              eval_every=eval_every, log=log, label=label,
-                             callbacks=callbacks)
+                             callbacks=callbacks, on_start=on_start)
   info.update(parameters=models.count_parameters(state.params, s.model),
               pipeline=s.batcher.kind, steps_per_dispatch=int(s.config.training.steps_per_dispatch))
   return state, info
@@ -313,14 +314,15 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False):
 
   Takes the workdir's training lock, refuses a config whose model/data/optimization
   fields differ from the workdir's record (unless allow_config_change, which records
-  the change), and writes the record only once the config has built a working setup.
+  the change), and writes the record only once the config has built a working setup
+  and the checkpoints (if any) restored into it.
   """
   config_base.validate(config)
   with workdir_lib.training_lock(workdir):  # multi-host: held by process 0 for all
     changes = workdir_lib.check_config(workdir, config, allow_config_change)
     s = setup(config)
-    if sharding_lib.is_main_process():
-      workdir_lib.write_record(workdir, config, changes)
+    record = lambda: (sharding_lib.is_main_process()
+                      and workdir_lib.write_record(workdir, config, changes))
     eval_fn = make_eval_fn(config, s.model, s.pre, s.arrays.test, s.mesh, s.loss_fn)
-    state, _ = train_loop(s, workdir=workdir, eval_fn=eval_fn)
+    state, _ = train_loop(s, workdir=workdir, eval_fn=eval_fn, on_start=record)
   return state

@@ -27,6 +27,7 @@ from typing import Sequence
 from absl import logging
 import jax
 
+from csm_jax import atomic
 from csm_jax import config_base
 from csm_jax import sharding
 
@@ -41,12 +42,35 @@ class WorkdirError(RuntimeError):
   """The workdir cannot be used as asked (owned by another run, config changed, ...)."""
 
 
+def check_trainable(workdir: str):
+  """One-line WorkdirError / ConfigError, before anything is created, when `workdir`
+  cannot be trained in: a regular file, not writable, or a garbled config record."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise WorkdirError(f"--workdir {workdir} is a file, not a directory; give a directory "
+                       "(it is created if missing)")
+  parent = workdir
+  while not os.path.exists(parent):
+    parent = os.path.dirname(os.path.abspath(parent))
+  if not os.path.isdir(parent):
+    raise WorkdirError(f"--workdir {workdir} cannot be created: {parent} is a file")
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise WorkdirError(f"--workdir {workdir} is not writable ({parent} is read-only for "
+                       "this user); train in a writable directory, or fix its permissions")
+  if os.path.exists(record_path(workdir)):
+    config_base.load_workdir_config(workdir)   # a garbled record: one ConfigError line
+
+
 @contextlib.contextmanager
 def lock(workdir: str):
   """Holds the exclusive training lock of workdir for the duration of the block."""
+  check_trainable(workdir)
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, ".lock")
-  f = open(path, "a+")
+  try:
+    f = open(path, "a+")
+  except OSError as e:
+    raise WorkdirError(f"cannot take the training lock {path} ({e.strerror}); train in a "
+                       "writable --workdir") from None
   try:
     try:
       fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -111,6 +135,12 @@ def config_changes(recorded, config) -> dict:
           if _protected(k) and a.get(k) != b.get(k)}
 
 
+def has_checkpoints(workdir: str) -> bool:
+  """Whether workdir/checkpoints holds a step directory (readable or not)."""
+  path = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(path) and any(n.isdigit() for n in os.listdir(path))
+
+
 def record_path(workdir: str) -> str:
   return os.path.join(workdir, "config.json")
 
@@ -119,7 +149,15 @@ def check_config(workdir: str, config, allow_changes: bool = False) -> dict:
   """Compares config with the workdir's record; raises WorkdirError on protected changes
   unless allow_changes. Returns the changes (empty for a new workdir)."""
   if not os.path.exists(record_path(workdir)):
-    return {}
+    if not has_checkpoints(workdir):
+      return {}
+    if not allow_changes:
+      raise WorkdirError(
+          f"{workdir} has checkpoints but no config record ({record_path(workdir)} is "
+          "missing), so nothing shows which config they were trained with. Restore the "
+          "record, use another --workdir, or accept this config as a new start with "
+          "--allow_config_change (it is recorded in config_changes.jsonl).")
+    return {"config.json": (None, "missing: this config recorded as a new start")}
   changes = config_changes(config_base.load_workdir_config(workdir), config)
   if changes and not allow_changes:
     lines = "\n".join(f"  {k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
@@ -132,16 +170,16 @@ def check_config(workdir: str, config, allow_changes: bool = False) -> dict:
 
 
 def write_record(workdir: str, config, changes: dict = None):
-  """Writes config.json (atomically) and appends accepted changes to config_changes.jsonl."""
-  path = record_path(workdir)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
-  os.replace(tmp, path)
+  """Writes config.json (atomically) and appends accepted changes to config_changes.jsonl.
+
+  Trainers call it only once the setup is built and the state restored or initialized
+  (`loop.run`'s on_start), so a run that fails before that never rewrites the record."""
+  atomic.write_text(record_path(workdir), config.to_json_best_effort(indent=2))
   if changes:
     with open(os.path.join(workdir, "config_changes.jsonl"), "a") as f:
-      f.write(json.dumps({"time": datetime.datetime.now().isoformat(timespec="seconds"),
-                          "changes": {k: list(v) for k, v in changes.items()}}) + "\n")
+      atomic.append_line(f, json.dumps({
+          "time": datetime.datetime.now().isoformat(timespec="seconds"),
+          "changes": {k: list(v) for k, v in changes.items()}}))
 
 
 def eval_config(workdir: str, config, overrides: Sequence[str]):
@@ -159,7 +197,11 @@ def eval_config(workdir: str, config, overrides: Sequence[str]):
     raise WorkdirError(
         f"--mode=eval/sample use the config recorded in {record_path(workdir)}; only "
         f"{', '.join(p + '.*' for p in EVAL_FIELDS)} may be changed there, not {changed}")
-  return config_base.override(recorded, evals)
+  config = config_base.override(recorded, evals)
+  # before anything is built or restored: a bad value is one line naming the field
+  if config_base.is_vae_config(config):
+    return config_base.validate_vae(config)
+  return config_base.validate(config)
 
 
 def _is_eval_field(field: str) -> bool:

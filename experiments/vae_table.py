@@ -126,12 +126,9 @@ def run_config(args, overrides, method, z_dim):
 
 
 def read_metrics(workdir):
-  rows = []
+  from csm_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   path = os.path.join(workdir, "metrics.jsonl")
-  if os.path.exists(path):
-    with open(path) as f:
-      rows = [json.loads(l) for l in f if l.strip()]
-  return rows
+  return metrics_lib.read_rows(path)[0] if os.path.exists(path) else []  # torn rows skipped
 
 
 def paired(rows, per_example, z):

@@ -116,7 +116,11 @@ def test_checkpoint_of_another_model_is_a_config_mismatch(tmp_path):
 @pytest.mark.parametrize("field,value", [
     ("training.keep_checkpoints", 0), ("training.checkpoint_every", 0),
     ("eval.batch_size", 0), ("training.batch_size", 0), ("training.num_steps", 0),
-    ("noise.sigma_min", -1.0), ("likelihood.num_points", 100)])
+    ("noise.sigma_min", -1.0), ("likelihood.num_points", 100),
+    ("optim.b2", 2.0), ("optim.b1", 1.0), ("optim.weight_decay", -100.0),
+    ("likelihood.num_examples", -5), ("data.logit_lambda", 0.5),
+    ("sampling.chunk_dims", -3), ("model.dropout_rate", 1.0), ("loss.dsm_sigma", 0.0),
+    ("optim.learning_rate", float("nan")), ("training.num_steps", True)])
 def test_bad_values_are_refused_up_front_with_the_field(tmp_path, field, value):
   with pytest.raises(config_base.ConfigError, match=field.replace(".", r"\.")):
     train.train_and_evaluate(_config(**{field: value}), str(tmp_path / "w"))
@@ -308,3 +312,117 @@ def test_stop_signal_saves_the_step_and_resumes_exactly(tmp_path, mnist_data_dir
     _assert_same(_params(w, 300), _params(straight, 300))
   rows = [json.loads(l)["step"] for l in open(w / "metrics.jsonl") if '"loss"' in l]
   assert rows == list(range(20, 301, 20))
+
+
+# ------------------------------------------------------------------------------------
+# The config record is the truth
+# ------------------------------------------------------------------------------------
+
+_GARBLED = {
+    "truncated": lambda text: text[:len(text) // 2],
+    "empty": lambda text: "",
+    "unknown_field": lambda text: json.dumps({**json.loads(text), "bogus_field": 1}),
+    "wrong_type": lambda text: json.dumps(
+        {**json.loads(text), "training": {**json.loads(text)["training"], "num_steps": "many"}}),
+    "a_list": lambda text: json.dumps([json.loads(text)]),
+    "section_not_object": lambda text: json.dumps({**json.loads(text), "model": 3}),
+    "not_utf8": lambda text: "\udcff",
+}
+_GARBLED_WHAT = {"truncated": "not valid JSON", "empty": "is empty",
+                 "unknown_field": "bogus_field", "wrong_type": "training.num_steps",
+                 "a_list": "not a list", "section_not_object": "field model",
+                 "not_utf8": "cannot be read"}
+
+
+@pytest.mark.parametrize("damage", sorted(_GARBLED))
+def test_garbled_config_record_is_one_line_naming_the_file(tmp_path, damage):
+  """A record cut short or hand-edited: one ConfigError line naming the file and what is
+  wrong, in train and in eval, and nothing in the workdir changes."""
+  w = str(tmp_path)
+  workdir_lib.write_record(w, _config())
+  record = tmp_path / "config.json"
+  record.write_bytes(_GARBLED[damage](record.read_text()).encode("utf-8", "surrogateescape"))
+  before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+  for call in (lambda: config_base.load_workdir_config(w),
+               lambda: workdir_lib.eval_config(w, _config(), []),
+               lambda: train.train_and_evaluate(_config(), w)):
+    with pytest.raises(config_base.ConfigError) as e:
+      call()
+    message = str(e.value)
+    assert str(record) in message and _GARBLED_WHAT[damage] in message, message
+    assert "\n" not in message, message
+  assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+@pytest.mark.slow
+def test_checkpoints_without_a_record_refuse_to_train(tmp_path):
+  """config.json deleted, then a resume with another learning rate: refused; accepted
+  only with --allow_config_change, which records the config as a new start."""
+  w = str(tmp_path)
+  train.train_and_evaluate(_config(), w)
+  os.remove(tmp_path / "config.json")
+  other = _config(**{"optim.learning_rate": 3e-3, "training.num_steps": 40})
+  with pytest.raises(workdir_lib.WorkdirError, match="checkpoints but no config record"):
+    train.train_and_evaluate(other, w)
+  assert not (tmp_path / "config.json").exists()
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10", "20", "30"]
+  train.train_and_evaluate(other, w, allow_config_change=True)
+  assert config_base.load_workdir_config(w).optim.learning_rate == 3e-3
+  change = json.loads(open(tmp_path / "config_changes.jsonl").read().splitlines()[-1])
+  assert "new start" in change["changes"]["config.json"][1]
+
+
+@pytest.mark.slow
+def test_a_failed_config_change_never_rewrites_the_record(tmp_path):
+  """--allow_config_change with a model the checkpoints do not fit fails at the restore;
+  the record stays, and the original config still trains and evaluates."""
+  w = str(tmp_path)
+  train.train_and_evaluate(_config(), w)
+  record = (tmp_path / "config.json").read_bytes()
+  other = _config(**{"model.hidden_sizes": (8,), "training.num_steps": 40})
+  with pytest.raises((workdir_lib.WorkdirError, checkpoints.ConfigMismatchError)):
+    train.train_and_evaluate(other, w, allow_config_change=True)
+  assert (tmp_path / "config.json").read_bytes() == record
+  assert not (tmp_path / "config_changes.jsonl").exists()
+  train.train_and_evaluate(_config(**{"training.num_steps": 40}), w)
+  assert (tmp_path / "checkpoints" / "40").exists()
+
+
+# ------------------------------------------------------------------------------------
+# Declared ranges
+# ------------------------------------------------------------------------------------
+
+def test_every_numeric_field_has_a_declared_range():
+  """Each int / float / tuple-of-numbers field of the default config (and each optional
+  numeric one) has a range in config_base.RANGES, and the defaults are inside it."""
+  c = config_base.default_config()
+  missing = []
+
+  def walk(node, prefix):
+    for k in node.keys():
+      v = node[k]
+      if hasattr(v, "keys"):
+        walk(v, prefix + k + ".")
+        continue
+      ref = node.get_ref(k)
+      numeric = (isinstance(v, (int, float)) and not isinstance(v, bool)) or (
+          isinstance(v, tuple) and all(isinstance(x, (int, float)) for x in v)) or (
+          v is None and ref.get_type() in (int, float, tuple))
+      if numeric and prefix + k not in config_base.RANGES:
+        missing.append(prefix + k)
+  walk(c, "")
+  assert not missing, missing
+  config_base.check_ranges(c)
+  with pytest.raises(config_base.ConfigError, match=r"^config field optim\.b2 must be \[0, 1\)"):
+    config_base.check_ranges(config_base.override(c, ["optim.b2=2.0"]))
+
+
+def test_eval_overrides_out_of_range_are_refused_before_the_restore(tmp_path):
+  """sampling.chunk_dims=-3 on --mode=sample: refused by eval_config, naming the field,
+  before any model is built or checkpoint read."""
+  w = str(tmp_path)
+  workdir_lib.write_record(w, _config())
+  for field, value in (("sampling.chunk_dims", -3), ("likelihood.num_examples", -5)):
+    with pytest.raises(config_base.ConfigError, match=field.replace(".", r"\.")):
+      workdir_lib.eval_config(w, _config(), [f"{field}={value}"])
+  assert os.listdir(tmp_path) == ["config.json"]

@@ -19,6 +19,7 @@ from csm_jax import data as data_lib
 from csm_jax import inception
 from csm_jax import inception_fid
 from csm_jax import inception_weights
+from csm_jax.tools import convert_inception_pickle
 from csm_jax.vae import entry
 from csm_jax.vae import evaluate
 from tests.test_vae import tiny_arrays, tiny_vae_config
@@ -50,7 +51,8 @@ def _assert_same_variables(a, b):
 
 def test_weights_file_round_trip_npz_and_jax_fid_pickle(weights, tmp_path):
   """The .npz written by save_npz loads back equal; so does the same tree as a pickle of
-  nested dicts (jax-fid's layout), whose extra keys (fc, conv/bias) are ignored."""
+  nested dicts (jax-fid's layout) once converted by the restricted converter, whose
+  extra keys (fc, conv/bias) are ignored. The library refuses the pickle itself."""
   path, variables = weights
   shapes = inception_weights.expected_shapes()
   assert len(shapes) == 94 * 5
@@ -64,7 +66,11 @@ def test_weights_file_round_trip_npz_and_jax_fid_pickle(weights, tmp_path):
   pickle_path = str(tmp_path / "inception_v3_weights_fid.pickle")
   with open(pickle_path, "wb") as f:
     pickle.dump(nested, f)
-  _assert_same_variables(inception_weights.load_variables(pickle_path), variables)
+  with pytest.raises(inception_weights.WeightsError, match="not an .npz.*convert_inception"):
+    inception_weights.load_variables(pickle_path)
+  converted = str(tmp_path / "converted.npz")
+  assert convert_inception_pickle.main(["convert", pickle_path, converted]) == 0
+  _assert_same_variables(inception_weights.load_variables(converted), variables)
 
 
 def test_bad_weights_files_name_the_file_and_the_key(tmp_path):
@@ -92,7 +98,16 @@ def test_bad_weights_files_name_the_file_and_the_key(tmp_path):
   with open(not_dict, "wb") as f:
     pickle.dump([1, 2], f)
   with pytest.raises(inception_weights.WeightsError, match="list.pickle"):
-    inception_weights.load_variables(not_dict)
+    convert_inception_pickle.convert(not_dict, str(tmp_path / "out.npz"))
+
+  objects = str(tmp_path / "objects.npz")   # an object array: never unpickled
+  np.savez(objects, **{first: np.array([{"a": 1}], dtype=object)})
+  with pytest.raises(inception_weights.WeightsError, match="objects.npz.*never loaded"):
+    inception_weights.load_variables(objects)
+  garbage = tmp_path / "garbage.npz"
+  garbage.write_bytes(b"not a zip archive at all")
+  with pytest.raises(inception_weights.WeightsError, match="garbage.npz"):
+    inception_weights.load_variables(str(garbage))
 
 
 def test_features_are_finite_2048_and_batch_invariant(weights):

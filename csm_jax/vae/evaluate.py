@@ -8,7 +8,6 @@ example i binarized with a key fixed by (seed, i), so every method is scored on 
 same binary images.
 """
 
-import json
 import os
 import time
 from typing import Callable
@@ -19,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from csm_jax import ais as ais_lib
+from csm_jax import atomic
 from csm_jax import checkpoints
 from csm_jax import plotting
 from csm_jax import workdir as workdir_lib
@@ -118,8 +118,7 @@ def evaluate_workdir(config, workdir: str, log: Callable[[str], None] = logging.
   else:
     result.update(fid_lib.decoder_fid(s, params, inception_vars, log))
   path = os.path.join(workdir, f"eval_{step:08d}.json")
-  with open(path, "w") as f:
-    json.dump(result, f, indent=2)
+  atomic.write_json(path, result)
   log(f"eval: test NLL {result['ais']['nll']:.3f} nats on {result['ais']['num_examples']} "
       f"examples (AIS) -> {path}")
   return result
@@ -136,7 +135,7 @@ def sample_workdir(config, workdir: str, log: Callable[[str], None] = logging.in
                        jax.random.PRNGKey(config.seed + 20_000))
   os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
   base = os.path.join(workdir, "samples", f"samples_{step:08d}")
-  np.save(base + ".npy", imgs)
+  atomic.save_npy(base + ".npy", imgs)
   plotting.save_samples(base + ".png", imgs, s.data.shape, f"step {step}")
   log(f"wrote {base}.png")
   return base

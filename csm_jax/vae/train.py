@@ -238,7 +238,7 @@ def parameter_counts(state) -> dict:
 
 def train_loop(s: VAESetup, workdir: Optional[str] = None, eval_every: Optional[int] = None,
                log: Callable[[str], None] = logging.info, label: str = "",
-               callbacks=()):
+               callbacks=(), on_start=None):
   """Trains to config.training.num_steps with `loop.run` (the project's one loop);
   returns (state, info).
 
@@ -254,7 +254,8 @@ def train_loop(s: VAESetup, workdir: Optional[str] = None, eval_every: Optional[
   t = s.config.training
   eval_every = t.eval_every if eval_every is None else eval_every
   state, info = loop_lib.run(trainer(s, eval_every), t, workdir=workdir,
-                             eval_every=eval_every, log=log, label=label, callbacks=callbacks)
+                             eval_every=eval_every, log=log, label=label, callbacks=callbacks,
+                             on_start=on_start)
   info.update(parameters=parameter_counts(state),
               method="elbo" if s.estimator is None else s.estimator.name)
   return state, info
@@ -268,7 +269,6 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False):
   with workdir_lib.lock(workdir) if owner else contextlib.nullcontext():
     changes = workdir_lib.check_config(workdir, config, allow_config_change)
     s = setup(config)
-    if owner:
-      workdir_lib.write_record(workdir, config, changes)
-    state, _ = train_loop(s, workdir=workdir)
+    record = lambda: owner and workdir_lib.write_record(workdir, config, changes)
+    state, _ = train_loop(s, workdir=workdir, on_start=record)
   return state
