@@ -1,0 +1,7 @@
+"""AR-CSM as a prior: the joint log-density and score, observation models, posterior
+samplers (docs/restoration.md)."""
+
+from csm_jax.restore import joint  # noqa: F401
+from csm_jax.restore import observations  # noqa: F401
+from csm_jax.restore import posterior  # noqa: F401
+from csm_jax.restore.posterior import restore  # noqa: F401
