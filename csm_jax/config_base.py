@@ -282,6 +282,37 @@ def default_config() -> ml_collections.ConfigDict:
            chunk_dims="None (about 20 reports) or int >= 0",
            max_sweeps="None (D) or int >= 1", fixed_point_tol=">= 0", mh_nodes="int >= 2")
   _declare("", seed="int")
+
+  # Restoration with the model as a prior (csm_jax/restore, docs/restoration.md): the
+  # observation (task and its settings, in pixel units u = pixel / 255) and the sampler.
+  c.restore = r = ml_collections.ConfigDict()
+  r.task = "gaussian"          # gaussian | salt_pepper | inpaint | superres
+  r.sigma = 0.3                # gaussian: noise std, > 0
+  r.p = 0.1                    # salt_pepper: rate in [0, 1]
+  r.sp_tau = _ref(float)       # salt_pepper: kept-pixel window, > 0 (None: one bin)
+  r.mask = "random50"          # inpaint: random50 | random80 | centre | bottom
+  r.mask_seed = 0
+  r.sr_factor = 2              # superres: average-pool factor >= 1
+  r.sr_sigma = 0.02            # superres: noise std of the low-resolution image, > 0
+  r.method = "annealed"        # annealed (+ MALA / Gibbs finish) | mala | gibbs
+  r.sigmas = _ref(tuple)       # annealing levels (None: the noise schedule)
+  r.num_levels = _ref(int)     # >= 1: only the last num_levels of them
+  r.steps_per_level = 10       # >= 1
+  r.step_lr = 5e-3             # > 0: Langevin step at the last level (alpha_i ~ sigma_i^2)
+  r.mala_steps = 0             # >= 0: MALA steps at sigma_min (exact log q)
+  r.mala_step = _ref(float)    # > 0 (None: step_lr)
+  r.gibbs_sweeps = 0           # >= 0: exact grid-Gibbs sweeps at sigma_min (costly)
+  r.gibbs_values = 33          # >= 2: grid values per pixel
+  r.chains = 4                 # >= 1: chains per image; 'mean' averages them
+  r.map_steps = 0              # >= 0: gradient-ascent MAP steps (0: no MAP)
+  r.map_lr = _ref(float)       # > 0 (None: step_lr / 2)
+  r.grid_points = 33           # >= 3: box quadrature nodes of a score head's joint
+  r.grid_corrected = False     # Euler-Maclaurin end correction (O(h^4); one more jvp)
+  r.box_min = _ref(float)      # None: the data's box (pixels: [-0.2, 1.2] in unit scale)
+  r.box_max = _ref(float)
+  r.batch_chunk = _ref(int)    # examples per joint evaluation chunk (None: auto)
+  r.batch_size = 16            # images per compiled sampler call (0: all at once)
+  r.num_images = 16            # --mode=restore: held-out test images
   c.lock()
   return c
 
@@ -635,6 +666,25 @@ def validate(config) -> ml_collections.ConfigDict:
   if s.sigmas is not None:
     need(len(s.sigmas) >= 1 and all(v > 0 for v in s.sigmas), "sampling.sigmas", s.sigmas,
          "positive noise levels")
+  r = config.restore
+  need(r.task in ("gaussian", "salt_pepper", "inpaint", "superres"), "restore.task", r.task,
+       "one of gaussian, salt_pepper, inpaint, superres")
+  need(r.method in ("annealed", "mala", "gibbs"), "restore.method", r.method,
+       "'annealed', 'mala' or 'gibbs'")
+  need(r.mask in ("random50", "random80", "centre", "bottom"), "restore.mask", r.mask,
+       "one of random50, random80, centre, bottom")
+  need(0 <= r.p <= 1, "restore.p", r.p, "in [0, 1]")
+  for field in ("sigma", "sr_sigma", "step_lr", "sp_tau", "mala_step", "map_lr"):
+    need(r[field] is None or r[field] > 0, f"restore.{field}", r[field], "> 0")
+  for field, low in (("steps_per_level", 1), ("chains", 1), ("sr_factor", 1),
+                     ("gibbs_values", 2), ("grid_points", 3), ("mala_steps", 0),
+                     ("gibbs_sweeps", 0), ("map_steps", 0), ("batch_size", 0),
+                     ("num_images", 1)):
+    need(isinstance(r[field], int) and r[field] >= low, f"restore.{field}", r[field],
+         f"an integer >= {low}")
+  need(r.num_levels is None or r.num_levels >= 1, "restore.num_levels", r.num_levels, ">= 1")
+  if r.box_min is not None and r.box_max is not None:
+    need(r.box_max > r.box_min, "restore.box_max", r.box_max, f"> restore.box_min ({r.box_min})")
   lk = config.likelihood
   need(lk.num_points >= 5 and lk.num_points % 2 == 1, "likelihood.num_points",
        lk.num_points, "odd and >= 5")

@@ -1,0 +1,305 @@
+"""Posterior samplers p(x | y) proportional to q(x) p(y | x), with an AR model as prior.
+
+All samplers run batched (every image times `chains` chains at once) under one jit.
+The state is the model-space vector x (N * chains, D); pixels that the observation pins
+(`observations.*.fixed`: inpainting's observed pixels, salt-and-pepper's non-extreme
+ones) are clamped to their value and never move, so they are kept exactly.
+
+Stages (each optional, run in this order; `Settings.method` picks them):
+  annealed Langevin  over the levels sigma_1 > ... > sigma_L (the model's schedule):
+                     T = steps_per_level steps x <- x + alpha_i/2 g + sqrt(alpha_i) z,
+                     alpha_i = step_lr sigma_i^2 / sigma_L^2, with
+                     g = grad log q_{sigma_i}(x) + grad log p_i(y | x), where p_i is the
+                     observation with its noise inflated by the extra smoothing of level
+                     i, (sigma_i^2 - sigma_L^2) (score-SDE / NCSN-style annealing of the
+                     observation term); at the last level it is the exact posterior.
+  MALA               mala_steps Metropolis-adjusted Langevin steps at sigma_L on the exact
+                     log q_{sigma_L}(x) + log p(y | x): leaves that posterior invariant.
+  Gibbs              gibbs_sweeps sweeps over the free pixels in the model's order; each
+                     pixel is drawn exactly from its full conditional on a grid of
+                     gibbs_values values (the posterior discretized in that pixel: all
+                     later conditionals and the likelihood re-evaluated for every value
+                     in one batched pass). No step size; costs K joint evaluations per
+                     pixel, so it is meant for small models or few sweeps.
+Outputs: the posterior mean over chains in image units (the MMSE estimate, what PSNR
+rewards), one sample (chain 0), and with map_steps > 0 a MAP estimate (gradient ascent
+on the exact log posterior at sigma_L from the starting image).
+"""
+
+import dataclasses
+import time
+import types
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from csm_jax import noise as noise_lib
+from csm_jax.restore import joint as joint_lib
+from csm_jax.restore import observations as obs_lib
+
+METHODS = ("annealed", "mala", "gibbs")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """Sampler settings (config.restore holds the same fields with their ranges)."""
+  sigmas: tuple                 # annealing levels, descending; the last is the prior's
+  method: str = "annealed"      # annealed (+ MALA/Gibbs finish) | mala | gibbs
+  steps_per_level: int = 10
+  step_lr: float = 5e-3         # Langevin step alpha at the last level
+  mala_steps: int = 0
+  mala_step: Optional[float] = None   # None: step_lr
+  gibbs_sweeps: int = 0
+  gibbs_values: int = 33
+  chains: int = 4
+  map_steps: int = 0
+  map_lr: Optional[float] = None      # None: step_lr / 2
+  init_noise: bool = True       # annealed: start from the init image + sigma_1 noise
+
+  def __post_init__(self):
+    if self.method not in METHODS:
+      raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+    s = np.asarray(self.sigmas, np.float64)
+    if s.ndim != 1 or len(s) < 1 or not (s > 0).all():
+      raise ValueError(f"sigmas must be positive noise levels, got {self.sigmas!r}")
+    for name in ("steps_per_level", "chains", "gibbs_values"):
+      if int(getattr(self, name)) < 1:
+        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+    for name in ("mala_steps", "gibbs_sweeps", "map_steps"):
+      if int(getattr(self, name)) < 0:
+        raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+    if not self.step_lr > 0:
+      raise ValueError(f"step_lr must be > 0, got {self.step_lr!r}")
+
+  @property
+  def sigma_min(self) -> float:
+    return float(self.sigmas[-1])
+
+
+def _target(joint, obs, space, y, fixed_mask, fixed_x):
+  """log pi(x) and its gradient over the free coordinates, at (sigma, extra_var)."""
+  def lik(x, extra_var):
+    return obs.log_likelihood(y, space.to_image(x), extra_var)
+
+  def value_and_grad(params, x, sigma, extra_var):
+    x = jnp.where(fixed_mask, fixed_x, x)
+    lp, g = joint.value_and_grad_fn(params, x, sigma)
+    ll, pull = jax.vjp(lambda z: lik(z, extra_var), x)
+    gl = pull(jnp.ones_like(ll))[0]
+    return lp + ll, jnp.where(fixed_mask, 0.0, g + gl)
+
+  def value(params, x, sigma):
+    x = jnp.where(fixed_mask, fixed_x, x)
+    return joint.log_prob_fn(params, x, sigma) + lik(x, 0.0)
+  return value_and_grad, value
+
+
+def make_sampler(model, joint: joint_lib.Joint, obs, space: obs_lib.PixelSpace,
+                 settings: Settings):
+  """jit (params, y (N, Dy) image units, rng) -> dict (model-space and image outputs).
+
+  Keys: mean (N, D) image units (posterior mean over chains), sample (N, D), chains
+  (N, chains, D) image units, map (N, D) when map_steps > 0, accept (MALA acceptance
+  rate, NaN without MALA), x (N, chains, D) model space.
+  """
+  st = settings
+  sig = jnp.asarray(np.asarray(st.sigmas, np.float32))
+  s_min = st.sigma_min
+  scale2 = space.image_per_model ** 2
+  alphas = st.step_lr * sig ** 2 / s_min ** 2
+  mala_step = st.step_lr if st.mala_step is None else st.mala_step
+  map_lr = 0.5 * st.step_lr if st.map_lr is None else st.map_lr
+  c = st.chains
+  box = joint.box
+  dim = model.dim
+
+  def run(params, y, rng):
+    n = y.shape[0]
+    fixed_img_mask, fixed_img = obs.fixed(y)
+    fixed_x1 = space.from_image(fixed_img.astype(jnp.float32))
+    init1 = jnp.where(fixed_img_mask, fixed_x1,
+                      space.from_image(obs.init_image(y).astype(jnp.float32)))
+    rep = lambda a: jnp.repeat(a, c, axis=0)
+    yc, fmask, fx = rep(y), rep(fixed_img_mask), rep(fixed_x1)
+    vg, val = _target(joint, obs, space, yc, fmask, fx)
+    free = ~fmask
+    k_init, k_run, k_mala, k_gibbs = jax.random.split(rng, 4)
+    x = rep(init1)
+    out = {}
+    if st.method == "annealed":
+      if st.init_noise:
+        x = x + free * sig[0] * jax.random.normal(k_init, x.shape, x.dtype)
+
+      def level(carry, inp):
+        x, key = carry
+        s, a = inp
+        extra = (s ** 2 - s_min ** 2) * scale2
+
+        def step(t, xk):
+          x, key = xk
+          key, kz = jax.random.split(key)
+          _, g = vg(params, x, s, extra)
+          z = jax.random.normal(kz, x.shape, x.dtype)
+          return x + free * (0.5 * a * g + jnp.sqrt(a) * z), key
+        return jax.lax.fori_loop(0, st.steps_per_level, step, (x, key)), None
+      (x, _), _ = jax.lax.scan(level, (x, k_run), (sig, alphas))
+
+    accept = jnp.float32(jnp.nan)
+    if st.method in ("annealed", "mala") and st.mala_steps:
+      a = mala_step
+
+      def log_prop(x_to, x_from, g_from):   # log N(x_to; x_from + a/2 g, a) on free coords
+        r = free * (x_to - x_from - 0.5 * a * g_from)
+        return -0.5 * jnp.sum(r * r, -1) / a
+
+      def mstep(t, carry):
+        x, lp, g, key, acc = carry
+        key, kz, ku = jax.random.split(key, 3)
+        prop = x + free * (0.5 * a * g + jnp.sqrt(a) * jax.random.normal(kz, x.shape, x.dtype))
+        lp_p, g_p = vg(params, prop, s_min, 0.0)
+        log_r = lp_p - lp + log_prop(x, prop, g_p) - log_prop(prop, x, g)
+        ok = jnp.log(jax.random.uniform(ku, lp.shape, lp.dtype)) < log_r
+        return (jnp.where(ok[:, None], prop, x), jnp.where(ok, lp_p, lp),
+                jnp.where(ok[:, None], g_p, g), key, acc + ok.astype(jnp.float32))
+      lp0, g0 = vg(params, x, s_min, 0.0)
+      x, _, _, _, acc = jax.lax.fori_loop(
+          0, st.mala_steps, mstep, (x, lp0, g0, k_mala, jnp.zeros(x.shape[0], jnp.float32)))
+      accept = jnp.mean(acc) / st.mala_steps
+
+    if st.gibbs_sweeps and (st.method in ("annealed", "mala", "gibbs")):
+      if box is None:
+        raise ValueError("gibbs: needs the joint's box (its grid of values)")
+      values = jnp.linspace(box.lo, box.hi, st.gibbs_values, dtype=x.dtype)
+      kv = st.gibbs_values
+      order = jnp.asarray(np.asarray(model.order), jnp.int32)
+
+      def gstep(t, carry):
+        x, key = carry
+        key, kc = jax.random.split(key)
+        d = order[t % dim]
+        cand = jnp.broadcast_to(x, (kv,) + x.shape).at[:, :, d].set(values[:, None])
+        lp = val(params, cand.reshape(kv * x.shape[0], dim), s_min).reshape(kv, x.shape[0])
+        k = jax.random.categorical(kc, lp, axis=0)
+        new = jnp.where(free[:, d], values[k], x[:, d])
+        return x.at[:, d].set(new), key
+      x, _ = jax.lax.fori_loop(0, st.gibbs_sweeps * dim, gstep, (x, k_gibbs))
+
+    x = jnp.where(fmask, fx, x)
+    img = space.to_image(x)
+    if space.bounded:
+      img = jnp.clip(img, 0.0, 1.0)
+    img = img.reshape(n, c, dim)
+    out.update(mean=img.mean(1), sample=img[:, 0], chains=img, accept=accept,
+               x=x.reshape(n, c, dim))
+    if st.map_steps:
+      vg1, _ = _target(joint, obs, space, y, fixed_img_mask, fixed_x1)
+
+      def astep(t, x):
+        _, g = vg1(params, x, s_min, 0.0)
+        return x + map_lr * g
+      xm = jnp.where(fixed_img_mask, fixed_x1,
+                     jax.lax.fori_loop(0, st.map_steps, astep, init1))
+      im = space.to_image(xm)
+      out["map"] = jnp.clip(im, 0.0, 1.0) if space.bounded else im
+    return out
+
+  return jax.jit(run)
+
+
+# ------------------------------------------------------------------------------------
+# From a config: the library call for notebooks and --mode=restore
+# ------------------------------------------------------------------------------------
+
+
+def settings_from_config(config) -> Settings:
+  rc = config.restore
+  sigmas = rc.sigmas
+  if sigmas is None:
+    sch = noise_lib.sigmas_from_config(config.noise)
+    sigmas = (1.0,) if sch is None else tuple(float(s) for s in sch)
+  if rc.num_levels is not None:
+    sigmas = tuple(sigmas)[-int(rc.num_levels):]
+  return Settings(sigmas=tuple(float(s) for s in sigmas), method=rc.method,
+                  steps_per_level=int(rc.steps_per_level), step_lr=float(rc.step_lr),
+                  mala_steps=int(rc.mala_steps), mala_step=rc.mala_step,
+                  gibbs_sweeps=int(rc.gibbs_sweeps), gibbs_values=int(rc.gibbs_values),
+                  chains=int(rc.chains), map_steps=int(rc.map_steps), map_lr=rc.map_lr)
+
+
+def box_from_config(config, model, preprocessor=None) -> Optional[joint_lib.Box]:
+  """config.restore's box (box_min/box_max, else the data's box); None for normalized
+  heads without Gibbs (their log-density is exact, no box needed)."""
+  rc = config.restore
+  if rc.box_min is not None and rc.box_max is not None:
+    return joint_lib.Box(float(rc.box_min), float(rc.box_max), int(rc.grid_points),
+                         bool(rc.grid_corrected))
+  if preprocessor is not None and preprocessor.discrete:
+    return joint_lib.default_box(preprocessor, int(rc.grid_points), bool(rc.grid_corrected))
+  if model.normalized and not rc.gibbs_sweeps:
+    return None
+  raise ValueError("restore.box_min/box_max: real-valued data has no pixel box; set them")
+
+
+def restore(model, params, config, y, task: Optional[str] = None, rng=None, *,
+            preprocessor=None, observation=None, log=None) -> dict:
+  """Restores corrupted images y with the model as prior: the library call.
+
+  model, params: a trained AR model (score head: box quadrature; normalized head:
+  exact). config: its config, whose `restore` section holds the task and the sampler
+  settings (`task` overrides restore.task). y: the observation in image units,
+  (N, *y_shape) (noisy or masked images in [0, 1] of the data shape; for 'superres'
+  the low-resolution images). observation: an `observations` model to use instead of
+  the one config.restore describes (e.g. `Missing(your_mask, shape)`). rng: a
+  jax PRNGKey or int seed.
+
+  Returns numpy images in [0, 1] of the data shape: 'mean' (posterior mean over the
+  chains: the MMSE estimate), 'sample', and 'map' if restore.map_steps > 0; plus
+  'accept' (MALA acceptance rate or None), 'seconds', 'settings' (a dict).
+  """
+  rc = config.restore
+  if task is not None and task not in obs_lib.TASKS:
+    raise ValueError(f"task must be one of {', '.join(obs_lib.TASKS)}, got {task!r}")
+  if getattr(model, "kind", "score") == "mass":
+    raise ValueError("model: a discrete (probability mass) head cannot be a prior here "
+                     "(no density in x); use a score, Gaussian or logistic-mixture head")
+  shape = tuple(model.data_shape) if hasattr(model, "data_shape") else (model.dim,)
+  space = obs_lib.PixelSpace.from_preprocessor(preprocessor)
+  if observation is None:
+    fields = dict(rc.items())
+    fields["task"] = task or rc.task
+    observation = obs_lib.from_config(types.SimpleNamespace(**fields), shape, space.bounded,
+                                      rc.mask_seed)
+  y = obs_lib.check_observation(observation, y)
+  settings = settings_from_config(config)
+  box = box_from_config(config, model, preprocessor)
+  joint = joint_lib.make_joint(model, box, batch_chunk=rc.batch_chunk)
+  sampler = make_sampler(model, joint, observation, space, settings)
+  if rng is None:
+    rng = jax.random.PRNGKey(config.seed)
+  elif isinstance(rng, (int, np.integer)):
+    rng = jax.random.PRNGKey(int(rng))
+  n = len(y)
+  bs = int(rc.batch_size) if rc.batch_size else n
+  start = time.perf_counter()
+  parts = []
+  for i in range(0, n, bs):
+    yb = y[i:i + bs]
+    pad = bs - len(yb) if n > bs else 0
+    if pad:
+      yb = np.concatenate([yb, np.repeat(yb[-1:], pad, 0)])
+    out = sampler(params, jnp.asarray(yb.reshape(len(yb), -1)), jax.random.fold_in(rng, i))
+    out = jax.tree.map(lambda a: np.asarray(a), out)
+    parts.append(jax.tree.map(lambda a, m=len(yb) - pad: a[:m] if a.ndim else a, out))
+    if log is not None:
+      log(f"  restore {min(n, i + bs)}/{n} images, {time.perf_counter() - start:.0f}s")
+  cat = lambda k: np.concatenate([p[k] for p in parts]).reshape((n,) + shape)
+  res = {"mean": cat("mean"), "sample": cat("sample"),
+         "accept": (None if not settings.mala_steps
+                    else float(np.mean([p["accept"] for p in parts]))),
+         "seconds": time.perf_counter() - start,
+         "settings": dataclasses.asdict(settings)}
+  if settings.map_steps:
+    res["map"] = cat("map")
+  return res
