@@ -1,0 +1,320 @@
+"""Image restoration with AR models as priors against classical restorers (MNIST).
+
+Tasks (--tasks, comma-separated; the number is the task's parameter):
+
+  gaussian_0.3, gaussian_0.6   y = x + N(0, sigma^2), pixels in [0, 1]
+  sp_0.1, sp_0.3               salt-and-pepper: each pixel 0 or 1 with probability p/2 each
+  inpaint_random50, inpaint_random80, inpaint_centre, inpaint_bottom
+                               missing pixels (50% / 80% at random, a centred 14x14 box,
+                               the bottom half); observed pixels kept exactly
+  superres_2                   2x2 average pooling + N(0, 0.02^2), restored at 28x28
+
+Rows per task: each prior's posterior (csm_jax.restore: annealed Langevin over the noise
+levels with the observation annealed alongside, posterior mean over chains and one
+sample), the earlier AR-CSM restorations where they apply (Tweedie autoregressive and all
+at once, Langevin from the corrupted image), and the classical restorers of
+csm_jax.restore.classical (BM3D, non-local means, TV, wavelet, Wiener; median and adaptive
+median; biharmonic and Telea inpainting; bicubic and bilinear upsampling).
+
+Priors (--priors): csm (configs/mnist_denoise.py, per-dimension noise), joint
+(configs/mnist_denoise_joint.py, the smoothed joint), mle_gauss and mle_mol (the same MADE
+with Gaussian / logistic-mixture conditionals by MLE on clean data: exact log-density).
+Each is trained here with CPU-sized defaults (OUT/models/NAME, resumed by a rerun) or read
+from a work directory (--csm_workdir etc.). --config.restore.FIELD=value sets sampler
+fields of every prior, --csm.FIELD=value (joint, mle_gauss, mle_mol) of one.
+
+Metrics per row: PSNR and SSIM (dm-pix) against the clean images, the accuracy of the
+project's MNIST classifier on the restored digits, seconds per image; mean with standard
+error over images, and each model row's paired PSNR difference to the task's best
+classical row. Writes OUT/results.json after every row, OUT/table.md and one picture per
+task (OUT/TASK.png: truth, corrupted, each method).
+
+  python -m experiments.restore --out /tmp/restore
+"""
+
+import os
+import time
+
+from experiments import common
+
+TASKS = ("gaussian_0.3", "gaussian_0.6", "sp_0.1", "sp_0.3", "inpaint_random50",
+         "inpaint_random80", "inpaint_centre", "inpaint_bottom", "superres_2")
+PRIORS = ("csm", "joint", "mle_gauss", "mle_mol")
+
+
+def parse_args(argv=None):
+  p = common.parser(__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n", 1)[1],
+                    ("config",) + PRIORS)
+  p.add_argument("--out", required=True, help="output directory")
+  p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks")
+  p.add_argument("--priors", default="csm,joint,mle_gauss,mle_mol",
+                 help="comma-separated priors: " + ", ".join(PRIORS))
+  p.add_argument("--num_images", type=int, default=100, help="test images per task")
+  p.add_argument("--steps", type=int, default=1500,
+                 help="training steps of each prior trained here (CPU-sized MADE 512-512)")
+  for name in PRIORS:
+    p.add_argument(f"--{name}_workdir", default=None,
+                   help=f"trained run of csm_jax.main to use as the {name} prior "
+                        "(default: train one in OUT/models)")
+  p.add_argument("--earlier", type=int, default=1,
+                 help="1: also run the earlier AR-CSM restorations (Tweedie, Langevin)")
+  p.add_argument("--sp_start_sigma", type=float, default=0.2,
+                 help="start level of the earlier Langevin restoration for salt-and-pepper")
+  p.add_argument("--classifier_steps", type=int, default=2000,
+                 help="training steps of the MNIST classifier (cached in OUT/classifier)")
+  p.add_argument("--num_show", type=int, default=8, help="images per row of the pictures")
+  p.add_argument("--seed", type=int, default=0, help="random seed")
+  return common.parse(p, argv, prefixes=("config",) + PRIORS)
+
+
+common.parse_early(__name__, parse_args)  # --help and flag errors before JAX loads
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from csm_jax import atomic  # noqa: E402
+from csm_jax import config_base  # noqa: E402
+from csm_jax import data as data_lib  # noqa: E402
+from csm_jax import denoise  # noqa: E402
+from csm_jax import image_quality as iq  # noqa: E402
+from csm_jax import plotting  # noqa: E402
+from csm_jax.data import tfds_source  # noqa: E402
+from csm_jax.restore import classical  # noqa: E402
+from csm_jax.restore import observations as obs_lib  # noqa: E402
+from csm_jax.restore import posterior  # noqa: E402
+
+# CPU-sized priors (MADE 512-512, context 8, batch 64); --NAME.FIELD=value on top.
+CPU = ("model.hidden_sizes=(512, 512)", "model.context_size=8", "training.batch_size=64",
+       "training.eval_every=0", "training.checkpoint_every=500", "optim.warmup_steps=100",
+       "optim.ema_decay=0.99")
+PRIOR_CONFIGS = {
+    "csm": ("mnist_denoise.py:csm", (), "AR-CSM (per-dim)"),
+    "joint": ("mnist_denoise_joint.py", (), "AR-CSM (smoothed joint)"),
+    "mle_gauss": ("mnist_denoise.py:mle", ("loss.mle_target_sigma=0.0",), "MLE Gaussian MADE"),
+    "mle_mol": ("mnist_denoise.py:mle", ("loss.mle_target_sigma=0.0",
+                                         "model.head=logistic_mixture"), "MLE MoL MADE"),
+}
+SR_SIGMA = 0.02
+
+
+def _configs_dir():
+  return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def parse_task(task: str):
+  """'gaussian_0.3' -> ('gaussian', {'sigma': 0.3}) etc.; one-line error otherwise."""
+  kind, _, arg = task.partition("_")
+  try:
+    if kind == "gaussian":
+      return kind, {"sigma": float(arg)}
+    if kind == "sp":
+      return "salt_pepper", {"p": float(arg)}
+    if kind == "inpaint" and arg in obs_lib.MASKS:
+      return kind, {"mask": arg}
+    if kind == "superres":
+      return kind, {"sr_factor": int(arg), "sr_sigma": SR_SIGMA}
+  except ValueError:
+    pass
+  raise SystemExit(f"--tasks: unknown task {task!r}; known: {', '.join(TASKS)} "
+                   "(other numbers allowed)")
+
+
+def observation_for(kind, kw, shape, seed):
+  if kind == "gaussian":
+    return obs_lib.GaussianNoise(kw["sigma"], shape)
+  if kind == "salt_pepper":
+    return obs_lib.SaltPepper(kw["p"], shape)
+  if kind == "inpaint":
+    return obs_lib.Missing(obs_lib.make_mask(kw["mask"], shape, seed), shape)
+  return obs_lib.Downsample(kw["sr_factor"], kw["sr_sigma"], shape)
+
+
+def per_image_metrics(clean, restored):
+  """Per-image PSNR and SSIM (dm-pix, max 1) of (N, H, W, C) images in [0, 1]."""
+  import dm_pix  # pylint: disable=g-import-not-at-top
+  c = jnp.asarray(clean, jnp.float32)
+  r = jnp.clip(jnp.asarray(restored, jnp.float32), 0.0, 1.0)
+  return np.asarray(dm_pix.psnr(c, r)), np.asarray(dm_pix.ssim(c, r))
+
+
+def mean_se(v):
+  v = np.asarray(v, np.float64)
+  return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
+
+
+class Run:
+  """Results, pictures and table of one invocation; results.json written after each row."""
+
+  def __init__(self, args, overrides):
+    self.args, self.overrides, self.start = args, overrides, time.perf_counter()
+    os.makedirs(args.out, exist_ok=True)
+    self.results = {"what": "MNIST restoration: AR priors' posteriors against classical "
+                            "restorers; PSNR (dB), SSIM, classifier accuracy, seconds per "
+                            "image; mean and standard error over the test images",
+                    "args": vars(args), "overrides": overrides, "machine": common.machine(),
+                    "models": {}, "tasks": {}}
+    self.per_image = {}
+
+  def log(self, msg):
+    print(f"{time.perf_counter() - self.start:7.1f}s {msg}", flush=True)
+
+  def save(self):
+    common.write_results(self.args.out,
+                         dict(self.results, seconds=time.perf_counter() - self.start), self.args)
+
+  def record(self, task, name, kind, clean, labels, restored, clf, seconds, extra=None):
+    psnr, ssim = per_image_metrics(clean, restored)
+    acc = (clf.predict(np.clip(restored, 0, 1)) == labels).astype(np.float64)
+    entry = self.results["tasks"][task]["rows"]
+    row = {"kind": kind, "psnr": mean_se(psnr), "ssim": mean_se(ssim),
+           "accuracy": mean_se(acc), "seconds_per_image": seconds / len(clean)}
+    row.update(extra or {})
+    entry[name] = row
+    self.per_image.setdefault(task, {})[name] = psnr
+    self.log(f"[{task}] {name:34s} PSNR {row['psnr'][0]:6.2f} +- {row['psnr'][1]:.2f}  "
+             f"SSIM {row['ssim'][0]:.3f}  acc {row['accuracy'][0]:.2f}  "
+             f"{row['seconds_per_image']:.3f} s/img")
+    self.save()
+
+  def paired(self, task):
+    """Each model row's paired PSNR difference to the task's best classical row."""
+    rows = self.results["tasks"][task]["rows"]
+    cl = [n for n, r in rows.items() if r["kind"] == "classical"]
+    if not cl:
+      return
+    best = max(cl, key=lambda n: rows[n]["psnr"][0])
+    self.results["tasks"][task]["best_classical"] = best
+    for n, r in rows.items():
+      if r["kind"] in ("posterior", "earlier"):
+        r["psnr_minus_best_classical"] = mean_se(self.per_image[task][n]
+                                                 - self.per_image[task][best])
+    self.save()
+
+  def table(self):
+    lines = ["| task | method | PSNR (dB) | SSIM | classifier acc. | s / image | "
+             "PSNR - best classical |", "|---|---|---|---|---|---|---|"]
+    for task, t in self.results["tasks"].items():
+      for n, r in sorted(t["rows"].items(), key=lambda kv: -kv[1]["psnr"][0]):
+        d = r.get("psnr_minus_best_classical")
+        lines.append(f"| {task} | {n} | {r['psnr'][0]:.2f} ± {r['psnr'][1]:.2f} | "
+                     f"{r['ssim'][0]:.3f} | {r['accuracy'][0]:.2f} | "
+                     f"{r['seconds_per_image']:.3f} | "
+                     + (f"{d[0]:+.2f} ± {d[1]:.2f}" if d else "") + " |")
+    atomic.write_text(os.path.join(self.args.out, "table.md"), "\n".join(lines) + "\n")
+
+
+def load_prior(run, name, args, overrides, train_arrays):
+  path, extra, label = PRIOR_CONFIGS[name]
+  wd = getattr(args, f"{name}_workdir")
+  if wd:
+    model, params, cfg, info = common.train_or_restore(name, None, args.out, run.log, wd)
+    cfg = common.apply(cfg, overrides["config"] + overrides[name])
+  else:
+    cfg = config_base.load_config(os.path.join(_configs_dir(), path))
+    cfg = common.apply(cfg, list(CPU) + list(extra) + [f"training.num_steps={args.steps}",
+                                                       f"training.log_every={max(1, args.steps // 5)}"])
+    cfg = common.apply(cfg, overrides["config"] + overrides[name])
+    model, params, cfg, info = common.train_or_restore(name, cfg, args.out, run.log, None,
+                                                       train_arrays)
+  run.results["models"][name] = dict(info, label=label, config=cfg.to_dict())
+  run.save()
+  return model, params, cfg, label
+
+
+def run(args, overrides):
+  r = Run(args, overrides)
+  tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+  parsed = {t: parse_task(t) for t in tasks}
+  priors = [p.strip() for p in args.priors.split(",") if p.strip()]
+  unknown = set(priors) - set(PRIORS)
+  if unknown:
+    raise SystemExit(f"--priors: unknown {sorted(unknown)}; known: {', '.join(PRIORS)}")
+
+  base = config_base.load_config(os.path.join(_configs_dir(), "mnist_denoise.py:csm"))
+  base = common.apply(base, overrides["config"])
+  arrays = data_lib.load_arrays(base.data)
+  pre = data_lib.get_preprocessor(base.data, arrays)
+  shape = tuple(arrays.shape)
+  n = args.num_images
+  if n < 2 or n > len(arrays.test):
+    raise SystemExit(f"--num_images must be in [2, {len(arrays.test)}], got {n}")
+  train_labels, test_labels = tfds_source.load_tfds_labels(base.data, "mnist")
+  clf = iq.train_classifier(arrays.train, train_labels, arrays.test, test_labels,
+                            seed=args.seed, steps=args.classifier_steps,
+                            cache_dir=os.path.join(args.out, "classifier"), log=r.log)
+  r.results["classifier"] = clf.info
+  clean = arrays.test[:n].astype(np.float32) / 255.0          # image units u = pixel / 255
+  labels = np.asarray(test_labels[:n])
+
+  models = {}
+  for name in priors:
+    models[name] = load_prior(r, name, args, overrides, arrays)
+
+  for ti, task in enumerate(tasks):
+    kind, kw = parsed[task]
+    obs = observation_for(kind, kw, shape, args.seed)
+    y = obs.corrupt(args.seed + 1000 * ti, clean)
+    r.results["tasks"][task] = {"task": kind, "settings": kw, "num_images": n, "rows": {}}
+    show = {"truth": clean[:args.num_show]}
+    if kind == "superres":
+      up = np.repeat(np.repeat(y, kw["sr_factor"], 1), kw["sr_factor"], 2)
+      show["observed (nearest)"] = np.clip(up[:args.num_show], 0, 1)
+    else:
+      show["corrupted"] = np.clip(y[:args.num_show], 0, 1)
+      r.record(task, "corrupted", "input", clean, labels, np.clip(y, 0, 1), clf, 0.0)
+
+    mask = obs.mask[..., 0] if kind == "inpaint" else None   # (H, W): one channel
+    rest = classical.restorers_for(kind, sigma=kw.get("sigma"), p=kw.get("p"), mask=mask,
+                                   factor=kw.get("sr_factor"))
+    for cname, fn in rest.items():
+      t0 = time.perf_counter()
+      out = np.asarray(fn(y), np.float32).reshape(clean.shape)
+      r.record(task, cname, "classical", clean, labels, out, clf, time.perf_counter() - t0)
+      show[cname] = out[:args.num_show]
+
+    for name, (model, params, cfg, label) in models.items():
+      res = posterior.restore(model, params, cfg, y, kind, jax.random.PRNGKey(args.seed + ti),
+                              preprocessor=pre, observation=obs, log=r.log)
+      extra = {"settings": res["settings"], "mala_accept": res["accept"]}
+      for part in ("mean", "sample"):
+        out = res[part].reshape(clean.shape)
+        r.record(task, f"{label}, posterior {part}", "posterior", clean, labels, out, clf,
+                 res["seconds"], extra)
+        show[f"{name} {part}"] = out[:args.num_show]
+
+    if args.earlier and "csm" in models and kind in ("gaussian", "salt_pepper"):
+      model, params, cfg, _ = models["csm"]
+      space = obs_lib.PixelSpace.from_preprocessor(pre)
+      yx = jnp.asarray(np.asarray(space.from_image(jnp.asarray(y.reshape(n, -1)))))
+      to_img = lambda x: np.clip(np.asarray(space.to_image(x)), 0, 1).reshape(clean.shape)
+      if kind == "gaussian":
+        sig_model = kw["sigma"] / space.image_per_model
+        for ar in (True, False):
+          t0 = time.perf_counter()
+          out = to_img(denoise.make_tweedie_denoiser(model, sig_model, ar)(params, yx))
+          nm = f"AR-CSM Tweedie {'autoregressive' if ar else 'all at once'}"
+          r.record(task, nm, "earlier", clean, labels, out, clf, time.perf_counter() - t0)
+          show[nm] = out[:args.num_show]
+        start = sig_model
+      else:
+        start = args.sp_start_sigma
+      t0 = time.perf_counter()
+      restore_fn, opt = denoise.restorer_from_config(cfg, model, start)
+      out = to_img(restore_fn(params, jax.random.PRNGKey(args.seed + 7), yx))
+      r.record(task, "AR-CSM Langevin from corrupted", "earlier", clean, labels, out, clf,
+               time.perf_counter() - t0, {"start_sigma": float(start)})
+      show["AR-CSM Langevin"] = out[:args.num_show]
+
+    r.paired(task)
+    r.table()
+    plotting.save_image_rows(os.path.join(args.out, f"{task}.png"), show, f"MNIST, {task}")
+  r.log(f"done; table in {os.path.join(args.out, 'table.md')}")
+  return r.results
+
+
+def main(argv=None):
+  return run(*parse_args(argv))
+
+
+if __name__ == "__main__":
+  main()
