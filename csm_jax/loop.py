@@ -84,6 +84,7 @@ class Trainer:
   format_row: Callable[[dict], str] = lambda row: f"loss {row['loss']:.4f}"
   nan_hint: str = "Lower optim.learning_rate or check the data."
   steps_per_dispatch: int = 1
+  fields: Optional[dict] = None   # checkpoints.model_fields(config): named on a mismatch
 
 
 def abstract_replicated(init: Callable[[], Any], mesh):
@@ -124,7 +125,8 @@ def run(trainer: Trainer, training, workdir: Optional[str] = None,
   prefix = f"[{label}] " if label else ""
   ckpt = writer = None
   if workdir is not None:
-    ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), t.keep_checkpoints)
+    ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), t.keep_checkpoints,
+                                    fields=trainer.fields)
   state = _restore_or_init(trainer, ckpt)
   if on_start is not None:
     on_start()

@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from csm_jax import checkpoints as checkpoints_lib
 from csm_jax import config_base
 from csm_jax import data as data_lib
 from csm_jax import likelihood
@@ -257,6 +258,7 @@ def trainer(s: Setup, eval_fn: Optional[Callable[[Any], dict]] = None) -> loop_l
       evaluate=None if eval_fn is None else (lambda state: eval_fn(state.ema_params)),
       sample_grid=None if eval_fn is None else sample_grid_fn(s),
       describe=describe, steps_per_dispatch=int(t.steps_per_dispatch),
+      fields=checkpoints_lib.model_fields(config),
       nan_hint="Lower optim.learning_rate, check the data, or raise noise.sigma_min.")
 
 

@@ -27,6 +27,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from csm_jax import checkpoints
 from csm_jax import config_base
 from csm_jax import data as data_lib
 from csm_jax import loop as loop_lib
@@ -227,7 +228,7 @@ def trainer(s: VAESetup, eval_every: int) -> loop_lib.Trainer:
       inputs=lambda step, length: train_images(s, step),
       evaluate=None if eval_fn is None else (
           lambda state: eval_fn(state.params, state.score_params)),
-      describe=describe, format_row=format_row)
+      describe=describe, format_row=format_row, fields=checkpoints.model_fields(s.config))
 
 
 def parameter_counts(state) -> dict:
