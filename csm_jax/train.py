@@ -321,10 +321,14 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False):
   """
   config_base.validate(config)
   with workdir_lib.training_lock(workdir):  # multi-host: held by process 0 for all
+    data = workdir_lib.resolve_data(workdir, config, allow_config_change)  # absolute paths
     changes = workdir_lib.check_config(workdir, config, allow_config_change)
     s = setup(config)
-    record = lambda: (sharding_lib.is_main_process()
-                      and workdir_lib.write_record(workdir, config, changes))
+
+    def record():
+      if sharding_lib.is_main_process():
+        workdir_lib.write_record(workdir, config, changes)
+        workdir_lib.write_data_record(workdir, data)
     eval_fn = make_eval_fn(config, s.model, s.pre, s.arrays.test, s.mesh, s.loss_fn)
     state, _ = train_loop(s, workdir=workdir, eval_fn=eval_fn, on_start=record)
   return state

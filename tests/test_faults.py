@@ -541,3 +541,36 @@ def test_a_reader_retries_when_rotation_removes_its_step(trained40, tmp_path, mo
   step, _ = ckpt.restore_latest_partial(target)
   ckpt.close()
   assert step == 30 and not ckpt.skipped and len(calls) == 2
+
+
+@pytest.mark.slow
+def test_relative_data_path_is_recorded_absolute_and_checked(tmp_path, monkeypatch):
+  """A relative data.path becomes absolute when the run starts and is recorded; a resume
+  from another directory uses the recorded file, not the one beside it; a recorded file
+  whose bytes changed is refused (train and eval)."""
+  rng = np.random.default_rng(0)
+  for d in ("a", "b"):
+    (tmp_path / d).mkdir()
+    np.savez(tmp_path / d / "data.npz", train=rng.normal(size=(512, 4)).astype(np.float32),
+             test=rng.normal(size=(64, 4)).astype(np.float32))
+  w = str(tmp_path / "w")
+  c = lambda n: _config(**{"data.dataset": "npz", "data.path": "data.npz",
+                           "training.num_steps": n})
+  monkeypatch.chdir(tmp_path / "a")
+  train.train_and_evaluate(c(20), w)
+  recorded = config_base.load_workdir_config(w).data.path
+  assert recorded == str(tmp_path / "a" / "data.npz")
+  monkeypatch.chdir(tmp_path / "b")
+  resumed = c(30)
+  train.train_and_evaluate(resumed, w)
+  assert resumed.data.path == recorded and (tmp_path / "w" / "checkpoints" / "30").exists()
+  x = dict(np.load(tmp_path / "a" / "data.npz"))
+  x["train"][0] += 1.0
+  np.savez(tmp_path / "a" / "data.npz", **x)
+  record = (tmp_path / "w" / "config.json").read_bytes()
+  with pytest.raises(workdir_lib.WorkdirError, match=r"data\.path .*a/data\.npz has changed"):
+    train.train_and_evaluate(c(40), w)
+  with pytest.raises(workdir_lib.WorkdirError, match=r"data\.path .*has changed"):
+    workdir_lib.eval_config(w, c(40), [])
+  assert (tmp_path / "w" / "config.json").read_bytes() == record
+  assert not (tmp_path / "w" / "checkpoints" / "40").exists()

@@ -268,8 +268,13 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False):
   config_base.validate_vae(config)
   owner = jax.process_index() == 0
   with workdir_lib.lock(workdir) if owner else contextlib.nullcontext():
+    data = workdir_lib.resolve_data(workdir, config, allow_config_change)  # absolute paths
     changes = workdir_lib.check_config(workdir, config, allow_config_change)
     s = setup(config)
-    record = lambda: owner and workdir_lib.write_record(workdir, config, changes)
+
+    def record():
+      if owner:
+        workdir_lib.write_record(workdir, config, changes)
+        workdir_lib.write_data_record(workdir, data)
     state, _ = train_loop(s, workdir=workdir, on_start=record)
   return state
