@@ -22,6 +22,7 @@ one that all hosts see at the same path (NFS, Filestore, a gcsfuse mount).
 """
 
 import collections
+import errno
 import hashlib
 import json
 import os
@@ -38,6 +39,7 @@ import orbax.checkpoint as ocp
 
 from csm_jax import atomic
 from csm_jax import sharding
+from csm_jax import workdir as workdir_lib
 
 MANIFEST = "manifest.json"
 # config fields (prefixes) that decide the shapes of a model's arrays
@@ -47,6 +49,21 @@ MODEL_FIELDS = ("model.", "vae.", "data.dataset", "data.dim", "data.image_size",
 
 class ConfigMismatchError(ValueError):
   """A checkpoint holds arrays of other shapes than the model the config builds."""
+
+
+class NoSpaceError(workdir_lib.WorkdirError):
+  """The disk filled up during a save; the partial save was removed."""
+
+
+def _is_no_space(error: BaseException) -> bool:
+  seen = 0
+  while error is not None and seen < 10:
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+      return True
+    if "No space left on device" in str(error) or "ENOSPC" in str(error):
+      return True
+    error, seen = error.__cause__ or error.__context__, seen + 1
+  return False
 
 
 def _drop_closed_loop_reports(hook):
@@ -204,11 +221,37 @@ class Checkpointer:
     return self._mgr.latest_step()
 
   def save(self, step: int, state):
-    self._mgr.save(step, args=ocp.args.StandardSave(state), force=True)
-    self._mgr.wait_until_finished()
-    if sharding.is_main_process():
-      atomic.write_json(os.path.join(self.directory, str(step), MANIFEST),
-                        manifest(step, state, self.fields), indent=None)
+    """Saves `step` with its manifest. A full disk on the way raises NoSpaceError (one
+    line naming the newest intact checkpoint) after removing the partial save."""
+    try:
+      self._mgr.save(step, args=ocp.args.StandardSave(state), force=True)
+      self._mgr.wait_until_finished()
+      if sharding.is_main_process():
+        atomic.write_json(os.path.join(self.directory, str(step), MANIFEST),
+                          manifest(step, state, self.fields), indent=None)
+    except Exception as e:  # pylint: disable=broad-except
+      if not _is_no_space(e):
+        raise
+      self._remove_partial(step)
+      intact = [s for s in self._steps_on_disk() if s != step]
+      left = (f"checkpoint {intact[0]} is intact" if intact else "no checkpoint was written "
+              "before it")
+      raise NoSpaceError(f"no space left in {os.path.dirname(self.directory)}: checkpoint "
+                         f"{step} not written; {left}. Free space and run the same command "
+                         "again to resume") from None
+
+  def _remove_partial(self, step):
+    """Removes what an unfinished save of `step` left (its temporary or final directory)."""
+    if not sharding.is_main_process():
+      return
+    for name in os.listdir(self.directory):
+      if name == str(step) or name.startswith(f"{step}.orbax-checkpoint-tmp"):
+        shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+    try:
+      self._mgr.close()
+    except Exception:  # pylint: disable=broad-except  (its own state may be half-written)
+      pass
+    self._mgr = self._manager()
 
   def _manifest(self, step):
     """The step's manifest; None for a step saved without one (an older version)."""

@@ -574,3 +574,46 @@ def test_relative_data_path_is_recorded_absolute_and_checked(tmp_path, monkeypat
     workdir_lib.eval_config(w, c(40), [])
   assert (tmp_path / "w" / "config.json").read_bytes() == record
   assert not (tmp_path / "w" / "checkpoints" / "40").exists()
+
+
+# ------------------------------------------------------------------------------------
+# Signals and disks
+# ------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_sighup_saves_like_sigterm(tmp_path):
+  """The terminal closed (SIGHUP) during training: the step is saved, Interrupted names
+  the signal, the exit status is 129, and the run resumes from there."""
+  c = _config(**{"training.num_steps": 30})
+  hup = lambda step, state, row: step == 10 and os.kill(os.getpid(), signal.SIGHUP)
+  with pytest.raises(train.Interrupted, match="SIGHUP received: stopped at step 11") as e:
+    train.train_loop(train.setup(c), workdir=str(tmp_path), callbacks=[hup])
+  assert (tmp_path / "checkpoints" / "11").exists()
+  assert workdir_lib.stop_report(e.value, "train", str(tmp_path))[1] == 129
+  train.train_loop(train.setup(c), workdir=str(tmp_path))
+  assert (tmp_path / "checkpoints" / "30").exists()
+
+
+@pytest.mark.slow
+def test_full_disk_during_a_save_is_one_line_and_removes_the_partial_save(tmp_path,
+                                                                          monkeypatch):
+  real = ocp.CheckpointManager.save
+
+  def full(self, step, *args, **kwargs):
+    if step == 20:
+      partial = pathlib.Path(self.directory) / "20.orbax-checkpoint-tmp-1700000000000000"
+      (partial / "default").mkdir(parents=True)
+      (partial / "default" / "d").write_bytes(b"x" * 1000)
+      raise ValueError("Error writing local file: [OS error: No space left on device]")
+    return real(self, step, *args, **kwargs)
+  monkeypatch.setattr(ocp.CheckpointManager, "save", full)
+  w = tmp_path / "w"
+  with pytest.raises(checkpoints.NoSpaceError) as e:
+    train.train_and_evaluate(_config(), str(w))
+  assert str(e.value).startswith(f"no space left in {w}: checkpoint 20 not written; "
+                                 "checkpoint 10 is intact"), str(e.value)
+  assert "\n" not in str(e.value)
+  assert os.listdir(w / "checkpoints") == ["10"]
+  monkeypatch.setattr(ocp.CheckpointManager, "save", real)   # space freed: resumes
+  train.train_and_evaluate(_config(), str(w))
+  assert sorted(os.listdir(w / "checkpoints")) == ["10", "20", "30"]
