@@ -73,7 +73,8 @@ def restore(inf: Inference, workdir: str, which: str = "ema_params"):
                                                                sharding=repl), shapes),
             "step": jax.ShapeDtypeStruct((), np.int32, sharding=repl)}
   _, restored = checkpoints.restore_partial(os.path.join(workdir, "checkpoints"), target,
-                                            inf.config.training.keep_checkpoints)
+                                            inf.config.training.keep_checkpoints,
+                                            checkpoints.model_fields(inf.config))
   return restored[which], int(restored["step"])
 
 

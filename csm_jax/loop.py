@@ -46,7 +46,7 @@ from csm_jax import sharding as sharding_lib
 
 
 class Interrupted(Exception):
-  """Training stopped by SIGINT or SIGTERM, after saving a checkpoint of `step`."""
+  """Training stopped by SIGINT, SIGTERM or SIGHUP, after saving a checkpoint of `step`."""
 
   def __init__(self, step: int, signum: int, directory: str):
     self.step, self.signum = step, signum
@@ -57,13 +57,16 @@ class Interrupted(Exception):
 
 @contextlib.contextmanager
 def catch_stop_signals(enabled: bool):
-  """Yields a list that SIGINT / SIGTERM append their number to (instead of killing)."""
+  """Yields a list that SIGINT / SIGTERM / SIGHUP append their number to (instead of
+  killing)."""
   received = []
   if not enabled or threading.current_thread() is not threading.main_thread():
     yield received
     return
   handler = lambda signum, frame: received.append(signum)
-  old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+  # SIGHUP: the terminal closed or the ssh connection dropped; saved like SIGTERM
+  old = {sig: signal.signal(sig, handler)
+         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
   try:
     yield received
   finally:
@@ -84,6 +87,7 @@ class Trainer:
   format_row: Callable[[dict], str] = lambda row: f"loss {row['loss']:.4f}"
   nan_hint: str = "Lower optim.learning_rate or check the data."
   steps_per_dispatch: int = 1
+  fields: Optional[dict] = None   # checkpoints.model_fields(config): named on a mismatch
 
 
 def abstract_replicated(init: Callable[[], Any], mesh):
@@ -124,7 +128,8 @@ def run(trainer: Trainer, training, workdir: Optional[str] = None,
   prefix = f"[{label}] " if label else ""
   ckpt = writer = None
   if workdir is not None:
-    ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), t.keep_checkpoints)
+    ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), t.keep_checkpoints,
+                                    fields=trainer.fields)
   state = _restore_or_init(trainer, ckpt)
   if on_start is not None:
     on_start()

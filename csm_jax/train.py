@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from csm_jax import checkpoints as checkpoints_lib
 from csm_jax import config_base
 from csm_jax import data as data_lib
 from csm_jax import likelihood
@@ -257,6 +258,7 @@ def trainer(s: Setup, eval_fn: Optional[Callable[[Any], dict]] = None) -> loop_l
       evaluate=None if eval_fn is None else (lambda state: eval_fn(state.ema_params)),
       sample_grid=None if eval_fn is None else sample_grid_fn(s),
       describe=describe, steps_per_dispatch=int(t.steps_per_dispatch),
+      fields=checkpoints_lib.model_fields(config),
       nan_hint="Lower optim.learning_rate, check the data, or raise noise.sigma_min.")
 
 
@@ -319,10 +321,14 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False):
   """
   config_base.validate(config)
   with workdir_lib.training_lock(workdir):  # multi-host: held by process 0 for all
+    data = workdir_lib.resolve_data(workdir, config, allow_config_change)  # absolute paths
     changes = workdir_lib.check_config(workdir, config, allow_config_change)
     s = setup(config)
-    record = lambda: (sharding_lib.is_main_process()
-                      and workdir_lib.write_record(workdir, config, changes))
+
+    def record():
+      if sharding_lib.is_main_process():
+        workdir_lib.write_record(workdir, config, changes)
+        workdir_lib.write_data_record(workdir, data)
     eval_fn = make_eval_fn(config, s.model, s.pre, s.arrays.test, s.mesh, s.loss_fn)
     state, _ = train_loop(s, workdir=workdir, eval_fn=eval_fn, on_start=record)
   return state

@@ -16,6 +16,7 @@ recorded in WORKDIR/config_changes.jsonl. Eval and sample start from the record.
 import contextlib
 import datetime
 import fcntl
+import hashlib
 import json
 import os
 import signal
@@ -182,6 +183,80 @@ def write_record(workdir: str, config, changes: dict = None):
           "changes": {k: list(v) for k, v in changes.items()}}))
 
 
+DATA_RECORD = "data.json"
+DATA_FIELDS = ("path", "test_path")
+
+
+def _checksum(path: str) -> str:
+  """sha256 of a file, or of every file under a directory (relative names and bytes)."""
+  h = hashlib.sha256()
+  files = [path] if os.path.isfile(path) else sorted(
+      os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs)
+  for name in files:
+    h.update(os.path.relpath(name, path).encode() + b"\0")
+    with open(name, "rb") as f:
+      for block in iter(lambda: f.read(1 << 23), b""):
+        h.update(block)
+  return h.hexdigest()
+
+
+def read_data_record(workdir: str) -> dict:
+  path = os.path.join(workdir, DATA_RECORD)
+  if not os.path.exists(path):
+    return {}
+  try:
+    with open(path, "rb") as f:
+      record = json.loads(f.read().decode("utf-8"))
+    if not isinstance(record, dict) or not all(
+        isinstance(v, dict) and {"given", "path", "sha256"} <= set(v) for v in record.values()):
+      raise ValueError("not a data record")
+  except (OSError, ValueError) as e:
+    raise config_base.ConfigError(f"data record {path} is unreadable ({e}); restore it from a "
+                                  "copy, or train in a fresh --workdir") from None
+  return record
+
+
+def resolve_data(workdir: str, config, allow_changes: bool = False) -> dict:
+  """Makes data.path / data.test_path absolute (in `config`) and checks them against the
+  workdir's data record: a relative path spelled as when the run started means the
+  recorded file (wherever the command runs from now), and a recorded file whose sha256
+  changed is refused unless allow_changes. Returns the record to write once the run
+  starts (`write_data_record`)."""
+  recorded = read_data_record(workdir)
+  entries = {}
+  for field in DATA_FIELDS:
+    if field not in config.data or not config.data[field]:
+      continue
+    given = str(config.data[field])
+    previous = recorded.get(field)
+    if os.path.isabs(given):
+      path = given
+    elif previous and previous["given"] == given:
+      path = previous["path"]    # the file the run started with, not one beside the cwd
+      if os.path.abspath(given) != path:
+        logging.info("data.%s=%s: the recorded %s (the run started there)", field, given, path)
+    else:
+      path = os.path.abspath(given)
+    config.data[field] = path
+    if not os.path.exists(path):
+      continue                   # the loader says what is missing
+    entries[field] = {"given": given, "path": path, "sha256": _checksum(path)}
+    if (previous and previous["path"] == path and previous["sha256"] != entries[field]["sha256"]
+        and not allow_changes):
+      raise WorkdirError(
+          f"data.{field} {path} has changed since {workdir} was trained on it (sha256 "
+          f"{previous['sha256'][:12]}... recorded in {os.path.join(workdir, DATA_RECORD)}, now "
+          f"{entries[field]['sha256'][:12]}...); restore the file, train in another --workdir, "
+          "or accept the change with --allow_config_change")
+  return entries
+
+
+def write_data_record(workdir: str, entries: dict):
+  path = os.path.join(workdir, DATA_RECORD)
+  if entries or os.path.exists(path):
+    atomic.write_json(path, entries)
+
+
 def eval_config(workdir: str, config, overrides: Sequence[str]):
   """The config eval/sample use: the workdir's record (if any) with the command line's
   overrides of evaluation and sampling fields. Overrides of other fields must repeat
@@ -198,6 +273,12 @@ def eval_config(workdir: str, config, overrides: Sequence[str]):
         f"--mode=eval/sample use the config recorded in {record_path(workdir)}; only "
         f"{', '.join(p + '.*' for p in EVAL_FIELDS)} may be changed there, not {changed}")
   config = config_base.override(recorded, evals)
+  for field, entry in read_data_record(workdir).items():
+    if (config.data[field] == entry["path"] and os.path.exists(entry["path"])
+        and _checksum(entry["path"]) != entry["sha256"]):
+      raise WorkdirError(f"data.{field} {entry['path']} has changed since {workdir} was "
+                         f"trained on it (its sha256 differs from {DATA_RECORD}'s); restore "
+                         "the file to evaluate on the data the run used")
   # before anything is built or restored: a bad value is one line naming the field
   if config_base.is_vae_config(config):
     return config_base.validate_vae(config)

@@ -42,8 +42,9 @@ def test_mnist_loads_and_caches(tmp_path, monkeypatch):
   assert arrays.train.shape == (60000, 28, 28, 1) and arrays.train.dtype == np.uint8
   assert arrays.test.shape == (10000, 28, 28, 1) and arrays.test.dtype == np.uint8
   assert arrays.train.max() == 255 and arrays.train.min() == 0
-  cached = sorted(os.listdir(tmp_path / 'cache'))
-  assert len(cached) == 2 and all(f.endswith('.npy') for f in cached), cached
+  cached = sorted(os.listdir(tmp_path / 'cache'))   # each .npy with its checksum record
+  assert len(cached) == 4 and sorted(f[:-5] + '.npy' for f in cached if f.endswith('.json')
+                                     ) == [f for f in cached if f.endswith('.npy')], cached
 
   def no_decode(*a, **k):
     raise AssertionError('second load must come from the cache')

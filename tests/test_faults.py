@@ -426,3 +426,194 @@ def test_eval_overrides_out_of_range_are_refused_before_the_restore(tmp_path):
     with pytest.raises(config_base.ConfigError, match=field.replace(".", r"\.")):
       workdir_lib.eval_config(w, _config(), [f"{field}={value}"])
   assert os.listdir(tmp_path) == ["config.json"]
+
+
+# ------------------------------------------------------------------------------------
+# Checkpoints verify themselves
+# ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained40(tmp_path_factory):
+  """A workdir trained to step 40 (checkpoints 20, 30, 40) with its record."""
+  w = tmp_path_factory.mktemp("trained40") / "w"
+  train.train_and_evaluate(_config(**{"training.num_steps": 40}), str(w))
+  return w
+
+
+def _copy(src, dst):
+  shutil.copytree(src, dst)
+  return dst
+
+
+def _array_files(step_dir):
+  return sorted((p for p in (step_dir / "default").rglob("*") if p.is_file()
+                 and p.parent.name == "d"), key=lambda p: p.stat().st_size)
+
+
+@pytest.mark.slow
+def test_each_checkpoint_carries_a_manifest(trained40):
+  man = json.loads((trained40 / "checkpoints" / "40" / checkpoints.MANIFEST).read_text())
+  assert man["step"] == 40 and man["model_fields"]["model.hidden_sizes"] == [16, 16]
+  assert len(man["model_fields_sha256"]) == 64
+  entry = man["arrays"]["params/context/MaskedDense_0/kernel"] if (
+      "params/context/MaskedDense_0/kernel" in man["arrays"]) else next(
+          v for k, v in man["arrays"].items() if k.startswith("params/"))
+  assert set(entry) == {"shape", "dtype", "crc32"}
+  assert man["arrays"]["step"] == {"shape": [], "dtype": "int32", "crc32": man["arrays"]["step"]["crc32"]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["rewritten", "flipped"])
+def test_changed_checkpoint_bytes_fall_back_to_the_previous_step(trained40, tmp_path, caplog,
+                                                                 damage):
+  """Arrays of the newest step changed after its save (other values of the same shapes,
+  or bytes flipped in its data file): the step is damaged, named with the array (or the
+  file error), eval uses the previous step, and a resume from it is bit-exact."""
+  w = _copy(trained40, tmp_path / "w")
+  newest = w / "checkpoints" / "40"
+  if damage == "rewritten":
+    state = ocp.StandardCheckpointer().restore(newest / "default")
+    for part in ("params", "ema_params"):
+      state[part] = jax.tree.map(lambda a: np.asarray(a) + 1.0, state[part])
+    shutil.rmtree(newest / "default")
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(newest / "default", state)
+    ckptr.wait_until_finished()
+  else:
+    target = _array_files(newest)[-1]
+    data = bytearray(target.read_bytes())
+    for i in range(len(data) // 3, len(data) // 3 + 64):
+      data[i] ^= 0xFF
+    target.write_bytes(bytes(data))
+  c = _config(**{"training.num_steps": 40})
+  with caplog.at_level("WARNING"):
+    params, step = inference.restore(inference.build(c), str(w))
+  assert step == 30
+  skipped = [r.getMessage() for r in caplog.records if "skipping damaged" in r.getMessage()]
+  assert skipped and "/40" in skipped[0], skipped
+  if damage == "rewritten":
+    assert "checksum mismatch in array ema_params/" in skipped[0], skipped[0]
+  assert jax.tree.leaves(params) and all(np.isfinite(np.asarray(a)).all()
+                                         for a in jax.tree.leaves(params))
+  if damage == "rewritten":   # the trainer falls back too and redoes 30 -> 40 exactly
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+      train.train_and_evaluate(c, str(w))
+    assert any("checksum mismatch in array params/" in r.getMessage() for r in caplog.records)
+    _assert_same(_params(w, 40), _params(trained40, 40))
+    assert os.listdir(w / "checkpoints.damaged")[0].startswith("40-")
+
+
+@pytest.mark.slow
+def test_a_bigger_models_checkpoint_is_a_config_mismatch_naming_the_field(trained40, tmp_path):
+  """Checkpoints of (16, 16) read with a (16,) config: eval and train both refuse with the
+  field and both values; eval never restores the matching subset."""
+  w = _copy(trained40, tmp_path / "w")
+  smaller = _config(**{"training.num_steps": 40, "model.hidden_sizes": (16,)})
+  want = r"model\.hidden_sizes: checkpoint \(16, 16\), config \(16,\)"
+  with pytest.raises(checkpoints.ConfigMismatchError, match=want):
+    inference.restore(inference.build(smaller), str(w))
+  os.remove(w / "config.json")   # no record to compare with: the manifest still tells
+  with pytest.raises(checkpoints.ConfigMismatchError, match=want):
+    train.train_and_evaluate(smaller, str(w), allow_config_change=True)
+  assert not (w / "config.json").exists()
+  assert sorted(os.listdir(w / "checkpoints")) == ["20", "30", "40"]
+
+
+@pytest.mark.slow
+def test_a_reader_retries_when_rotation_removes_its_step(trained40, tmp_path, monkeypatch):
+  """A trainer's rotation removes the step an eval is reading: the eval reads the newest
+  step left, and calls nothing damaged."""
+  w = _copy(trained40, tmp_path / "w")
+  real = ocp.PyTreeCheckpointer.restore
+  calls = []
+
+  def racing(self, directory, *args, **kwargs):
+    calls.append(str(directory))
+    if len(calls) == 1:
+      shutil.rmtree(w / "checkpoints" / "40")
+      raise FileNotFoundError(f"{directory}/d/abc")
+    return real(self, directory, *args, **kwargs)
+  monkeypatch.setattr(ocp.PyTreeCheckpointer, "restore", racing)
+  ckpt = checkpoints.Checkpointer(str(w / "checkpoints"), create=False)
+  c = _config()
+  target = {"ema_params": jax.eval_shape(inference.build(c).model.init, jax.random.PRNGKey(0))}
+  step, _ = ckpt.restore_latest_partial(target)
+  ckpt.close()
+  assert step == 30 and not ckpt.skipped and len(calls) == 2
+
+
+@pytest.mark.slow
+def test_relative_data_path_is_recorded_absolute_and_checked(tmp_path, monkeypatch):
+  """A relative data.path becomes absolute when the run starts and is recorded; a resume
+  from another directory uses the recorded file, not the one beside it; a recorded file
+  whose bytes changed is refused (train and eval)."""
+  rng = np.random.default_rng(0)
+  for d in ("a", "b"):
+    (tmp_path / d).mkdir()
+    np.savez(tmp_path / d / "data.npz", train=rng.normal(size=(512, 4)).astype(np.float32),
+             test=rng.normal(size=(64, 4)).astype(np.float32))
+  w = str(tmp_path / "w")
+  c = lambda n: _config(**{"data.dataset": "npz", "data.path": "data.npz",
+                           "training.num_steps": n})
+  monkeypatch.chdir(tmp_path / "a")
+  train.train_and_evaluate(c(20), w)
+  recorded = config_base.load_workdir_config(w).data.path
+  assert recorded == str(tmp_path / "a" / "data.npz")
+  monkeypatch.chdir(tmp_path / "b")
+  resumed = c(30)
+  train.train_and_evaluate(resumed, w)
+  assert resumed.data.path == recorded and (tmp_path / "w" / "checkpoints" / "30").exists()
+  x = dict(np.load(tmp_path / "a" / "data.npz"))
+  x["train"][0] += 1.0
+  np.savez(tmp_path / "a" / "data.npz", **x)
+  record = (tmp_path / "w" / "config.json").read_bytes()
+  with pytest.raises(workdir_lib.WorkdirError, match=r"data\.path .*a/data\.npz has changed"):
+    train.train_and_evaluate(c(40), w)
+  with pytest.raises(workdir_lib.WorkdirError, match=r"data\.path .*has changed"):
+    workdir_lib.eval_config(w, c(40), [])
+  assert (tmp_path / "w" / "config.json").read_bytes() == record
+  assert not (tmp_path / "w" / "checkpoints" / "40").exists()
+
+
+# ------------------------------------------------------------------------------------
+# Signals and disks
+# ------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_sighup_saves_like_sigterm(tmp_path):
+  """The terminal closed (SIGHUP) during training: the step is saved, Interrupted names
+  the signal, the exit status is 129, and the run resumes from there."""
+  c = _config(**{"training.num_steps": 30})
+  hup = lambda step, state, row: step == 10 and os.kill(os.getpid(), signal.SIGHUP)
+  with pytest.raises(train.Interrupted, match="SIGHUP received: stopped at step 11") as e:
+    train.train_loop(train.setup(c), workdir=str(tmp_path), callbacks=[hup])
+  assert (tmp_path / "checkpoints" / "11").exists()
+  assert workdir_lib.stop_report(e.value, "train", str(tmp_path))[1] == 129
+  train.train_loop(train.setup(c), workdir=str(tmp_path))
+  assert (tmp_path / "checkpoints" / "30").exists()
+
+
+@pytest.mark.slow
+def test_full_disk_during_a_save_is_one_line_and_removes_the_partial_save(tmp_path,
+                                                                          monkeypatch):
+  real = ocp.CheckpointManager.save
+
+  def full(self, step, *args, **kwargs):
+    if step == 20:
+      partial = pathlib.Path(self.directory) / "20.orbax-checkpoint-tmp-1700000000000000"
+      (partial / "default").mkdir(parents=True)
+      (partial / "default" / "d").write_bytes(b"x" * 1000)
+      raise ValueError("Error writing local file: [OS error: No space left on device]")
+    return real(self, step, *args, **kwargs)
+  monkeypatch.setattr(ocp.CheckpointManager, "save", full)
+  w = tmp_path / "w"
+  with pytest.raises(checkpoints.NoSpaceError) as e:
+    train.train_and_evaluate(_config(), str(w))
+  assert str(e.value).startswith(f"no space left in {w}: checkpoint 20 not written; "
+                                 "checkpoint 10 is intact"), str(e.value)
+  assert "\n" not in str(e.value)
+  assert os.listdir(w / "checkpoints") == ["10"]
+  monkeypatch.setattr(ocp.CheckpointManager, "save", real)   # space freed: resumes
+  train.train_and_evaluate(_config(), str(w))
+  assert sorted(os.listdir(w / "checkpoints")) == ["10", "20", "30"]

@@ -128,3 +128,58 @@ def test_torn_and_foreign_metric_lines_are_skipped_and_counted(tmp_path, caplog)
   assert "skipped 4 torn or foreign line(s)" in caplog.text
   rows, skipped = metrics_lib.read_rows(str(path))
   assert [r["step"] for r in rows] == [10, 20, 30] and skipped == 0
+
+
+# ------------------------------------------------------------------------------------
+# Data verifies itself
+# ------------------------------------------------------------------------------------
+
+class _Builder:
+  """What tfds_source._cached_split reads from a tfds builder, with a shard file."""
+  name, version = "fake", "1.0.0"
+
+  def __init__(self, data_path, images):
+    self.data_path, self.images = str(data_path), images
+    split = type("Split", (), {"num_examples": len(images)})()
+    self.info = type("Info", (), {"splits": {"train": split}})()
+    self.decoded = 0
+
+  def as_data_source(self, split):
+    del split
+    self.decoded += 1
+    return [{"image": im} for im in self.images]
+
+
+def test_npy_cache_is_rebuilt_when_its_contents_or_source_change(tmp_path, caplog):
+  from csm_jax.data import tfds_source  # pylint: disable=g-import-not-at-top
+  shards = tmp_path / "prepared"
+  shards.mkdir()
+  (shards / "fake-train.array_record-00000-of-00001").write_bytes(b"shard v1")
+  images = [np.full((2, 2, 1), i + 1, np.uint8) for i in range(3)]
+  builder = _Builder(shards, images)
+  cache = tmp_path / "cache" / "c.npy"
+  first = tfds_source._cached_split(builder, "train", str(cache), None)  # pylint: disable=protected-access
+  assert builder.decoded == 1 and json.loads(cache.with_suffix(".json").read_text())[
+      "array_sha256"]
+  tfds_source._cached_split(builder, "train", str(cache), None)  # pylint: disable=protected-access
+  assert builder.decoded == 1                                  # fresh: read from the cache
+  # zero-filled at the same size: same shape, dtype and length, other contents
+  raw = bytearray(cache.read_bytes())
+  header = len(raw) - first.nbytes
+  raw[header:] = bytes(first.nbytes)
+  cache.write_bytes(bytes(raw))
+  assert np.load(cache).max() == 0
+  with caplog.at_level("WARNING", logger=tfds_source.__name__):
+    again = tfds_source._cached_split(builder, "train", str(cache), None)  # pylint: disable=protected-access
+  assert builder.decoded == 2 and again.max() == 3 and "differ from the checksum" in caplog.text
+  np.testing.assert_array_equal(np.load(cache), first)          # rebuilt
+  # the prepared dataset changed: rebuilt from it
+  (shards / "fake-train.array_record-00000-of-00001").write_bytes(b"shard v2")
+  caplog.clear()
+  with caplog.at_level("WARNING", logger=tfds_source.__name__):
+    tfds_source._cached_split(builder, "train", str(cache), None)  # pylint: disable=protected-access
+  assert builder.decoded == 3 and "has changed" in caplog.text
+  # a cache without its record (an older version, or a kill between the two writes)
+  os.remove(cache.with_suffix(".json"))
+  tfds_source._cached_split(builder, "train", str(cache), None)  # pylint: disable=protected-access
+  assert builder.decoded == 4 and cache.with_suffix(".json").exists()

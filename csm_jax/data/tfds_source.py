@@ -13,10 +13,10 @@ from __future__ import annotations
 import functools
 import glob
 import hashlib
+import json
 import logging
 import os
 import socket
-import tempfile
 import threading
 import time
 from typing import Any, Callable, Optional, Sequence
@@ -162,19 +162,40 @@ def celeba_transform(image: np.ndarray, crop: int = 140, size: int = 32) -> np.n
   return image.reshape(size, size, -1)
 
 
-def _save_atomic(path: str, array: np.ndarray) -> None:
-  """np.save to a temporary file in the same directory, then os.replace."""
-  directory = os.path.dirname(path)
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-', suffix='.npy')
+def _sha256_array(array: np.ndarray) -> str:
+  return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def _source_checksum(builder: Any, split: str) -> str:
+  """sha256 of the prepared tfds shard files of `split` (names and bytes): what a cache
+  of the split is built from ('' when the builder has no files, e.g. a mock)."""
+  h = hashlib.sha256()
   try:
-    with os.fdopen(fd, 'wb') as f:
-      np.save(f, array)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+    shards = sorted(glob.glob(os.path.join(str(builder.data_path), f'*-{split}.*')))
+  except Exception:  # pylint: disable=broad-except  (mock builders)
+    return ''
+  for shard in shards:
+    h.update(os.path.basename(shard).encode() + b'\0')
+    with open(shard, 'rb') as f:
+      for block in iter(lambda: f.read(1 << 23), b''):
+        h.update(block)
+  return h.hexdigest() if shards else ''
+
+
+def _meta_path(path: str) -> str:
+  return path[:-len('.npy')] + '.json' if path.endswith('.npy') else path + '.json'
+
+
+def _save_atomic(path: str, array: np.ndarray, source: str = '') -> None:
+  """np.save atomically (temporary file, fsync, rename), then its checksum record
+  PATH.json {array_sha256, source_sha256}, also atomically: a cache without a record
+  (a kill between the two) is rebuilt."""
+  from csm_jax import atomic  # pylint: disable=g-import-not-at-top
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  atomic.save_npy(path, array)
+  atomic.write_json(_meta_path(path), {'array_sha256': _sha256_array(array),
+                                       'source_sha256': source,
+                                       'shape': list(array.shape), 'dtype': str(array.dtype)})
 
 
 def load_tfds(data_config: Any, dataset: str) -> Arrays:
@@ -250,11 +271,28 @@ def _fresh_cache(builder: Any, split: str, path: str, dtype, ndim: int):
   array = _read_cache(path)
   if array is None:
     return None
-  if array.dtype == dtype and array.ndim == ndim and (
-      expected is None or len(array) == expected):
-    return array
-  logger.warning('Ignoring stale cache %s.', path)
-  return None
+  if not (array.dtype == dtype and array.ndim == ndim and (
+      expected is None or len(array) == expected)):
+    logger.warning('Ignoring stale cache %s.', path)
+    return None
+  try:
+    with open(_meta_path(path), 'rb') as f:
+      meta = json.loads(f.read().decode('utf-8'))
+    recorded, source = meta['array_sha256'], meta['source_sha256']
+  except (OSError, ValueError, KeyError, TypeError):
+    logger.warning('Ignoring cache %s: no readable checksum record %s (written by an older '
+                   'version, or cut short); it will be decoded again.', path,
+                   _meta_path(path))
+    return None
+  if source != _source_checksum(builder, split):
+    logger.warning('Ignoring cache %s: the prepared dataset it was built from has changed; '
+                   'it will be decoded again.', path)
+    return None
+  if _sha256_array(array) != recorded:
+    logger.warning('Ignoring cache %s: its contents differ from the checksum recorded when '
+                   'it was written (damaged or overwritten); it will be decoded again.', path)
+    return None
+  return array
 
 
 def _cached_split(builder: Any, split: str, path: str,
@@ -278,7 +316,7 @@ def _cached_split(builder: Any, split: str, path: str,
   logger.info('Decoded %s/%s: %s in %.1fs.', builder.name, split, array.shape,
               time.time() - start)
   try:
-    _save_atomic(path, array)
+    _save_atomic(path, array, _source_checksum(builder, split))
   except OSError as e:
     logger.warning('Could not write cache %s: %s', path, e)
   return array
@@ -313,7 +351,7 @@ def _cached_labels(builder: Any, split: str, path: str) -> np.ndarray:
   except Exception as e:
     raise _corrupt_split_error(builder, split, e) from e
   try:
-    _save_atomic(path, array)
+    _save_atomic(path, array, _source_checksum(builder, split))
   except OSError as e:
     logger.warning('Could not write cache %s: %s', path, e)
   return array

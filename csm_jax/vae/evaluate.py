@@ -95,7 +95,8 @@ def restore(s: vae_train.VAESetup, workdir: str):
   if not jax.tree.leaves(target["score_params"]):
     del target["score_params"]
   _, r = checkpoints.restore_partial(os.path.join(workdir, "checkpoints"), target,
-                                    s.config.training.keep_checkpoints)
+                                    s.config.training.keep_checkpoints,
+                                    checkpoints.model_fields(s.config))
   return r["params"], r.get("score_params", {}), int(r["step"])
 
 

@@ -27,6 +27,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from csm_jax import checkpoints
 from csm_jax import config_base
 from csm_jax import data as data_lib
 from csm_jax import loop as loop_lib
@@ -227,7 +228,7 @@ def trainer(s: VAESetup, eval_every: int) -> loop_lib.Trainer:
       inputs=lambda step, length: train_images(s, step),
       evaluate=None if eval_fn is None else (
           lambda state: eval_fn(state.params, state.score_params)),
-      describe=describe, format_row=format_row)
+      describe=describe, format_row=format_row, fields=checkpoints.model_fields(s.config))
 
 
 def parameter_counts(state) -> dict:
@@ -267,8 +268,13 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False):
   config_base.validate_vae(config)
   owner = jax.process_index() == 0
   with workdir_lib.lock(workdir) if owner else contextlib.nullcontext():
+    data = workdir_lib.resolve_data(workdir, config, allow_config_change)  # absolute paths
     changes = workdir_lib.check_config(workdir, config, allow_config_change)
     s = setup(config)
-    record = lambda: owner and workdir_lib.write_record(workdir, config, changes)
+
+    def record():
+      if owner:
+        workdir_lib.write_record(workdir, config, changes)
+        workdir_lib.write_data_record(workdir, data)
     state, _ = train_loop(s, workdir=workdir, on_start=record)
   return state
