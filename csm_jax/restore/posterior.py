@@ -98,7 +98,10 @@ def _target(joint, obs, space, y, fixed_mask, fixed_x):
 
 def make_sampler(model, joint: joint_lib.Joint, obs, space: obs_lib.PixelSpace,
                  settings: Settings):
-  """jit (params, y (N, Dy) image units, rng) -> dict (model-space and image outputs).
+  """jit (params, y (N, Dy) image units, rng[, x_init]) -> dict of outputs.
+
+  x_init: optional (N, chains, D) model-space starting states (else the observation's
+  init image, plus sigma_1 noise for 'annealed').
 
   Keys: mean (N, D) image units (posterior mean over chains), sample (N, D), chains
   (N, chains, D) image units, map (N, D) when map_steps > 0, accept (MALA acceptance
@@ -115,7 +118,7 @@ def make_sampler(model, joint: joint_lib.Joint, obs, space: obs_lib.PixelSpace,
   box = joint.box
   dim = model.dim
 
-  def run(params, y, rng):
+  def run(params, y, rng, x_init=None):
     n = y.shape[0]
     fixed_img_mask, fixed_img = obs.fixed(y)
     fixed_x1 = space.from_image(fixed_img.astype(jnp.float32))
@@ -126,10 +129,10 @@ def make_sampler(model, joint: joint_lib.Joint, obs, space: obs_lib.PixelSpace,
     vg, val = _target(joint, obs, space, yc, fmask, fx)
     free = ~fmask
     k_init, k_run, k_mala, k_gibbs = jax.random.split(rng, 4)
-    x = rep(init1)
+    x = rep(init1) if x_init is None else jnp.where(fmask, fx, x_init.reshape(n * c, dim))
     out = {}
     if st.method == "annealed":
-      if st.init_noise:
+      if st.init_noise and x_init is None:
         x = x + free * sig[0] * jax.random.normal(k_init, x.shape, x.dtype)
 
       def level(carry, inp):
@@ -190,6 +193,7 @@ def make_sampler(model, joint: joint_lib.Joint, obs, space: obs_lib.PixelSpace,
     img = space.to_image(x)
     if space.bounded:
       img = jnp.clip(img, 0.0, 1.0)
+    img = jnp.where(fmask, rep(fixed_img).astype(img.dtype), img)   # pinned: exactly y
     img = img.reshape(n, c, dim)
     out.update(mean=img.mean(1), sample=img[:, 0], chains=img, accept=accept,
                x=x.reshape(n, c, dim))
@@ -202,7 +206,8 @@ def make_sampler(model, joint: joint_lib.Joint, obs, space: obs_lib.PixelSpace,
       xm = jnp.where(fixed_img_mask, fixed_x1,
                      jax.lax.fori_loop(0, st.map_steps, astep, init1))
       im = space.to_image(xm)
-      out["map"] = jnp.clip(im, 0.0, 1.0) if space.bounded else im
+      im = jnp.clip(im, 0.0, 1.0) if space.bounded else im
+      out["map"] = jnp.where(fixed_img_mask, fixed_img.astype(im.dtype), im)
     return out
 
   return jax.jit(run)
