@@ -202,7 +202,7 @@ def get_loss_fn(config, model):
     if name != "csm" or not config.noise.enabled:
       raise config_base.ConfigError(f"noise.mode='joint' trains with loss.name='csm' and "
                                     f"noise.enabled=True, not loss.name={name!r}")
-    if not model.context_sigma:
+    if not getattr(model, "context_sigma", False):
       raise config_base.ConfigError("noise.mode='joint' needs a context that takes the noise "
                                     "level: set model.context_sigma_embedding > 0")
     return functools.partial(joint_csm_loss, model, noise_lib.sigmas_from_config(config.noise))

@@ -171,7 +171,8 @@ def _langevin_chunk(model, params, x, k_run, start, length, num_dims, sig_steps,
     d = order[t]
     key = jax.random.fold_in(k_run, t)
     if cached:
-      ctx = model.context(params, x, sigma=context_sigma)
+      ctx = (model.context(params, x) if context_sigma is None      # any AR model
+             else model.context(params, x, sigma=context_sigma))
       ctx_d = jax.lax.dynamic_index_in_dim(ctx, d, axis=1)                        # (B,1,C)
       score_fn = lambda xd, sig: model.score(params, ctx_d, xd[:, None], sig[:, None])[:, 0]
     else:
@@ -301,7 +302,7 @@ def make_level_sweeps_sampler(model, sigmas, num_samples, n_steps=10, step_lr=1e
   """(params, rng[, x_init]) -> samples of `level_sweeps_sample`; one sweep compiled once
   (the level is traced) and called L times. `num_dims`: sweep the first k dimensions of
   the order only (for timing)."""
-  if not model.context_sigma:
+  if not getattr(model, "context_sigma", False):
     raise ValueError("the level-sweeps sampler is for smoothed-joint models (a context that "
                      "takes the noise level: noise.mode='joint'); use method='sequential'")
   sigmas = np.asarray(sigmas, np.float32)
@@ -718,7 +719,7 @@ def at_sampling_level(model, sigmas):
   """A smoothed-joint model with its context at the smallest level sigma_L (the level
   whose joint approximates the data) unless it has one: the per-dimension samplers then
   run on it unchanged, annealing the head only. Other models are returned as they are."""
-  if model.context_sigma and model.context_level is None:
+  if getattr(model, "context_sigma", False) and model.context_level is None:
     return model.at_level(float(np.min(np.asarray(sigmas))))
   return model
 
