@@ -1,4 +1,8 @@
-"""Shared fixtures: paths to the offline data beside the repository.
+"""Shared fixtures (paths to the offline data beside the repository) and the two tiers.
+
+Tests marked `slow` (training runs, training subprocesses, the notebook, multi-host,
+experiment scripts) are deselected by default: `python -m pytest -q` is the fast tier,
+`-m slow` runs the slow tier only and `--runslow` runs both. An explicit `-m` wins.
 
 Float32 comparisons in these tests mean float32: the matmul precision is pinned to
 'highest' for the test process and its subprocesses (GPUs otherwise run float32 matmuls
@@ -29,5 +33,17 @@ def mnist_data_dir():
   return d
 
 
-def pytest_configure(config):
-  config.addinivalue_line("markers", "slow: trains a model (the slow test tier)")
+def pytest_addoption(parser):
+  parser.addoption("--runslow", action="store_true", default=False,
+                   help="run the slow tier too (tests marked slow)")
+
+
+def pytest_collection_modifyitems(config, items):
+  if config.getoption("--runslow") or config.getoption("-m"):
+    return
+  keep, slow = [], []
+  for item in items:
+    (slow if item.get_closest_marker("slow") else keep).append(item)
+  if slow:
+    config.hook.pytest_deselected(items=slow)
+    items[:] = keep
