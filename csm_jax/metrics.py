@@ -78,13 +78,9 @@ class MetricWriter:
     directory = os.path.join(os.path.dirname(self.path), "samples")
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, f"{name}_{int(step):08d}.png")
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
+    with atomic.open_atomic(path, "wb") as f:
       mpl_image.imsave(f, image[..., 0] if image.shape[-1] == 1 else image, format="png",
                        cmap="gray", vmin=0.0, vmax=1.0)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
     if self._tb is not None:
       self._tb.add_image(f"samples/{name}", image, int(step), dataformats="HWC")
       self._tb.flush()
