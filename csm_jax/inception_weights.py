@@ -34,13 +34,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from csm_jax import config_base
 from csm_jax import inception
 
 BATCH_STATS = ("mean", "var")     # leaf names that live in the 'batch_stats' collection
 
 
-class WeightsError(ValueError):
-  """A weights file that is missing, unreadable or does not fit the network."""
+class WeightsError(config_base.ConfigError):
+  """A weights file that is missing, unreadable or does not fit the network (bad input
+  named by eval.inception_weights: one line, like a ConfigError)."""
 
 
 def expected_shapes() -> Dict[str, Tuple[int, ...]]:

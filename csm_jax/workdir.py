@@ -159,7 +159,9 @@ def check_config(workdir: str, config, allow_changes: bool = False) -> dict:
           "record, use another --workdir, or accept this config as a new start with "
           "--allow_config_change (it is recorded in config_changes.jsonl).")
     return {"config.json": (None, "missing: this config recorded as a new start")}
-  changes = config_changes(config_base.load_workdir_config(workdir), config)
+  recorded = config_base.load_workdir_config(workdir)
+  _check_kind(workdir, recorded, config)
+  changes = config_changes(recorded, config)
   if changes and not allow_changes:
     lines = "\n".join(f"  {k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
     raise WorkdirError(
@@ -257,13 +259,26 @@ def write_data_record(workdir: str, entries: dict):
     atomic.write_json(path, entries)
 
 
+def _check_kind(workdir: str, recorded, config):
+  """One line when a VAE workdir meets an image config, or the reverse."""
+  kind = lambda c: "a VAE" if config_base.is_vae_config(c) else "an autoregressive (image)"
+  if config_base.is_vae_config(recorded) != config_base.is_vae_config(config):
+    raise WorkdirError(f"{workdir} was trained with {kind(recorded)} config "
+                       f"({record_path(workdir)}), and --config is {kind(config)} config; "
+                       "give a config of the same kind (e.g. the one it was trained with)")
+
+
 def eval_config(workdir: str, config, overrides: Sequence[str]):
   """The config eval/sample use: the workdir's record (if any) with the command line's
   overrides of evaluation and sampling fields. Overrides of other fields must repeat
   the recorded values; any other value is refused."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise WorkdirError(f"--workdir {workdir} is a file, not a directory (a training run's "
+                       "workdir)")
   if not os.path.exists(record_path(workdir)):
     return config
   recorded = config_base.load_workdir_config(workdir)
+  _check_kind(workdir, recorded, config)
   evals = [o for o in overrides if _is_eval_field(o.split("=", 1)[0])]
   others = [o for o in overrides if o not in evals]
   tried = config_base.override(config_base.load_workdir_config(workdir), others)

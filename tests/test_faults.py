@@ -617,3 +617,80 @@ def test_full_disk_during_a_save_is_one_line_and_removes_the_partial_save(tmp_pa
   monkeypatch.setattr(ocp.CheckpointManager, "save", real)   # space freed: resumes
   train.train_and_evaluate(_config(), str(w))
   assert sorted(os.listdir(w / "checkpoints")) == ["10", "20", "30"]
+
+
+# ------------------------------------------------------------------------------------
+# One line for every input problem
+# ------------------------------------------------------------------------------------
+
+def _vae_record(w):
+  c = config_base.vae_default_config()
+  workdir_lib.write_record(str(w), c)
+
+
+def _main_cases(tmp_path):
+  """{case: (argv, what the one line names)}; each sets up its inputs under tmp_path."""
+  (tmp_path / "a_file").write_text("not a workdir")
+  vae_w, img_w = tmp_path / "vae_w", tmp_path / "img_w"
+  vae_w.mkdir()
+  img_w.mkdir()
+  _vae_record(vae_w)
+  workdir_lib.write_record(str(img_w), config_base.load_config("configs/mnist_made.py"))
+  np.savez(tmp_path / "bad.npz", x=np.arange(10.0))        # 1-D: no examples axis
+  np.savez(tmp_path / "nan.npz", x=np.full((8, 3), np.nan))
+  bad_record = tmp_path / "bad_record"
+  bad_record.mkdir()
+  (bad_record / "config.json").write_text('{"model": {"hidden_sizes": [64, 6')
+  made = "--config=configs/mnist_made.py"
+  npz = ["--config.data.dataset=npz", "--config.training.num_steps=2"]
+  return {
+      "workdir_is_a_file": ([made, f"--workdir={tmp_path / 'a_file'}"], "is a file"),
+      "workdir_is_a_file_eval": ([made, f"--workdir={tmp_path / 'a_file'}", "--mode=eval"],
+                                 "is a file"),
+      "vae_workdir_image_config": ([made, f"--workdir={vae_w}", "--mode=eval"],
+                                   "trained with a VAE config"),
+      "image_workdir_vae_config": (["--config=configs/mnist_vae.py", f"--workdir={img_w}",
+                                    "--mode=sample"], "trained with an autoregressive"),
+      "bad_npz_contents": ([made, f"--workdir={tmp_path / 'w1'}", *npz,
+                            f"--config.data.path={tmp_path / 'bad.npz'}"], "bad.npz"),
+      "nan_npz_contents": ([made, f"--workdir={tmp_path / 'w2'}", *npz,
+                            f"--config.data.path={tmp_path / 'nan.npz'}"], "NaN"),
+      "garbled_record": ([made, f"--workdir={bad_record}"], "bad_record/config.json"),
+      "out_of_range": ([made, f"--workdir={tmp_path / 'w3'}", "--config.optim.b2=2.0"],
+                       "optim.b2"),
+  }
+
+
+@pytest.mark.slow   # a subprocess each (no training)
+@pytest.mark.parametrize("case", ["workdir_is_a_file", "workdir_is_a_file_eval",
+                                  "vae_workdir_image_config", "image_workdir_vae_config",
+                                  "bad_npz_contents", "nan_npz_contents", "garbled_record",
+                                  "out_of_range"])
+def test_bad_inputs_are_one_line_and_status_1(tmp_path, case):
+  argv, names = _main_cases(tmp_path)[case]
+  before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+  before_bytes = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+  out = subprocess.run([sys.executable, "-m", "csm_jax.main", *argv], cwd=REPO,
+                       capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert out.returncode == 1, out.stderr[-3000:]
+  assert "Traceback" not in out.stderr, out.stderr[-3000:]
+  errors = [l for l in out.stderr.splitlines() if l.startswith("E")]
+  assert len(errors) == 1 and names in errors[0], out.stderr[-3000:]
+  after = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+  created = sorted(set(after) - set(before))
+  assert all(c.startswith("w") and (c.count("/") == 0 or c.endswith(".lock"))
+             for c in created), created   # at most an empty workdir and its lock
+  assert {p: p.read_bytes() for p in before_bytes} == before_bytes
+
+
+def test_unwritable_or_uncreatable_workdir_is_one_line(tmp_path, monkeypatch):
+  (tmp_path / "f").write_text("x")
+  with pytest.raises(workdir_lib.WorkdirError, match="cannot be created: .*f is a file"):
+    train.train_and_evaluate(_config(), str(tmp_path / "f" / "w"))
+  real = os.access
+  monkeypatch.setattr(os, "access", lambda p, m: False if str(p).startswith(str(tmp_path))
+                      else real(p, m))
+  with pytest.raises(workdir_lib.WorkdirError, match="is not writable"):
+    train.train_and_evaluate(_config(), str(tmp_path / "ro"))
+  assert sorted(os.listdir(tmp_path)) == ["f"]

@@ -25,7 +25,7 @@ def _resolve_npz_dir(path: str) -> tuple[str, Optional[str]]:
     return files[0], None
   if len(train) == 1 and len(test) <= 1:
     return train[0], (test[0] if test else None)
-  raise ValueError(
+  raise CorruptDataError(
       f'npz directory {path!r} is ambiguous: expected one .npz file, or one train*.npz '
       f'and at most one test*.npz; found {[os.path.basename(f) for f in files]}.')
 
@@ -122,20 +122,20 @@ def _check_array(x: np.ndarray, what: str) -> np.ndarray:
   x = np.asarray(x)
   if x.dtype == np.uint8:
     if x.ndim != 4:
-      raise ValueError(f'{what}: uint8 images must be (N, H, W, C); got shape '
+      raise CorruptDataError(f'{what}: uint8 images must be (N, H, W, C); got shape '
                        f'{x.shape} (add a channel axis for grayscale: x[..., None]).')
   elif np.issubdtype(x.dtype, np.floating):
     if x.ndim < 2:
-      raise ValueError(f'{what}: real-valued data must be (N, D) or (N, ...); got '
+      raise CorruptDataError(f'{what}: real-valued data must be (N, D) or (N, ...); got '
                        f'shape {x.shape}.')
     if not np.all(np.isfinite(x)):
-      raise ValueError(f'{what}: contains NaN or inf values.')
+      raise CorruptDataError(f'{what}: contains NaN or inf values.')
     x = x.astype(np.float32, copy=False)
   else:
-    raise ValueError(f'{what}: dtype {x.dtype} not supported; use uint8 images '
+    raise CorruptDataError(f'{what}: dtype {x.dtype} not supported; use uint8 images '
                      '(pixel values 0..255) or floating point data.')
   if len(x) == 0:
-    raise ValueError(f'{what}: no examples.')
+    raise CorruptDataError(f'{what}: no examples.')
   return x
 
 
@@ -156,14 +156,14 @@ def load_npz(path: str, test_path: Optional[str] = None) -> Arrays:
   elif 'x' in data:
     train = data['x']
   else:
-    raise ValueError(f"{path!r}: expected key 'train' (and 'test') or 'x'; found keys "
+    raise CorruptDataError(f"{path!r}: expected key 'train' (and 'test') or 'x'; found keys "
                      f'{sorted(data)}.')
   if test_path:
     test_path = os.path.expanduser(str(test_path))
     tdata = _read_npz(test_path)
     key = 'x' if 'x' in tdata else 'test' if 'test' in tdata else None
     if key is None:
-      raise ValueError(f"{test_path!r}: expected key 'x' or 'test'; found keys "
+      raise CorruptDataError(f"{test_path!r}: expected key 'x' or 'test'; found keys "
                        f'{sorted(tdata)}.')
     test = tdata[key]
   elif 'test' in data:
@@ -171,13 +171,13 @@ def load_npz(path: str, test_path: Optional[str] = None) -> Arrays:
   else:
     train = _check_array(train, f'{path}:train')
     if len(train) < 2:
-      raise ValueError(f'{path!r}: need at least 2 examples to hold out a test set.')
+      raise CorruptDataError(f'{path!r}: need at least 2 examples to hold out a test set.')
     n_test = max(1, len(train) // 10)
     train, test = train[:-n_test], train[-n_test:]
   train = _check_array(train, f'{path}:train')
   test = _check_array(test, f'{test_path or path}:test')
   if train.shape[1:] != test.shape[1:] or train.dtype != test.dtype:
-    raise ValueError(f'train and test differ: train {train.dtype}{train.shape[1:]} vs '
+    raise CorruptDataError(f'train and test differ: train {train.dtype}{train.shape[1:]} vs '
                      f'test {test.dtype}{test.shape[1:]} per example.')
   discrete = train.dtype == np.uint8
   if not discrete:
