@@ -92,7 +92,11 @@ def evaluate_workdir(config, workdir: str, log: Callable[[str], None] = logging.
   result = evaluate(params, num_batches=max(1, len(inf.arrays.test) // bs))
   result["step"] = step
   y = inf.pre(inf.arrays.test, data_lib.dequant_rng(config.seed + 2, 0))
-  result["likelihood"] = likelihood.nll_from_config(config, inf.model, params, y, inf.pre, log,
+  model = inf.model
+  if model.context_sigma:  # a smoothed joint: its AR model at the level of the NLL's head
+    lk = config.likelihood
+    model = model.at_level(lk.sigma if lk.sigma is not None else likelihood.noise_level(config))
+  result["likelihood"] = likelihood.nll_from_config(config, model, params, y, inf.pre, log,
                                                     train=inf.arrays.train)
   path = os.path.join(workdir, f"eval_{step:08d}.json")
   if sharding_lib.is_main_process():  # multi-host: every process has the same result

@@ -157,3 +157,20 @@ def test_mnist_joint_config_trains_in_joint_mode():
   assert base.noise.mode == "per_dim"
   assert (c.noise.sigma_max, c.noise.sigma_min, c.noise.num_levels) == (
       base.noise.sigma_max, base.noise.sigma_min, base.noise.num_levels)
+
+
+def test_a_joint_run_trains_evaluates_and_samples_from_its_workdir(tmp_path):
+  """The real entry points on tiny data: training in joint mode, --mode=eval (the NLL of
+  the AR model at the likelihood's level) and --mode=sample (level sweeps)."""
+  from csm_jax import inference, train  # pylint: disable=g-import-not-at-top
+  c = helpers.tiny_train_config(**{
+      "noise.mode": "joint", "model.context_sigma_embedding": 8, "training.num_steps": 20,
+      "training.eval_every": 0, "likelihood.num_examples": 8, "likelihood.num_points": 33,
+      "likelihood.outer_points": 8, "sampling.num_samples": 4, "sampling.num_steps": 2,
+      "sampling.method": "level_sweeps"})
+  train.train_and_evaluate(c, str(tmp_path))
+  result = inference.evaluate_workdir(c, str(tmp_path), log=lambda s: None)
+  assert np.isfinite(result["eval_loss"]) and np.isfinite(result["likelihood"]["nll_nats"])
+  base = inference.sample_workdir(c, str(tmp_path), log=lambda s: None)
+  x = np.load(base + ".npy")
+  assert x.shape == (4, 4) and np.all(np.isfinite(x))
