@@ -92,6 +92,7 @@ def test_config_switch():
       config_base.load_config(path + ":nope")
 
 
+@pytest.mark.slow
 def test_image_samples_smoke(tmp_path, bench_run):
   del bench_run  # started first so that it runs alongside
   rng = np.random.default_rng(0)
@@ -115,6 +116,7 @@ def test_image_samples_smoke(tmp_path, bench_run):
   np.testing.assert_allclose(s["mle"] * 255, np.round(s["mle"] * 255), atol=1e-3)
 
 
+@pytest.mark.slow
 def test_bench_pixelcnnpp_smoke(bench_run):
   proc, out = bench_run
   log, _ = proc.communicate(timeout=300)

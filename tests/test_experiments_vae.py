@@ -4,9 +4,12 @@ import json
 import math
 import os
 
+import pytest
+
 from experiments import vae_table
 
 
+@pytest.mark.slow
 def test_vae_table_smoke(tmp_path, mnist_data_dir):
   argv = ["--out", str(tmp_path), "--latents", "2", "--methods", "elbo,csm", "--steps", "2",
           "--ais_examples", "2", "--ais_steps", "3", "--ais_chains", "2", "--ais_batch", "2",

@@ -287,6 +287,7 @@ _MAIN = ["-m", "csm_jax.main", "--config=configs/mnist_made.py",
          "--config.eval.num_batches=1"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_stop_signal_saves_the_step_and_resumes_exactly(tmp_path, mnist_data_dir, sig):
   env = dict(os.environ, TFDS_DATA_DIR=mnist_data_dir, PYTHONUNBUFFERED="1")

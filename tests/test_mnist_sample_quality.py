@@ -3,9 +3,12 @@
 import json
 import os
 
+import pytest
+
 from experiments import mnist_sample_quality as msq
 
 
+@pytest.mark.slow
 def test_mnist_sample_quality_smoke(tmp_path, mnist_data_dir, monkeypatch):
   monkeypatch.setenv("TFDS_DATA_DIR", mnist_data_dir)
   out = str(tmp_path / "msq")

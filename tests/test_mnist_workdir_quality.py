@@ -28,6 +28,7 @@ def test_parse_setting():
     mwq.parse_setting("sampling.num_steps")
 
 
+@pytest.mark.slow
 def test_mnist_workdir_quality_smoke(tmp_path, mnist_data_dir, monkeypatch):
   monkeypatch.setenv("TFDS_DATA_DIR", mnist_data_dir)
   w, out = str(tmp_path / "w"), str(tmp_path / "out")

@@ -94,6 +94,7 @@ def _main_flags(tmp_path, workdir):
           "--config.data.pipeline=device"]
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one(tmp_path):
   _tiny_images(tmp_path)
   worker = [sys.executable, "-m", "tests.multihost_worker"]
@@ -149,6 +150,7 @@ def test_two_processes_train_like_one(tmp_path):
           == json.load(open(tmp_path / "1_processes" / "config.json")))
 
 
+@pytest.mark.slow
 def test_a_taken_workdir_refuses_every_process(tmp_path):
   """Process 0 holds the lock for all; when it cannot, none of them is left waiting."""
   from csm_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
@@ -166,6 +168,7 @@ def test_a_taken_workdir_refuses_every_process(tmp_path):
   assert sorted(os.listdir(taken)) == [".lock"]
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_process_saves_one_step_on_all_and_resumes(tmp_path):
   """Preemption of one host: JAX's preemption service picks one step for all processes,
   every process saves it (one committed checkpoint) and exits 143; the same command

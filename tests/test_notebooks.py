@@ -90,6 +90,7 @@ def inject_parameters(nb, values: dict) -> None:
   nb.cells = cells
 
 
+@pytest.mark.slow
 def test_quickstart_notebook_runs(this_python_kernel):
   nb = nbformat.read(NOTEBOOK, as_version=4)
   inject_parameters(nb, {**TINY, "MNIST_DATA_DIR": _mnist_data_dir()})

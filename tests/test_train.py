@@ -78,6 +78,7 @@ def _final_params(workdir):
   return ocp.StandardCheckpointer().restore(ckpt / str(last) / "default")
 
 
+@pytest.mark.slow
 def test_sigkill_and_restart_gives_the_uninterrupted_parameters(tmp_path, mnist_data_dir):
   env = dict(os.environ, TFDS_DATA_DIR=mnist_data_dir, PYTHONUNBUFFERED="1")
   killed = tmp_path / "killed"
@@ -139,6 +140,7 @@ print("MAXDIFF", diff, scale)
 """
 
 
+@pytest.mark.slow
 def test_eight_device_step_matches_one_device():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
              JAX_PLATFORMS="cpu")
