@@ -177,13 +177,15 @@ def make_sampler(model, joint: joint_lib.Joint, obs, space: obs_lib.PixelSpace,
       values = jnp.linspace(box.lo, box.hi, st.gibbs_values, dtype=x.dtype)
       kv = st.gibbs_values
       order = jnp.asarray(np.asarray(model.order), jnp.int32)
+      tile = lambda a: jnp.tile(a, (kv, 1))        # row k * B + b: value k, chain b
+      _, val_k = _target(joint, obs, space, tile(yc), tile(fmask), tile(fx))
 
       def gstep(t, carry):
         x, key = carry
         key, kc = jax.random.split(key)
         d = order[t % dim]
         cand = jnp.broadcast_to(x, (kv,) + x.shape).at[:, :, d].set(values[:, None])
-        lp = val(params, cand.reshape(kv * x.shape[0], dim), s_min).reshape(kv, x.shape[0])
+        lp = val_k(params, cand.reshape(kv * x.shape[0], dim), s_min).reshape(kv, x.shape[0])
         k = jax.random.categorical(kc, lp, axis=0)
         new = jnp.where(free[:, d], values[k], x[:, d])
         return x.at[:, d].set(new), key
