@@ -226,3 +226,32 @@ def test_restore_config_fields_are_validated():
     with pytest.raises(config_base.ConfigError, match=f"restore.{field}"):
       config_base.validate(c)
   config_base.validate(config_base.default_config())
+
+
+@pytest.mark.slow
+def test_mode_restore_writes_png_and_json(tmp_path):
+  """A tiny image model trained for a few steps; --mode=restore's library entry writes
+  W/restore/restore_<task>_<step>.{png,json} with PSNRs; a mass head is refused."""
+  import json
+  import os
+  from csm_jax import train
+  from csm_jax.restore import entry
+  from tests.helpers import tiny_train_config
+  rng = np.random.default_rng(0)
+  imgs = (rng.random((256, 4, 4, 1)) < 0.3).astype(np.uint8) * 255
+  np.savez(tmp_path / "data.npz", train=imgs, test=imgs[:32])
+  config = tiny_train_config(**{"data.dataset": "npz", "data.path": str(tmp_path / "data.npz"),
+                                "data.logit_lambda": 0.0, "training.num_steps": 20,
+                                "likelihood.num_examples": 0, "eval.batch_size": 32})
+  wd = str(tmp_path / "w")
+  train.train_and_evaluate(config, wd)
+  config.restore.task, config.restore.mask = "inpaint", "bottom"
+  config.restore.num_images, config.restore.steps_per_level = 4, 2
+  config.restore.map_steps = 2
+  m = entry.restore_workdir(config, wd, log=lambda s: None)
+  files = sorted(os.listdir(os.path.join(wd, "restore")))
+  assert files == ["restore_inpaint_00000020.json", "restore_inpaint_00000020.png"]
+  with open(os.path.join(wd, "restore", files[0])) as f:
+    saved = json.load(f)
+  for key in ("psnr_corrupted", "psnr_mean", "psnr_sample", "psnr_map"):
+    assert np.isfinite(saved[key]["mean"]) and saved[key] == m[key]
