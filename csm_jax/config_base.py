@@ -298,7 +298,8 @@ def default_config() -> ml_collections.ConfigDict:
   r.sigmas = _ref(tuple)       # annealing levels (None: the noise schedule)
   r.num_levels = _ref(int)     # >= 1: only the last num_levels of them
   r.steps_per_level = 10       # >= 1
-  r.step_lr = 5e-3             # > 0: Langevin step at the last level (alpha_i ~ sigma_i^2)
+  r.step_lr = _ref(float)      # > 0: Langevin step alpha_L at the last level, alpha_i =
+                               # step_lr sigma_i^2 / sigma_L^2 (None: sigma_L^2 / 2)
   r.mala_steps = 0             # >= 0: MALA steps at sigma_min (exact log q)
   r.mala_step = _ref(float)    # > 0 (None: step_lr)
   r.gibbs_sweeps = 0           # >= 0: exact grid-Gibbs sweeps at sigma_min (costly)

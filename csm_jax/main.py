@@ -1,6 +1,6 @@
 """Command-line entry point: flags and a dispatch to the library.
 
-  python -m csm_jax.main --config=configs/mnist_made.py --workdir=/tmp/w [--mode=train|eval|sample|export]
+  python -m csm_jax.main --config=configs/mnist_made.py --workdir=/tmp/w [--mode=train|eval|sample|export|restore]
   overrides: --config.training.num_steps=300 --config.training.batch_size=64 ...
 """
 
@@ -18,9 +18,10 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "export"],
+flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "export", "restore"],
                   "train (or resume); eval: test loss and NLL of the latest checkpoint; "
-                  "sample; export: the EMA parameters and the config alone, to WORKDIR/export.")
+                  "sample; export: the EMA parameters and the config alone, to WORKDIR/export; "
+                  "restore: corrupt test images as config.restore says and restore them.")
 flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (TPU pods, multi-node "
                   "GPU): one process per host, all with the same command.")
 flags.DEFINE_string("coordinator_address", None, "--multihost: host:port of process 0 (default: "
@@ -117,7 +118,11 @@ def main(argv):
                             FLAGS.workdir, FLAGS.export_dir)
     else:  # the workdir's recorded config, with evaluation/sampling overrides only
       config = workdir.eval_config(FLAGS.workdir, FLAGS.config, overrides)
-      run = inference.evaluate_workdir if FLAGS.mode == "eval" else inference.sample_workdir
+      if FLAGS.mode == "restore":
+        from csm_jax.restore import entry as restore_entry  # pylint: disable=g-import-not-at-top
+        run = restore_entry.restore_workdir
+      else:
+        run = inference.evaluate_workdir if FLAGS.mode == "eval" else inference.sample_workdir
       run(config, FLAGS.workdir)
   except (train.Interrupted, KeyboardInterrupt) as e:  # SIGINT / SIGTERM: a clean stop
     workdir.exit_stopped(e, FLAGS.mode, FLAGS.workdir, jax.process_count())

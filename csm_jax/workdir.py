@@ -36,7 +36,7 @@ from csm_jax import sharding
 PROTECTED = ("seed", "data", "model", "loss", "noise", "optim", "training.batch_size",
              "vae")
 # Fields eval and sample may override on top of the recorded config.
-EVAL_FIELDS = ("eval", "likelihood", "sampling")
+EVAL_FIELDS = ("eval", "likelihood", "sampling", "restore")
 
 
 class WorkdirError(RuntimeError):

@@ -177,13 +177,15 @@ def make_sampler(model, joint: joint_lib.Joint, obs, space: obs_lib.PixelSpace,
       values = jnp.linspace(box.lo, box.hi, st.gibbs_values, dtype=x.dtype)
       kv = st.gibbs_values
       order = jnp.asarray(np.asarray(model.order), jnp.int32)
+      tile = lambda a: jnp.tile(a, (kv, 1))        # row k * B + b: value k, chain b
+      _, val_k = _target(joint, obs, space, tile(yc), tile(fmask), tile(fx))
 
       def gstep(t, carry):
         x, key = carry
         key, kc = jax.random.split(key)
         d = order[t % dim]
         cand = jnp.broadcast_to(x, (kv,) + x.shape).at[:, :, d].set(values[:, None])
-        lp = val(params, cand.reshape(kv * x.shape[0], dim), s_min).reshape(kv, x.shape[0])
+        lp = val_k(params, cand.reshape(kv * x.shape[0], dim), s_min).reshape(kv, x.shape[0])
         k = jax.random.categorical(kc, lp, axis=0)
         new = jnp.where(free[:, d], values[k], x[:, d])
         return x.at[:, d].set(new), key
@@ -219,6 +221,8 @@ def make_sampler(model, joint: joint_lib.Joint, obs, space: obs_lib.PixelSpace,
 
 
 def settings_from_config(config) -> Settings:
+  """Sampler settings from config.restore; levels from restore.sigmas, else the model's
+  noise schedule (the last restore.num_levels of it), step_lr None: sigma_L^2 / 2."""
   rc = config.restore
   sigmas = rc.sigmas
   if sigmas is None:
@@ -226,8 +230,10 @@ def settings_from_config(config) -> Settings:
     sigmas = (1.0,) if sch is None else tuple(float(s) for s in sch)
   if rc.num_levels is not None:
     sigmas = tuple(sigmas)[-int(rc.num_levels):]
-  return Settings(sigmas=tuple(float(s) for s in sigmas), method=rc.method,
-                  steps_per_level=int(rc.steps_per_level), step_lr=float(rc.step_lr),
+  sigmas = tuple(float(s) for s in sigmas)
+  step_lr = 0.5 * sigmas[-1] ** 2 if rc.step_lr is None else float(rc.step_lr)
+  return Settings(sigmas=sigmas, method=rc.method,
+                  steps_per_level=int(rc.steps_per_level), step_lr=step_lr,
                   mala_steps=int(rc.mala_steps), mala_step=rc.mala_step,
                   gibbs_sweeps=int(rc.gibbs_sweeps), gibbs_values=int(rc.gibbs_values),
                   chains=int(rc.chains), map_steps=int(rc.map_steps), map_lr=rc.map_lr)

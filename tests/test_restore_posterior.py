@@ -1,0 +1,257 @@
+"""Observation models and posterior samplers of csm_jax/restore."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from csm_jax import config_base
+from csm_jax.data import preprocess
+from csm_jax.models import known
+from csm_jax.restore import joint as joint_lib
+from csm_jax.restore import observations as obs_lib
+from csm_jax.restore import posterior
+from tests.helpers import tiny_model
+
+SPACE = obs_lib.PixelSpace()          # identity: model space is image space
+
+
+def _gaussian_setup(sigma_min=0.3, sigma_y=0.4, dim=3, seed=0):
+  m = known.random_gaussian_ar(dim, seed=seed, std_range=(0.3, 0.8))
+  a = np.linalg.inv(np.eye(dim) - m.w)
+  mu0, s0 = a @ m.b, a @ np.diag(m.v + sigma_min ** 2) @ a.T     # prior q_{sigma_min}
+  y = np.random.default_rng(seed).multivariate_normal(mu0, s0 + sigma_y ** 2 * np.eye(dim))
+  prec = np.linalg.inv(s0) + np.eye(dim) / sigma_y ** 2
+  cov = np.linalg.inv(prec)
+  mean = cov @ (np.linalg.solve(s0, mu0) + y / sigma_y ** 2)
+  obs = obs_lib.GaussianNoise(sigma_y, (dim,), bounded=False)
+  joint = joint_lib.make_joint(m, joint_lib.Box(-8.0, 8.0, 97, True))
+  return m, joint, obs, y.astype(np.float32), mean, cov
+
+
+def _check_moments(samples, mean, cov, n_se=5.0, cov_tol=0.12):
+  """Sample mean within n_se standard errors; covariance within cov_tol (relative to
+  the largest variance) of the analytic one."""
+  n = len(samples)
+  se = np.sqrt(np.diag(cov) / n)
+  assert np.all(np.abs(samples.mean(0) - mean) < n_se * se + 1e-3), (samples.mean(0), mean)
+  emp = np.cov(samples.T)
+  assert np.abs(emp - cov).max() < cov_tol * np.diag(cov).max(), (emp, cov)
+
+
+def _run(m, joint, obs, y, x_init=None, **kw):
+  st = posterior.Settings(**kw)
+  sampler = posterior.make_sampler(m, joint, obs, SPACE, st)
+  return sampler(None, jnp.asarray(y[None]), jax.random.PRNGKey(1),
+                 None if x_init is None else jnp.asarray(x_init[None], jnp.float32))
+
+
+def test_annealed_langevin_matches_the_analytic_gaussian_posterior():
+  m, joint, obs, y, mean, cov = _gaussian_setup()
+  out = _run(m, joint, obs, y, sigmas=(1.0, 0.6, 0.3), steps_per_level=150, step_lr=4e-3,
+             chains=1000)
+  _check_moments(np.asarray(out["chains"][0], np.float64), mean, cov)
+  np.testing.assert_allclose(out["mean"][0], np.asarray(out["chains"][0]).mean(0), rtol=1e-5)
+
+
+def test_mala_from_the_observation_converges_and_keeps_the_exact_posterior():
+  m, joint, obs, y, mean, cov = _gaussian_setup()
+  out = _run(m, joint, obs, y, sigmas=(0.3,), method="mala", mala_steps=100,
+             mala_step=0.05, chains=1000)
+  _check_moments(np.asarray(out["chains"][0], np.float64), mean, cov)
+  assert 0.3 < float(out["accept"]) < 1.0
+  # started in the exact posterior with a large step, it stays there
+  x0 = np.random.default_rng(3).multivariate_normal(mean, cov, size=1000)
+  out = _run(m, joint, obs, y, x_init=x0, sigmas=(0.3,), method="mala", mala_steps=10,
+             mala_step=0.3, chains=1000)
+  _check_moments(np.asarray(out["chains"][0], np.float64), mean, cov)
+  assert float(out["accept"]) < 0.9
+
+
+def test_grid_gibbs_keeps_and_reaches_the_analytic_posterior():
+  m, joint, obs, y, mean, cov = _gaussian_setup()
+  x0 = np.random.default_rng(4).multivariate_normal(mean, cov, size=1000)
+  out = _run(m, joint, obs, y, x_init=x0, sigmas=(0.3,), method="gibbs", gibbs_sweeps=1,
+             gibbs_values=97, chains=1000)
+  _check_moments(np.asarray(out["chains"][0], np.float64), mean, cov)
+  out = _run(m, joint, obs, y, sigmas=(0.3,), method="gibbs", gibbs_sweeps=3,
+             gibbs_values=97, chains=1000)
+  _check_moments(np.asarray(out["chains"][0], np.float64), mean, cov)
+
+
+def test_map_is_the_posterior_mode():
+  m, joint, obs, y, mean, _ = _gaussian_setup()
+  out = _run(m, joint, obs, y, sigmas=(0.3,), method="mala", chains=1, map_steps=3000,
+             map_lr=0.02)
+  np.testing.assert_allclose(out["map"][0], mean, atol=2e-3)   # Gaussian: mode = mean
+
+
+def test_salt_and_pepper_posterior_matches_brute_force_enumeration():
+  """2 pixels, both observed extreme: the corruption indicators and x by enumeration of
+  c in {kept, corrupted}^2 and integration over the sampler's own value grid. (The
+  window couples the pixels strongly: grid Gibbs needs ~15 sweeps to forget its start.)"""
+  m = known.GaussianAR(np.array([[0.0, 0.0], [0.6, 0.0]]), np.array([0.4, 0.2]),
+                       np.array([0.09, 0.04]))
+  box = joint_lib.Box(-1.5, 2.5, 81, True)
+  joint = joint_lib.make_joint(m, box)
+  obs = obs_lib.SaltPepper(0.3, (2,), tau=0.08)
+  y = np.array([0.0, 1.0], np.float32)
+  sigma = 0.05
+  g = np.linspace(box.lo, box.hi, 81)
+  xx = np.stack(np.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
+  log_prior = np.asarray(joint.log_prob(None, jnp.asarray(xx, jnp.float32), sigma), np.float64)
+  window = np.exp(-(y - xx) ** 2 / (2 * 0.08 ** 2))
+  post = {}
+  for c in np.ndindex(2, 2):       # 0 kept, 1 corrupted
+    f = np.where(np.array(c) == 0, 0.7 * window, 0.15).prod(-1)
+    post[c] = np.exp(log_prior - log_prior.max()) * f
+  z = sum(v.sum() for v in post.values())
+  p_corrupt = [sum(v.sum() for c, v in post.items() if c[i] == 1) / z for i in range(2)]
+  mean_x = sum((v[:, None] * xx).sum(0) for v in post.values()) / z
+  out = _run(m, joint, obs, y, sigmas=(sigma,), method="gibbs", gibbs_sweeps=20,
+             gibbs_values=81, chains=2000)
+  chains = np.asarray(out["chains"][0], np.float64)
+  rb = np.asarray(obs.corruption_probability(jnp.asarray(y[None]), jnp.asarray(chains)))
+  np.testing.assert_allclose(rb.mean(0), p_corrupt, atol=0.03)
+  np.testing.assert_allclose(chains.mean(0), mean_x, atol=4 * chains.std(0).max() / np.sqrt(2000))
+  assert 0.05 < min(p_corrupt) and max(p_corrupt) < 0.95   # both really ambiguous
+
+
+def _tiny_image_setup(shape=(4, 4, 1)):
+  config = config_base.default_config()
+  config.unlock()
+  model = tiny_model(int(np.prod(shape)))
+  model = model.__class__(**{**model.__dict__, "data_shape": shape})
+  pre = preprocess.Preprocessor(shape=shape, discrete=True, dequantize=True, scale="unit",
+                                logit_lambda=0.0)
+  params = model.init(jax.random.PRNGKey(0))
+  config.noise.sigma_max, config.noise.sigma_min, config.noise.num_levels = 0.5, 0.05, 3
+  config.restore.steps_per_level = 3
+  config.restore.chains = 2
+  config.restore.step_lr = 1e-3
+  images = np.random.default_rng(0).integers(0, 256, (3,) + shape) / 255.0
+  return config, model, params, pre, images
+
+
+@pytest.mark.parametrize("mask", obs_lib.MASKS)
+def test_inpainting_keeps_every_observed_pixel_exactly(mask):
+  config, model, params, pre, images = _tiny_image_setup()
+  config.restore.task, config.restore.mask = "inpaint", mask
+  config.restore.map_steps = 2
+  obs = obs_lib.from_config(config.restore, images.shape[1:])
+  y = obs.corrupt(0, images)
+  res = posterior.restore(model, params, config, y, rng=0, preprocessor=pre)
+  keep = obs_lib.make_mask(mask, images.shape[1:])
+  assert 0 < keep.sum() < keep.size
+  for key in ("mean", "sample", "map"):
+    assert res[key].shape == images.shape
+    np.testing.assert_array_equal(res[key][:, keep], y[:, keep])
+    assert np.isfinite(res[key]).all()
+
+
+@pytest.mark.parametrize("task", ["gaussian", "salt_pepper", "superres"])
+def test_restore_library_call_runs_every_task(task):
+  config, model, params, pre, images = _tiny_image_setup()
+  config.restore.mala_steps = 2
+  obs = obs_lib.from_config(config.restore if task == "gaussian" else
+                            _with(config.restore, task=task), images.shape[1:])
+  y = obs.corrupt(1, images)
+  res = posterior.restore(model, params, config, y, task=task, rng=0, preprocessor=pre)
+  assert res["mean"].shape == images.shape and np.isfinite(res["mean"]).all()
+  assert 0.0 <= res["mean"].min() and res["mean"].max() <= 1.0
+  assert 0.0 <= res["accept"] <= 1.0
+  if task == "salt_pepper":   # pixels that are neither 0 nor 255 were kept: pinned
+    kept = (y > 0) & (y < 1)
+    np.testing.assert_array_equal(res["sample"][kept], y[kept])
+
+
+def _with(rc, **kw):
+  import types
+  return types.SimpleNamespace(**{**dict(rc.items()), **kw})
+
+
+def test_pixel_space_round_trip():
+  for pre in (preprocess.Preprocessor((2, 2), True, True, "unit", 0.0),
+              preprocess.Preprocessor((2, 2), True, False, "symmetric", 0.0),
+              preprocess.Preprocessor((2, 2), True, True, "unit", 1e-6)):
+    space = obs_lib.PixelSpace.from_preprocessor(pre)
+    pix = np.array([[0, 1, 128, 255]])
+    x = pre(pix)                                   # dequantization midpoint
+    np.testing.assert_allclose(space.from_image(jnp.asarray(pix / 255.0)), x, rtol=1e-4,
+                               atol=1e-5)
+    np.testing.assert_allclose(space.to_image(jnp.asarray(x)), pix / 255.0, atol=1e-5)
+
+
+def test_downsample_pools_and_its_likelihood_peaks_at_the_truth():
+  obs = obs_lib.Downsample(2, 0.01, (4, 4))
+  img = np.random.default_rng(0).random((2, 4, 4))
+  y = obs.corrupt(0, img)
+  assert y.shape == (2, 2, 2)
+  np.testing.assert_allclose(y, img.reshape(2, 2, 2, 2, 2).mean((2, 4)), atol=0.05)
+  u = jnp.asarray(img.reshape(2, -1), jnp.float32)
+  g = jax.grad(lambda v: obs.log_likelihood(jnp.asarray(y), v).sum())(u)
+  assert np.isfinite(g).all()
+
+
+BAD = [
+    (lambda: obs_lib.Missing(np.ones((3, 3), bool), (4, 4)), "mask"),
+    (lambda: obs_lib.SaltPepper(1.5, (4, 4)), "p"),
+    (lambda: obs_lib.SaltPepper(-0.1, (4, 4)), "p"),
+    (lambda: obs_lib.GaussianNoise(0.0, (4, 4)), "sigma"),
+    (lambda: obs_lib.GaussianNoise(-1.0, (4, 4)), "sigma"),
+    (lambda: obs_lib.Downsample(2, 0.0, (4, 4)), "sigma"),
+    (lambda: obs_lib.Downsample(3, 0.1, (4, 4)), "shape"),
+    (lambda: obs_lib.GaussianNoise(0.1, (4, 4)).corrupt(0, np.full((1, 4, 4), 1.5)), "images"),
+    (lambda: obs_lib.GaussianNoise(0.1, (4, 4)).corrupt(0, np.zeros((1, 5, 4))), "images"),
+    (lambda: obs_lib.check_observation(obs_lib.Missing(np.ones((4, 4), bool), (4, 4)),
+                                       np.zeros((2, 3))), "y"),
+    (lambda: obs_lib.make_mask("left", (4, 4)), "mask"),
+    (lambda: posterior.Settings(sigmas=(0.1,), method="hmc"), "method"),
+]
+
+
+@pytest.mark.parametrize("call,word", BAD)
+def test_bad_inputs_raise_one_line_errors_naming_the_argument(call, word):
+  with pytest.raises(ValueError) as e:
+    call()
+  msg = str(e.value)
+  assert "\n" not in msg and msg.startswith(word), msg
+
+
+def test_restore_config_fields_are_validated():
+  for field, value in (("p", 1.5), ("sigma", 0.0), ("method", "hmc"), ("chains", 0),
+                       ("mask", "left"), ("task", "deblur")):
+    c = config_base.default_config()
+    c.restore[field] = value
+    with pytest.raises(config_base.ConfigError, match=f"restore.{field}"):
+      config_base.validate(c)
+  config_base.validate(config_base.default_config())
+
+
+@pytest.mark.slow
+def test_mode_restore_writes_png_and_json(tmp_path):
+  """A tiny image model trained for a few steps; --mode=restore's library entry writes
+  W/restore/restore_<task>_<step>.{png,json} with PSNRs; a mass head is refused."""
+  import json
+  import os
+  from csm_jax import train
+  from csm_jax.restore import entry
+  from tests.helpers import tiny_train_config
+  rng = np.random.default_rng(0)
+  imgs = (rng.random((256, 4, 4, 1)) < 0.3).astype(np.uint8) * 255
+  np.savez(tmp_path / "data.npz", train=imgs, test=imgs[:32])
+  config = tiny_train_config(**{"data.dataset": "npz", "data.path": str(tmp_path / "data.npz"),
+                                "data.logit_lambda": 0.0, "training.num_steps": 20,
+                                "likelihood.num_examples": 0, "eval.batch_size": 32})
+  wd = str(tmp_path / "w")
+  train.train_and_evaluate(config, wd)
+  config.restore.task, config.restore.mask = "inpaint", "bottom"
+  config.restore.num_images, config.restore.steps_per_level = 4, 2
+  config.restore.map_steps = 2
+  m = entry.restore_workdir(config, wd, log=lambda s: None)
+  files = sorted(os.listdir(os.path.join(wd, "restore")))
+  assert files == ["restore_inpaint_00000020.json", "restore_inpaint_00000020.png"]
+  with open(os.path.join(wd, "restore", files[0])) as f:
+    saved = json.load(f)
+  for key in ("psnr_corrupted", "psnr_mean", "psnr_sample", "psnr_map"):
+    assert np.isfinite(saved[key]["mean"]) and saved[key] == m[key]
