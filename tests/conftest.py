@@ -27,3 +27,7 @@ def mnist_data_dir():
   if not (pathlib.Path(d) / "mnist").exists():
     pytest.skip("prepared MNIST not available (set TFDS_DATA_DIR)")
   return d
+
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", "slow: trains a model first (deselect with -m 'not slow')")
