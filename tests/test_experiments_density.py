@@ -28,6 +28,7 @@ def test_bench_sampling_smoke(tmp_path):
         row["sweeps"] * row["head_evaluations"]["sequential"])
 
 
+@pytest.mark.slow
 def test_toy2d_smoke(tmp_path):
   toy2d.main(["--out", str(tmp_path), "--datasets", "ring8",
               "--config.training.num_steps=20", "--config.training.batch_size=32",
@@ -53,6 +54,7 @@ def test_toy2d_smoke(tmp_path):
   assert os.path.getsize(tmp_path / "toy2d.png") > 0
 
 
+@pytest.mark.slow
 def test_mnist_nll_smoke(tmp_path, mnist_data_dir):
   mnist_nll.main(["--out", str(tmp_path), f"--config.data.data_dir={mnist_data_dir}",
                   "--config.model.hidden_sizes=8", "--config.model.context_size=2",
