@@ -314,6 +314,17 @@ def default_config() -> ml_collections.ConfigDict:
   r.batch_chunk = _ref(int)    # examples per joint evaluation chunk (None: auto)
   r.batch_size = 16            # images per compiled sampler call (0: all at once)
   r.num_images = 16            # --mode=restore: held-out test images
+  _declare("restore", sigma="> 0", p="[0, 1]", sp_tau="None (one bin) or > 0",
+           mask_seed="int", sr_factor="int >= 1", sr_sigma="> 0",
+           sigmas="None (the noise schedule) or each > 0",
+           num_levels="None (all levels) or int >= 1", steps_per_level="int >= 1",
+           step_lr="None (sigma_L^2 / 2) or > 0", mala_steps="int >= 0",
+           mala_step="None (step_lr) or > 0", gibbs_sweeps="int >= 0", gibbs_values="int >= 2",
+           chains="int >= 1", map_steps="int >= 0", map_lr="None (step_lr / 2) or > 0",
+           grid_points="int >= 3", box_min="None (the data's box) or any number",
+           box_max="None (the data's box) or any number",
+           batch_chunk="None (auto) or int >= 1", batch_size="0 (all at once) or int >= 1",
+           num_images="int >= 1")
   c.lock()
   return c
 
@@ -350,12 +361,18 @@ def vae_default_config() -> ml_collections.ConfigDict:
   v.spectral_threshold = 0.99  # share of the kernel spectrum kept
   v.validation_fraction = 0.2  # of the training split, held out (reference: 80/20)
   v.split_seed = 2019          # permutation of that split (the reference's seed)
+  _declare("vae", decoder_log_std="any number", z_dim="int >= 1", eps_dim="int >= 0",
+           hidden_sizes="each int >= 1", num_filters="int >= 1", score_hidden="each int >= 1",
+           context_size="int >= 1", head_hidden="each int >= 1", ssm_projections="int >= 1",
+           num_particles="int >= 1", stein_eta="> 0", spectral_threshold="(0, 1]",
+           validation_fraction="(0, 1)", split_seed="int")
 
   c.optim = o = ml_collections.ConfigDict()
   o.learning_rate = 1e-3       # RMSProp as torch.optim.RMSprop's defaults (vae/optim.py)
   o.rms_decay = 0.99
   o.rms_eps = 1e-8
   o.score_learning_rate = 0.0  # the score model's (0: optim.learning_rate)
+  _declare("optim", rms_decay="[0, 1)", rms_eps=">= 0", score_learning_rate=">= 0")
 
   c.training = t = ml_collections.ConfigDict()
   t.num_steps = 100000
@@ -380,6 +397,10 @@ def vae_default_config() -> ml_collections.ConfigDict:
   e.inception_weights = ""
   e.fid_num_examples = -1      # test images as reference, as many samples (-1: all)
   e.fid_batch_size = 50        # images per Inception batch
+  _declare("eval", ais_num_examples="-1 (the whole test split) or int >= 1",
+           ais_batch_size="int >= 1", ais_steps="int >= 1", ais_chains="int >= 1",
+           ais_leapfrog="int >= 1", ais_step_size="> 0",
+           fid_num_examples="-1 (the whole test split) or int >= 2", fid_batch_size="int >= 1")
 
   c.sampling = s = ml_collections.ConfigDict()
   s.num_samples = 100

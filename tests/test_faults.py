@@ -393,10 +393,11 @@ def test_a_failed_config_change_never_rewrites_the_record(tmp_path):
 # Declared ranges
 # ------------------------------------------------------------------------------------
 
-def test_every_numeric_field_has_a_declared_range():
-  """Each int / float / tuple-of-numbers field of the default config (and each optional
+@pytest.mark.parametrize("defaults", ["default_config", "vae_default_config"])
+def test_every_numeric_field_has_a_declared_range(defaults):
+  """Each int / float / tuple-of-numbers field of the default configs (and each optional
   numeric one) has a range in config_base.RANGES, and the defaults are inside it."""
-  c = config_base.default_config()
+  c = getattr(config_base, defaults)()
   missing = []
 
   def walk(node, prefix):
@@ -414,8 +415,10 @@ def test_every_numeric_field_has_a_declared_range():
   walk(c, "")
   assert not missing, missing
   config_base.check_ranges(c)
-  with pytest.raises(config_base.ConfigError, match=r"^config field optim\.b2 must be \[0, 1\)"):
-    config_base.check_ranges(config_base.override(c, ["optim.b2=2.0"]))
+  field = "optim.rms_decay" if config_base.is_vae_config(c) else "optim.b2"
+  with pytest.raises(config_base.ConfigError,
+                     match=rf"^config field {field.replace('.', '[.]')} must be \[0, 1\)"):
+    config_base.check_ranges(config_base.override(c, [f"{field}=2.0"]))
 
 
 def test_eval_overrides_out_of_range_are_refused_before_the_restore(tmp_path):
