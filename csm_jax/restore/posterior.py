@@ -117,6 +117,11 @@ def make_sampler(model, joint: joint_lib.Joint, obs, space: obs_lib.PixelSpace,
   c = st.chains
   box = joint.box
   dim = model.dim
+  # a box-normalized prior is zero outside its box: Langevin projects onto it, MALA
+  # rejects proposals that leave it, MAP projects (no box: exact normalized head)
+  into_box = (lambda x: x) if box is None else (lambda x: jnp.clip(x, box.lo, box.hi))
+  in_box = ((lambda x: jnp.ones(x.shape[0], bool)) if box is None else
+            (lambda x: jnp.all((x >= box.lo) & (x <= box.hi), -1)))
 
   def run(params, y, rng, x_init=None):
     n = y.shape[0]
@@ -129,11 +134,12 @@ def make_sampler(model, joint: joint_lib.Joint, obs, space: obs_lib.PixelSpace,
     vg, val = _target(joint, obs, space, yc, fmask, fx)
     free = ~fmask
     k_init, k_run, k_mala, k_gibbs = jax.random.split(rng, 4)
+    init1 = jnp.where(fixed_img_mask, init1, into_box(init1))
     x = rep(init1) if x_init is None else jnp.where(fmask, fx, x_init.reshape(n * c, dim))
     out = {}
     if st.method == "annealed":
       if st.init_noise and x_init is None:
-        x = x + free * sig[0] * jax.random.normal(k_init, x.shape, x.dtype)
+        x = into_box(x + free * sig[0] * jax.random.normal(k_init, x.shape, x.dtype))
 
       def level(carry, inp):
         x, key = carry
@@ -145,7 +151,7 @@ def make_sampler(model, joint: joint_lib.Joint, obs, space: obs_lib.PixelSpace,
           key, kz = jax.random.split(key)
           _, g = vg(params, x, s, extra)
           z = jax.random.normal(kz, x.shape, x.dtype)
-          return x + free * (0.5 * a * g + jnp.sqrt(a) * z), key
+          return into_box(x + free * (0.5 * a * g + jnp.sqrt(a) * z)), key
         return jax.lax.fori_loop(0, st.steps_per_level, step, (x, key)), None
       (x, _), _ = jax.lax.scan(level, (x, k_run), (sig, alphas))
 
@@ -163,7 +169,7 @@ def make_sampler(model, joint: joint_lib.Joint, obs, space: obs_lib.PixelSpace,
         prop = x + free * (0.5 * a * g + jnp.sqrt(a) * jax.random.normal(kz, x.shape, x.dtype))
         lp_p, g_p = vg(params, prop, s_min, 0.0)
         log_r = lp_p - lp + log_prop(x, prop, g_p) - log_prop(prop, x, g)
-        ok = jnp.log(jax.random.uniform(ku, lp.shape, lp.dtype)) < log_r
+        ok = (jnp.log(jax.random.uniform(ku, lp.shape, lp.dtype)) < log_r) & in_box(prop)
         return (jnp.where(ok[:, None], prop, x), jnp.where(ok, lp_p, lp),
                 jnp.where(ok[:, None], g_p, g), key, acc + ok.astype(jnp.float32))
       lp0, g0 = vg(params, x, s_min, 0.0)
@@ -204,7 +210,7 @@ def make_sampler(model, joint: joint_lib.Joint, obs, space: obs_lib.PixelSpace,
 
       def astep(t, x):
         _, g = vg1(params, x, s_min, 0.0)
-        return x + map_lr * g
+        return into_box(x + map_lr * g)
       xm = jnp.where(fixed_img_mask, fixed_x1,
                      jax.lax.fori_loop(0, st.map_steps, astep, init1))
       im = space.to_image(xm)
