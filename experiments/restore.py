@@ -95,6 +95,10 @@ PRIOR_CONFIGS = {
                                          "model.head=logistic_mixture"), "MLE MoL MADE"),
 }
 SR_SIGMA = 0.02
+# The sampler at the CPU default (60 minutes for the whole benchmark on 2 cores): 2 chains,
+# 4 Langevin steps per level, a 17-node box for the score heads' joint; each is a
+# --config.restore.FIELD=value (or --NAME.restore.FIELD=value) away.
+RESTORE_CPU = ("restore.chains=2", "restore.steps_per_level=4", "restore.grid_points=17")
 
 
 def _configs_dir():
@@ -208,10 +212,10 @@ def load_prior(run, name, args, overrides, train_arrays):
   wd = getattr(args, f"{name}_workdir")
   if wd:
     model, params, cfg, info = common.train_or_restore(name, None, args.out, run.log, wd)
-    cfg = common.apply(cfg, overrides["config"] + overrides[name])
+    cfg = common.apply(cfg, list(RESTORE_CPU) + overrides["config"] + overrides[name])
   else:
     cfg = config_base.load_config(os.path.join(_configs_dir(), path))
-    cfg = common.apply(cfg, list(CPU) + list(extra) + [f"training.num_steps={args.steps}",
+    cfg = common.apply(cfg, list(CPU) + list(RESTORE_CPU) + list(extra) + [f"training.num_steps={args.steps}",
                                                        f"training.log_every={max(1, args.steps // 5)}"])
     cfg = common.apply(cfg, overrides["config"] + overrides[name])
     model, params, cfg, info = common.train_or_restore(name, cfg, args.out, run.log, None,
