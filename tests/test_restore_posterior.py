@@ -249,6 +249,16 @@ def test_mode_restore_writes_png_and_json(tmp_path):
   config.restore.num_images, config.restore.steps_per_level = 4, 2
   config.restore.map_steps = 2
   m = entry.restore_workdir(config, wd, log=lambda s: None)
+  # the trained model's joint has finite gradients at every level, in and out of the box
+  from csm_jax import inference, noise as noise_lib
+  inf = inference.build(config)
+  params, _ = inference.restore(inf, wd)
+  j = joint_lib.make_joint(inf.model, joint_lib.default_box(inf.pre))
+  x = jnp.asarray(inf.pre(imgs[:8], np.random.default_rng(0)))
+  x = x.at[0].set(-3.0).at[1].set(4.0)
+  for s in noise_lib.sigmas_from_config(config.noise):
+    v, g = j.value_and_grad(params, x, float(s))
+    assert np.isfinite(v).all() and np.isfinite(g).all()
   files = sorted(os.listdir(os.path.join(wd, "restore")))
   assert files == ["restore_inpaint_00000020.json", "restore_inpaint_00000020.png"]
   with open(os.path.join(wd, "restore", files[0])) as f:
