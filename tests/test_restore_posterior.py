@@ -207,6 +207,10 @@ BAD = [
                                        np.zeros((2, 3))), "y"),
     (lambda: obs_lib.make_mask("left", (4, 4)), "mask"),
     (lambda: posterior.Settings(sigmas=(0.1,), method="hmc"), "method"),
+    (lambda: posterior.restore(tiny_model(4, head="discretized_logistic"), None,
+                               config_base.default_config(), np.zeros((1, 4))), "model"),
+    (lambda: posterior.restore(tiny_model(4), None, config_base.default_config(),
+                               np.zeros((1, 4)), task="deblur"), "task"),
 ]
 
 
