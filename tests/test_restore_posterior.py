@@ -207,6 +207,10 @@ BAD = [
                                        np.zeros((2, 3))), "y"),
     (lambda: obs_lib.make_mask("left", (4, 4)), "mask"),
     (lambda: posterior.Settings(sigmas=(0.1,), method="hmc"), "method"),
+    (lambda: posterior.restore(tiny_model(4, head="discretized_logistic"), None,
+                               config_base.default_config(), np.zeros((1, 4))), "model"),
+    (lambda: posterior.restore(tiny_model(4), None, config_base.default_config(),
+                               np.zeros((1, 4)), task="deblur"), "task"),
 ]
 
 
@@ -249,9 +253,59 @@ def test_mode_restore_writes_png_and_json(tmp_path):
   config.restore.num_images, config.restore.steps_per_level = 4, 2
   config.restore.map_steps = 2
   m = entry.restore_workdir(config, wd, log=lambda s: None)
+  # the trained model's joint has finite gradients at every level, in and out of the box
+  from csm_jax import inference, noise as noise_lib
+  inf = inference.build(config)
+  params, _ = inference.restore(inf, wd)
+  j = joint_lib.make_joint(inf.model, joint_lib.default_box(inf.pre))
+  x = jnp.asarray(inf.pre(imgs[:8], np.random.default_rng(0)))
+  x = x.at[0].set(-3.0).at[1].set(4.0)
+  for s in noise_lib.sigmas_from_config(config.noise):
+    v, g = j.value_and_grad(params, x, float(s))
+    assert np.isfinite(v).all() and np.isfinite(g).all()
   files = sorted(os.listdir(os.path.join(wd, "restore")))
   assert files == ["restore_inpaint_00000020.json", "restore_inpaint_00000020.png"]
   with open(os.path.join(wd, "restore", files[0])) as f:
     saved = json.load(f)
   for key in ("psnr_corrupted", "psnr_mean", "psnr_sample", "psnr_map"):
     assert np.isfinite(saved[key]["mean"]) and saved[key] == m[key]
+
+
+@pytest.mark.parametrize("task", ["inpaint_suffix", "superres"])
+def test_linear_observations_match_the_analytic_posterior(task):
+  """A GaussianAR on a 2x2 image: the bottom half missing (a suffix of the order: the
+  exact posterior is the model's conditional given the observed prefix, what the
+  sequential sampler draws) and 2x super-resolution (y = mean of the 4 pixels + noise)
+  have Gaussian posteriors; MALA's chains match their mean and covariance."""
+  m = known.random_gaussian_ar(4, seed=2, std_range=(0.3, 0.6))
+  sigma_min = 0.3
+  a = np.linalg.inv(np.eye(4) - m.w)
+  mu0, s0 = a @ m.b, a @ np.diag(m.v + sigma_min ** 2) @ a.T
+  joint = joint_lib.make_joint(m, joint_lib.Box(-8.0, 8.0, 97, True))
+  truth = np.random.default_rng(5).multivariate_normal(mu0, s0)
+  if task == "inpaint_suffix":
+    keep = np.array([[True, True], [False, False]])
+    obs = obs_lib.Missing(keep, (2, 2), bounded=False)
+    y = np.where(keep.ravel(), truth, 0.0)
+    o, f = np.arange(2), np.arange(2, 4)
+    mean = np.concatenate([y[o], mu0[f] + s0[np.ix_(f, o)] @ np.linalg.solve(
+        s0[np.ix_(o, o)], y[o] - mu0[o])])
+    cov = np.zeros((4, 4))
+    cov[np.ix_(f, f)] = s0[np.ix_(f, f)] - s0[np.ix_(f, o)] @ np.linalg.solve(
+        s0[np.ix_(o, o)], s0[np.ix_(o, f)])
+  else:
+    obs = obs_lib.Downsample(2, 0.2, (2, 2))
+    amat = np.full((1, 4), 0.25)
+    y = amat @ truth + 0.1
+    prec = np.linalg.inv(s0) + amat.T @ amat / 0.04
+    cov = np.linalg.inv(prec)
+    mean = cov @ (np.linalg.solve(s0, mu0) + amat.T @ y / 0.04)
+  out = _run(m, joint, obs, y.astype(np.float32), sigmas=(sigma_min,), method="mala",
+             mala_steps=150, mala_step=0.05, chains=1000)
+  chains = np.asarray(out["chains"][0], np.float64)
+  if task == "inpaint_suffix":
+    np.testing.assert_array_equal(chains[:, :2], np.broadcast_to(y[:2].astype(np.float32),
+                                                                 (1000, 2)))
+  _check_moments(chains, mean, cov)
+  if task == "superres":   # the restored image, downsampled, is within the noise of y
+    assert abs(float(chains.mean(0).mean()) - float(y[0])) < 2 * 0.2
