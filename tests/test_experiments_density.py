@@ -4,6 +4,8 @@ import json
 import math
 import os
 
+import pytest
+
 from experiments import bench_sampling, mnist_nll, toy2d
 
 
