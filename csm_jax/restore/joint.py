@@ -98,7 +98,10 @@ def box_log_conditionals(model, params, x, sigma, box: Box):
 
   Score heads only (see `log_conditionals` for the dispatch).
   """
-  ctx = model.context(params, x, sigma=sigma)  # a smoothed-joint context takes the level
+  if getattr(model, "context_sigma", False):   # a smoothed-joint context takes the level
+    ctx = model.context(params, x, sigma=sigma)
+  else:
+    ctx = model.context(params, x)
   nodes = box.nodes(x.dtype)
   h, k = box.h, box.num_points
   s, ds = _map_node_scores(model, params, ctx, nodes, sigma, box.corrected)
