@@ -36,6 +36,7 @@ def test_gaussian_scaling_smoke(tmp_path):
   assert "step_ratio_D3_over_D2" in written and written["args"]["dims"] == "2,3"
 
 
+@pytest.mark.slow
 def test_gaussian_convergence_smoke(tmp_path):
   out = tmp_path / "convergence"
   gaussian_convergence.main(["--out", str(out), "--dim", "4", "--steps", "6", "--eval_every", "3",
