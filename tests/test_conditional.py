@@ -155,6 +155,7 @@ def test_conditional_csm_at_true_scores_matches_analytic_value(noisy):
   np.testing.assert_allclose(float(loss), expected, rtol=0.02)
 
 
+@pytest.mark.slow
 def test_csm_learns_conditional_gaussian_scores():
   """After 400 adam steps (cosine decay, fresh samples each step, sigmas 0.3 and 0.1) the
   learned scores at sigma_min on held-out (z, x) are within 15% relative RMS error of

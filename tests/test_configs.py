@@ -61,6 +61,7 @@ def test_every_config_file_is_covered():
   assert {"default.py", "mnist_made.py", "mnist_made_mle.py", "cifar10_pixelcnnpp.py"} <= names
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", list(_specs()), ids=lambda s: os.path.basename(s))
 def test_config_is_locked_and_builds(spec, strict_get):
   config = config_base.load_config(spec)

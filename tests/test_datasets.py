@@ -33,6 +33,7 @@ def _cfg(**overrides):
 @pytest.mark.skipif(not os.path.isfile(
     os.path.join(SHARED_TFDS, 'mnist', '3.0.1', 'dataset_info.json')),
                     reason='prepared MNIST not available')
+@pytest.mark.slow
 def test_mnist_loads_and_caches(tmp_path, monkeypatch):
   monkeypatch.setenv('TFDS_DATA_DIR', SHARED_TFDS)  # data_dir=None -> env var
   cfg = _cfg(dataset='mnist', data_dir=None, cache_dir=str(tmp_path / 'cache'))

@@ -101,6 +101,7 @@ def test_langevin_restorer_started_at_model_samples_stays_in_the_model():
   assert np.mean(np.abs(out - x0)) > 0.1
 
 
+@pytest.mark.slow
 def test_fixed_point_restoration_equals_the_sequential_one():
   """sampling.method='fixed_point': the same restoration by Jacobi sweeps from x^(0) = y
   (same rng, fixed_point_tol=0), with the sweeps used recorded and logged."""

@@ -43,6 +43,7 @@ def _check_fast_diagonal(model, params, dim):
 
 @pytest.mark.parametrize("head,hidden,order", list(itertools.product(
     HEADS, [(16,), (16, 16), (12, 16, 12)], ["natural", "random"])))
+@pytest.mark.slow
 def test_fast_diagonal_equals_one_hot_reference(head, hidden, order):
   with float64():
     dim = 7
@@ -68,6 +69,7 @@ def test_scores_are_autoregressive(head, order):
     assert np.abs(np.asarray(jac)[:, earlier]).max() > 1e-8  # the context does use x_<d
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("film", [False, True])
 def test_noise_conditional_head_fast_diagonal_and_autoregressive(film):
   """The score head with a learned log-sigma embedding (shift or FiLM): the fast

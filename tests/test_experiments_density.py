@@ -13,6 +13,7 @@ def _finite(x):
   return isinstance(x, (int, float)) and math.isfinite(x)
 
 
+@pytest.mark.slow
 def test_bench_sampling_smoke(tmp_path):
   out = tmp_path / "bench"
   bench_sampling.main(["--out", str(out), "--config.model.hidden_sizes=16",

@@ -13,6 +13,7 @@ def _finite(v):
   return isinstance(v, (int, float)) and math.isfinite(v)
 
 
+@pytest.mark.slow
 def test_gaussian_scaling_smoke(tmp_path):
   out = tmp_path / "scaling"
   gaussian_scaling.main(["--out", str(out), "--dims", "2,3", "--steps", "2", "--min_steps", "1",

@@ -56,6 +56,7 @@ def test_a_second_trainer_is_refused(tmp_path):
   assert (tmp_path / "checkpoints" / "30").exists()
 
 
+@pytest.mark.slow
 def test_damaged_newest_checkpoint_falls_back_and_resumes_exactly(tmp_path, caplog, capfd):
   straight = tmp_path / "straight"   # checkpoints 20, 30, 40 (keep 3)
   train.train_and_evaluate(_config(**{"training.num_steps": 40}), str(straight))
@@ -104,6 +105,7 @@ def test_closed_event_loop_reports_are_dropped_and_others_kept():
   assert sys.unraisablehook is installed and installed.csm_jax_quiet  # installed once
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_model_is_a_config_mismatch(tmp_path):
   train.train_and_evaluate(_config(), str(tmp_path))
   other = _config(**{"model.hidden_sizes": (8,)})
@@ -137,6 +139,7 @@ def test_unknown_names_are_config_errors_naming_the_field(tmp_path, field):
   assert not (tmp_path / "w" / "config.json").exists()
 
 
+@pytest.mark.slow
 def test_config_record_refuses_changes_unless_accepted(tmp_path):
   w = str(tmp_path)
   train.train_and_evaluate(_config(), w)
@@ -158,6 +161,7 @@ def test_config_record_refuses_changes_unless_accepted(tmp_path):
   assert config_base.load_workdir_config(w).optim.learning_rate == 3e-3
 
 
+@pytest.mark.slow
 def test_eval_and_sample_use_the_record(tmp_path):
   w = str(tmp_path)
   train.train_and_evaluate(_config(**{"model.hidden_sizes": (8, 8)}), w)
@@ -182,6 +186,7 @@ def test_eval_without_checkpoint_is_one_line_and_creates_nothing(tmp_path):
   assert os.listdir(w) == ["checkpoints"] and not os.listdir(w / "checkpoints")
 
 
+@pytest.mark.slow
 def test_a_reader_leaves_a_running_trainers_unfinished_save_alone(tmp_path):
   """Eval/sample may run beside a trainer: they never clean up its temporary save."""
   c = _config()
@@ -201,6 +206,7 @@ def test_a_reader_leaves_a_running_trainers_unfinished_save_alone(tmp_path):
   assert not unfinished.exists()
 
 
+@pytest.mark.slow
 def test_unwritable_samples_fail_before_sampling(tmp_path):
   w = str(tmp_path)
   train.train_and_evaluate(_config(), w)
@@ -247,6 +253,7 @@ def test_ctrl_c_outside_the_training_steps_is_one_line():
   assert status == 130 and "--mode=sample stopped before writing" in message
 
 
+@pytest.mark.slow
 def test_wall_clock_checkpoints(tmp_path):
   """training.checkpoint_every_secs saves between the step-count checkpoints (here every
   step, the interval being tiny); 0 turns it off."""
@@ -266,6 +273,7 @@ def test_repeated_override_is_refused():
                                                           "training.num_steps=3"]
 
 
+@pytest.mark.slow
 def test_restart_from_zero_does_not_duplicate_metrics(tmp_path):
   w = str(tmp_path)
   c = _config(**{"training.eval_every": 10, "training.num_steps": 5,

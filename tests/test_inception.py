@@ -141,6 +141,7 @@ def test_fid_from_weights_self_zero_shifted_positive(weights):
   assert shifted > 0.01 * scale
 
 
+@pytest.mark.slow
 def test_vae_eval_adds_fid_given_weights(weights, tmp_path, monkeypatch,
                                          shared_compilations):
   """--mode=eval of a tiny conv VAE (through vae.entry, what main.py calls) writes 'fid'

@@ -38,6 +38,7 @@ def _logistic_made(dim=5):
   return model, params
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make", [_gaussian_made, _logistic_made])
 def test_quadrature_matches_exact_normalized_made(make):
   model, params = make()
@@ -87,6 +88,7 @@ def _place_outliers(x, grid):
   return x
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head", ["gaussian", "logistic_mixture"])
 def test_default_grid_from_training_data_matches_exact(head):
   """float64, random-weight normalized MADEs on the default grid (config defaults: the
@@ -137,6 +139,7 @@ def test_tail_mass_closed_form():
   assert np.isinf(likelihood.log_tail_mass(jnp.float32(0.5), jnp.float32(0.0)))
 
 
+@pytest.mark.slow
 def test_analytic_tails_exact_for_gaussian_conditionals_and_outside_points():
   """No outer nodes (outer_points=0): the Gaussian tail model is exact for Gaussian
   conditionals, so a grid that cuts off much of their mass, and test values beyond it
@@ -175,6 +178,7 @@ def _constant_score(value):
   return Constant()
 
 
+@pytest.mark.slow
 def test_improper_tail_is_cut_and_flagged():
   """A score of +1 everywhere: no finite mass to the right. That side is cut at its last
   node (the covered range), the rest stays normalized, and evaluate_nll reports it."""
@@ -191,6 +195,7 @@ def test_improper_tail_is_cut_and_flagged():
     assert res["frac_improper_tail"] == 1.0 and np.isfinite(res["nll_nats"])
 
 
+@pytest.mark.slow
 def test_error_estimate_is_conservative_and_fourth_order():
   """float64: halving the grid changes log q by ~15x the actual error at step h."""
   with float64():
@@ -208,6 +213,7 @@ def test_error_estimate_is_conservative_and_fourth_order():
     assert errs[0] / errs[1] > 8.0                                     # ~16 for O(h^4)
 
 
+@pytest.mark.slow
 def test_float32_rounding_with_sharp_conditionals_far_from_the_grid_edge():
   """A narrow Gaussian (sd 0.02) at +10 on [-15, 15]: energies of 1e5 nats at the edges."""
   model, params = _gaussian_made(dim=3)
@@ -256,6 +262,7 @@ def _mixture_2d():
   return Mixture2D()
 
 
+@pytest.mark.slow
 def test_quadrature_matches_analytic_2d_mixture_with_noise():
   model = _mixture_2d()
   x = jax.random.uniform(jax.random.PRNGKey(0), (64, 2), minval=-3.0, maxval=3.0)
@@ -266,6 +273,7 @@ def test_quadrature_matches_analytic_2d_mixture_with_noise():
   assert np.abs(np.asarray(out["log_cond"] - exact)).max() < 1e-3
 
 
+@pytest.mark.slow
 def test_learned_2d_density_integrates_to_one():
   """A random MADE + score head (D = 2): the quadrature density q(x1, x2), evaluated on
   a mesh that is not the quadrature grid, integrates to 1 by 2-D Simpson's rule once
@@ -330,6 +338,7 @@ def test_config_helpers():
       config_base.validate(bad)
 
 
+@pytest.mark.slow
 def test_nll_from_config_takes_the_grid_from_training_data():
   """The NLL of --mode=eval: the grid range comes from a fixed subset of the training
   data passed in (dequantized with a fixed rng), never from the test set; explicit
@@ -362,6 +371,7 @@ def test_nll_from_config_takes_the_grid_from_training_data():
   assert a.shape == (50, 3) and np.array_equal(a, likelihood.grid_training_data(c, pix, pre))
 
 
+@pytest.mark.slow
 def test_nll_per_sigma_picks_the_data_noise_level():
   """Samples of the analytic model's own q_sigma at sigma = 0.5 (x_1 from its perturbed
   marginal, x_2 from q_sigma(x_2 | x_1)): per-level NLLs are exact, and the best level

@@ -78,6 +78,7 @@ def run(tmp_path_factory):
   return config, w
 
 
+@pytest.mark.slow
 def test_finished_run_says_nothing_to_do(run):
   config, w = run
   lines = []
@@ -87,6 +88,7 @@ def test_finished_run_says_nothing_to_do(run):
   assert info["steps_run"] == 0 and int(state.step) == 4
 
 
+@pytest.mark.slow
 def test_eval_logs_a_summary_and_keeps_the_dict_in_the_file(run):
   config, w = run
   lines = []
@@ -101,6 +103,7 @@ def test_eval_logs_a_summary_and_keeps_the_dict_in_the_file(run):
   assert "outside_per_dim" in saved["likelihood"]
 
 
+@pytest.mark.slow
 def test_export_round_trip_and_size(run, tmp_path):
   config, w = run
   lines = []
@@ -132,6 +135,7 @@ def test_export_round_trip_and_size(run, tmp_path):
     export.load(out)
 
 
+@pytest.mark.slow
 def test_training_writes_a_sample_grid_for_images(tmp_path):
   rng = np.random.default_rng(0)
   np.savez(tmp_path / "img.npz", train=rng.integers(0, 256, (64, 4, 4, 1), dtype=np.uint8),

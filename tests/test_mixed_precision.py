@@ -45,6 +45,7 @@ def _csm_loss(model, params, x):
 INIT_RTOL = 1e-2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["made", "pixelcnnpp"])
 def test_bf16_loss_at_init_close_to_f32(backbone):
   if backbone == "made":
@@ -99,6 +100,7 @@ def test_bad_compute_dtype_is_refused_by_name():
 RUN_RTOL = 0.05
 
 
+@pytest.mark.slow
 def test_bf16_mnist_run_reaches_the_f32_test_loss(mnist_data_dir):
   out = {}
   for dt in ("float32", "bfloat16"):

@@ -116,6 +116,7 @@ SSM_VARIANTS = ([(dist, vr, m) for dist in ("gaussian", "rademacher") for vr in 
                  for m in (1, 3)] + [("sphere", vr, 1) for vr in (True, False)])
 
 
+@pytest.mark.slow
 def test_ssm_is_unbiased_for_sm(x64):
   """Given the batch, E_v[SSM] = SM exactly (E v v^T = I), for the gaussian, rademacher
   and sphere projections, both forms and 1 or 3 projections; checked over projection draws."""
@@ -283,6 +284,7 @@ def _ar_model(order):
   return model, params
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("order", ["natural", "random"])
 def test_sm_equals_noise_free_csm_on_ar_model(x64, order):
   model, params = _ar_model(order)
@@ -301,6 +303,7 @@ def test_sm_equals_noise_free_csm_on_ar_model(x64, order):
   np.testing.assert_allclose(float(sm_chunked), float(csm), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("order", ["natural", "random"])
 def test_ssm_on_ar_model_is_unbiased_for_csm(x64, order):
   """SSM-AR: slicing the AR-CSM's (triangular) Jacobian estimates the CSM value."""

@@ -110,6 +110,7 @@ def test_chunk_length_stops_at_every_boundary():
   assert all(b - a <= 8 for a, b in zip([0] + ends, ends))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["host", "device"])
 def test_several_steps_per_dispatch_equal_one_per_dispatch(kind):
   arrays = _mnist_like(n=64)
@@ -127,6 +128,7 @@ def test_several_steps_per_dispatch_equal_one_per_dispatch(kind):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_bench_step_reports_loop_efficiency_and_flops(tmp_path):
   from experiments import bench_step  # pylint: disable=g-import-not-at-top
   out = tmp_path / "bench"

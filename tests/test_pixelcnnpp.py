@@ -163,6 +163,7 @@ def _ar_csm_model(image_shape, dtype=jnp.float64):
                  rank=np.arange(D), kind="score", data_shape=tuple(image_shape))
 
 
+@pytest.mark.slow
 def test_ar_csm_scores_fast_diagonal_and_causality():
   """PixelCNN++ + score head, float64: the one-jvp diagonal (AR-CSM fast path) equals
   the D one-hot jvps of the reference, and the scores' Jacobian is exactly lower

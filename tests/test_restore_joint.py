@@ -10,6 +10,7 @@ from csm_jax.restore import joint as joint_lib
 from tests.helpers import float64, tiny_model, to_f64
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head,half_width", [("gaussian", 12.0), ("logistic_mixture", 40.0)])
 def test_box_joint_score_equals_autodiff_of_exact_log_q(head, half_width):
   """Quadrature of a normalized head's score on a wide box gives the exact joint score
@@ -90,6 +91,7 @@ def test_gradients_finite_everywhere_and_chunking_invariant():
     np.testing.assert_allclose(g, g2, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_grid_error_of_the_coarse_box_grid_is_small():
   model = tiny_model(6)
   params = model.init(jax.random.PRNGKey(5))

@@ -46,6 +46,7 @@ def _run(m, joint, obs, y, x_init=None, **kw):
                  None if x_init is None else jnp.asarray(x_init[None], jnp.float32))
 
 
+@pytest.mark.slow
 def test_annealed_langevin_matches_the_analytic_gaussian_posterior():
   m, joint, obs, y, mean, cov = _gaussian_setup()
   out = _run(m, joint, obs, y, sigmas=(1.0, 0.6, 0.3), steps_per_level=150, step_lr=4e-3,
@@ -54,6 +55,7 @@ def test_annealed_langevin_matches_the_analytic_gaussian_posterior():
   np.testing.assert_allclose(out["mean"][0], np.asarray(out["chains"][0]).mean(0), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_mala_from_the_observation_converges_and_keeps_the_exact_posterior():
   m, joint, obs, y, mean, cov = _gaussian_setup()
   out = _run(m, joint, obs, y, sigmas=(0.3,), method="mala", mala_steps=100,
@@ -68,6 +70,7 @@ def test_mala_from_the_observation_converges_and_keeps_the_exact_posterior():
   assert float(out["accept"]) < 0.9
 
 
+@pytest.mark.slow
 def test_grid_gibbs_keeps_and_reaches_the_analytic_posterior():
   m, joint, obs, y, mean, cov = _gaussian_setup()
   x0 = np.random.default_rng(4).multivariate_normal(mean, cov, size=1000)
@@ -86,6 +89,7 @@ def test_map_is_the_posterior_mode():
   np.testing.assert_allclose(out["map"][0], mean, atol=2e-3)   # Gaussian: mode = mean
 
 
+@pytest.mark.slow
 def test_salt_and_pepper_posterior_matches_brute_force_enumeration():
   """2 pixels, both observed extreme: the corruption indicators and x by enumeration of
   c in {kept, corrupted}^2 and integration over the sampler's own value grid. (The

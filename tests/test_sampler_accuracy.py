@@ -37,6 +37,7 @@ def test_energy_difference_is_exact_for_a_gaussian_head():
       np.testing.assert_allclose(s_new, f(x_new), rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_energy_difference_converges_for_a_bimodal_head():
   """Mixture head, moves of one component std across both modes and the gap between
   them: the log-density difference (log-sum-exp) to 1e-6 with 8 nodes, the error

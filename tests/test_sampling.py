@@ -153,6 +153,7 @@ def test_grid_sampler_moments_of_known_conditionals():
   _assert_moments(x, mean, cov)
 
 
+@pytest.mark.slow
 def test_grid_sampler_on_made_matches_its_own_density():
   """Grid samples of a small MADE + score head: histogram vs quadrature marginal."""
   model = tiny_model(2, head="score")
@@ -199,6 +200,7 @@ def _pixelcnnpp_model():
   return models.get_model(cfg, (2, 2, 3))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["made_natural", "made_random", "pixelcnnpp"])
 def test_fixed_point_langevin_equals_the_sequential_sample(which):
   model = (_pixelcnnpp_model() if which == "pixelcnnpp"
@@ -245,6 +247,7 @@ def test_fixed_point_converged_after_tol_or_d_sweeps():
   assert not conv(4, 3e-8, 0.0, 5) and not conv(5, float("nan"), 0.0, 5)
 
 
+@pytest.mark.slow
 def test_fixed_point_grid_and_ancestral_equal_their_sequential_versions():
   model = tiny_model(6, order="random", hidden=(16, 16))
   params = model.init(jax.random.PRNGKey(0))

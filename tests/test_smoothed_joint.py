@@ -28,6 +28,7 @@ def _model(dim=6):
   return helpers.tiny_model(dim, context_sigma_embedding=8)
 
 
+@pytest.mark.slow
 def test_joint_loss_is_csm_on_the_jointly_perturbed_data():
   """Eq. 5 by hand (float64): one sigma per example, x~ = x + sigma eps on every
   dimension, scores and their diagonal derivatives of the model re-evaluated on x~ as a
@@ -159,6 +160,7 @@ def test_mnist_joint_config_trains_in_joint_mode():
       base.noise.sigma_max, base.noise.sigma_min, base.noise.num_levels)
 
 
+@pytest.mark.slow
 def test_a_joint_run_trains_evaluates_and_samples_from_its_workdir(tmp_path):
   """The real entry points on tiny data: training in joint mode, --mode=eval (the NLL of
   the AR model at the likelihood's level) and --mode=sample (level sweeps)."""

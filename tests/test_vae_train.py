@@ -55,6 +55,7 @@ def shared_compilations(monkeypatch):
   return steps
 
 
+@pytest.mark.slow
 def test_resume_is_exact_and_eval_sample_run(tmp_path, monkeypatch, shared_compilations):
   """3 + 3 steps through a checkpoint = 6 steps in one go (bitwise), with a learned
   score model (two parameter sets, two optimizer states); --mode=eval writes the AIS
