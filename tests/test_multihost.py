@@ -128,11 +128,12 @@ def test_two_processes_train_like_one(tmp_path):
         np.testing.assert_array_equal(got[k], first[k], err_msg=k)
 
   # Written once: each checkpoint step (committed; no temporary or per-process copies),
-  # the config record, the TensorBoard log, each metrics row, each sample grid.
+  # the config record, the data record (the npz file's absolute path and checksum), the
+  # TensorBoard log, each metrics row, each sample grid.
   rows = {}
   for w in (tmp_path / "1_processes", tmp_path / "2_processes"):
-    assert sorted(os.listdir(w)) == [".lock", "checkpoints", "config.json", "metrics.jsonl",
-                                     "samples", "tensorboard"], w
+    assert sorted(os.listdir(w)) == [".lock", "checkpoints", "config.json", "data.json",
+                                     "metrics.jsonl", "samples", "tensorboard"], w
     assert sorted(os.listdir(w / "samples")) == [   # training.eval_samples: no temporaries
         f"train_{s:08d}.png" for s in (2, 4, 6)], w
     steps = sorted(os.listdir(w / "checkpoints"), key=int)
