@@ -47,6 +47,7 @@ def _assert_same(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.mark.slow   # a training run
 def test_a_second_trainer_is_refused(tmp_path):
   with workdir_lib.lock(str(tmp_path)):
     with pytest.raises(workdir_lib.WorkdirError, match="in use by a training run .*pid"):
@@ -217,6 +218,7 @@ def test_unwritable_samples_fail_before_sampling(tmp_path):
   assert time.perf_counter() - t0 < 5.0
 
 
+@pytest.mark.slow   # a training run
 def test_nan_before_the_first_checkpoint_says_none_was_written(tmp_path):
   """A poisoned example at step 2, before the first (step-10) checkpoint."""
   rng = np.random.default_rng(0)

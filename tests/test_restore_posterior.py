@@ -137,7 +137,10 @@ def _tiny_image_setup(shape=(4, 4, 1)):
   return config, model, params, pre, images
 
 
-@pytest.mark.parametrize("mask", obs_lib.MASKS)
+# One random and one structured mask in the fast tier; the others in the slow tier.
+@pytest.mark.parametrize("mask", [
+    m if m in ("random50", "bottom") else pytest.param(m, marks=pytest.mark.slow)
+    for m in obs_lib.MASKS])
 def test_inpainting_keeps_every_observed_pixel_exactly(mask):
   config, model, params, pre, images = _tiny_image_setup()
   config.restore.task, config.restore.mask = "inpaint", mask
@@ -153,7 +156,9 @@ def test_inpainting_keeps_every_observed_pixel_exactly(mask):
     assert np.isfinite(res[key]).all()
 
 
-@pytest.mark.parametrize("task", ["gaussian", "salt_pepper", "superres"])
+@pytest.mark.parametrize("task", [    # the whole pipeline: one task in the fast tier
+    "gaussian", pytest.param("salt_pepper", marks=pytest.mark.slow),
+    pytest.param("superres", marks=pytest.mark.slow)])
 def test_restore_library_call_runs_every_task(task):
   config, model, params, pre, images = _tiny_image_setup()
   config.restore.mala_steps = 2

@@ -42,6 +42,7 @@ def test_effective_parameters_leave_out_masked_made_weights():
   assert models.count_parameters(params)["effective_parameters"] == counts["parameters"]
 
 
+@pytest.mark.slow   # a training run
 def test_train_loop_record_and_partial_restore(tmp_path):
   config = tiny_train_config(**{"training.num_steps": 20, "training.eval_every": 10,
                                 "training.checkpoint_every": 10})

@@ -25,6 +25,7 @@ def _rows(workdir):
     return [json.loads(l) for l in f]
 
 
+@pytest.mark.slow   # a training run
 def test_train_and_evaluate_writes_metrics_and_lowers_test_loss(tmp_path):
   config = tiny_train_config(**{"training.num_steps": 200, "training.eval_every": 100,
                                 "training.checkpoint_every": 100})
@@ -41,6 +42,7 @@ def test_train_and_evaluate_writes_metrics_and_lowers_test_loss(tmp_path):
   assert any(n.startswith("events") for n in os.listdir(tmp_path / "tensorboard"))
 
 
+@pytest.mark.slow   # a training run
 def test_nan_loss_stops_with_the_step_and_keeps_last_good_checkpoint(tmp_path):
   """A poisoned training example makes the loss inf at a known step."""
   rng = np.random.default_rng(0)
