@@ -315,6 +315,9 @@ def default_config() -> ml_collections.ConfigDict:
   r.batch_chunk = _ref(int)    # examples per joint evaluation chunk (None: auto)
   r.batch_size = 16            # images per compiled sampler call (0: all at once)
   r.num_images = 16            # --mode=restore: held-out test images
+  r.input = _ref(str)          # --mode=restore: the user's corrupted images instead of
+                               # test images (.npz with y [, mask, truth], or one .png)
+  r.input_mask = _ref(str)     # inpaint with a .png input: mask PNG (non-zero: observed)
   _declare("restore", sigma="> 0", p="[0, 1]", sp_tau="None (one bin) or > 0",
            mask_seed="int", sr_factor="int >= 1", sr_sigma="> 0",
            sigmas="None (the noise schedule) or each > 0",
@@ -706,6 +709,10 @@ def validate(config) -> ml_collections.ConfigDict:
     need(isinstance(r[field], int) and r[field] >= low, f"restore.{field}", r[field],
          f"an integer >= {low}")
   need(r.num_levels is None or r.num_levels >= 1, "restore.num_levels", r.num_levels, ">= 1")
+  need(not r.input or r.input.lower().endswith((".npz", ".png")), "restore.input", r.input,
+       "None or a .npz / .png file")
+  need(not r.input_mask or r.input_mask.lower().endswith(".png"), "restore.input_mask",
+       r.input_mask, "None or a .png file (inpaint: non-zero = observed)")
   if r.box_min is not None and r.box_max is not None:
     need(r.box_max > r.box_min, "restore.box_max", r.box_max, f"> restore.box_min ({r.box_min})")
   lk = config.likelihood

@@ -231,6 +231,76 @@ def test_bad_inputs_raise_one_line_errors_naming_the_argument(call, word):
   assert "\n" not in msg and msg.startswith(word), msg
 
 
+def _bad_user_inputs(tmp):
+  """(file contents writer, expected words): each must be one ConfigError line."""
+  good = np.zeros((2, 4, 4, 1), np.uint8)
+
+  def npz(name, **arrays):
+    np.savez(tmp / name, **arrays)
+    return tmp / name
+
+  def raw(name, data):
+    (tmp / name).write_bytes(data)
+    return tmp / name
+
+  return [
+      (tmp / "absent.npz", "no such file"),
+      (raw("notes.txt", b"hello"), ".png or .npz"),
+      (raw("torn.npz", b"PK\x03\x04 not really a zip"), "not a readable npz"),
+      (raw("torn.png", b"\x89PNG\r\n\x1a\n broken"), "not a readable PNG"),
+      (npz("obj.npz", y=np.array([{"a": 1}], dtype=object)), "not a readable npz"),
+      (npz("noy.npz", images=good), "unexpected arrays"),
+      (npz("noy2.npz"), "no array 'y'"),
+      (npz("shape.npz", y=np.zeros((2, 5, 4), np.uint8)), "shape"),
+      (npz("dtype.npz", y=good.astype(np.int64)), "dtype"),
+      (npz("nan.npz", y=np.full((4, 4), np.nan)), "non-finite"),
+      (npz("truthn.npz", y=good, truth=good[:1]), "'truth' has 1 images"),
+      (npz("mask01.npz", y=good, mask=np.full((4, 4, 1), 3)), "'mask' must be boolean"),
+  ]
+
+
+def test_user_input_files_are_read_safely_and_bad_ones_are_one_line(tmp_path):
+  """config.restore.input: npz (no pickles) or PNG; each bad file is one ConfigError line
+  naming restore.input and the file."""
+  from PIL import Image
+  from csm_jax.restore import inputs
+  rc = config_base.default_config().restore
+  shape = (4, 4, 1)
+  for path, words in _bad_user_inputs(tmp_path):
+    rc.input = str(path)
+    with pytest.raises(config_base.ConfigError) as e:
+      inputs.load(rc, shape, shape)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("restore.input ") and str(path) in msg, msg
+    assert words in msg, msg
+  # Good files: uint8 and float npz, one image or a batch; a grayscale (H, W) batch.
+  img = np.random.default_rng(0).integers(0, 256, (3, 4, 4, 1)).astype(np.uint8)
+  np.savez(tmp_path / "u8.npz", y=img, truth=img)
+  rc.input = str(tmp_path / "u8.npz")
+  got = inputs.load(rc, shape, shape)
+  np.testing.assert_allclose(got.y, img / 255.0)
+  np.testing.assert_allclose(got.truth, img / 255.0)
+  np.savez(tmp_path / "f.npz", y=img[..., 0] / 255.0)
+  rc.input = str(tmp_path / "f.npz")
+  np.testing.assert_allclose(inputs.load(rc, shape, shape).y, img / 255.0)
+  Image.fromarray(img[1, ..., 0]).save(tmp_path / "a.png")
+  rc.input = str(tmp_path / "a.png")
+  np.testing.assert_array_equal(inputs.load(rc, shape, shape).y, img[1:2] / 255.0)
+  Image.fromarray(np.zeros((5, 4), np.uint8)).save(tmp_path / "big.png")
+  rc.input = str(tmp_path / "big.png")
+  with pytest.raises(config_base.ConfigError, match="restore.input .*shape"):
+    inputs.load(rc, shape, shape)
+  # A mask belongs to inpainting only; a mask PNG must exist.
+  rc.input, rc.input_mask = str(tmp_path / "a.png"), str(tmp_path / "a.png")
+  with pytest.raises(config_base.ConfigError, match="only used by task 'inpaint'"):
+    inputs.load(rc, shape, shape)
+  rc.task, rc.input_mask = "inpaint", str(tmp_path / "nomask.png")
+  with pytest.raises(config_base.ConfigError, match="restore.input_mask .*no such file"):
+    inputs.load(rc, shape, shape)
+  rc.input_mask = str(tmp_path / "a.png")
+  np.testing.assert_array_equal(inputs.load(rc, shape, shape).mask, img[1] > 0)
+
+
 def test_restore_config_fields_are_validated():
   for field, value in (("p", 1.5), ("sigma", 0.0), ("method", "hmc"), ("chains", 0),
                        ("mask", "left"), ("task", "deblur")):
@@ -273,11 +343,38 @@ def test_mode_restore_writes_png_and_json(tmp_path):
     v, g = j.value_and_grad(params, x, float(s))
     assert np.isfinite(v).all() and np.isfinite(g).all()
   files = sorted(os.listdir(os.path.join(wd, "restore")))
-  assert files == ["restore_inpaint_00000020.json", "restore_inpaint_00000020.png"]
+  assert files == ["restore_inpaint_00000020.json", "restore_inpaint_00000020.npz",
+                   "restore_inpaint_00000020.png"]
   with open(os.path.join(wd, "restore", files[0])) as f:
     saved = json.load(f)
   for key in ("psnr_corrupted", "psnr_mean", "psnr_sample", "psnr_map"):
     assert np.isfinite(saved[key]["mean"]) and saved[key] == m[key]
+
+  # The user's own images: an npz with its own mask per image and the truth, then a PNG
+  # with a mask PNG (no truth: no PSNR). Observed pixels come back exactly.
+  from PIL import Image
+  truth = imgs[40:43]
+  masks = rng.random(truth.shape) < 0.5
+  y = np.where(masks, truth, 0).astype(np.uint8)
+  np.savez(tmp_path / "mine.npz", y=y, mask=masks, truth=truth)
+  config.restore.input = str(tmp_path / "mine.npz")
+  mine = entry.restore_workdir(config, wd, log=lambda s: None)
+  assert mine["images"] == "input" and mine["num_images"] == 3
+  assert np.isfinite(mine["psnr_mean"]["mean"])
+  with np.load(os.path.join(wd, "restore", "restore_inpaint_input_00000020.npz")) as z:
+    out = {k: z[k] for k in z}
+  for key in ("mean", "sample", "map"):
+    assert out[key].shape == (3, 4, 4, 1)
+    np.testing.assert_array_equal(out[key][masks], (y / 255.0).astype(np.float32)[masks])
+  Image.fromarray(y[0, ..., 0]).save(tmp_path / "one.png")
+  Image.fromarray(masks[0, ..., 0].astype(np.uint8) * 255).save(tmp_path / "one_mask.png")
+  config.restore.input = str(tmp_path / "one.png")
+  config.restore.input_mask = str(tmp_path / "one_mask.png")
+  one = entry.restore_workdir(config, wd, log=lambda s: None)
+  assert one["num_images"] == 1 and "psnr_mean" not in one
+  with np.load(os.path.join(wd, "restore", "restore_inpaint_input_00000020.npz")) as z:
+    np.testing.assert_array_equal(z["mean"][0][masks[0]],
+                                  (y[0] / 255.0).astype(np.float32)[masks[0]])
 
 
 @pytest.mark.parametrize("task", ["inpaint_suffix", "superres"])
