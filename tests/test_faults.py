@@ -493,12 +493,13 @@ def test_changed_checkpoint_bytes_fall_back_to_the_previous_step(trained40, tmp_
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(newest / "default", state)
     ckptr.wait_until_finished()
-  else:
-    target = _array_files(newest)[-1]
-    data = bytearray(target.read_bytes())
-    for i in range(len(data) // 3, len(data) // 3 + 64):
-      data[i] ^= 0xFF
-    target.write_bytes(bytes(data))
+  else:   # every data file: which file holds which arrays varies from save to save
+    for target in _array_files(newest):
+      data = bytearray(target.read_bytes())
+      for i in range(len(data) // 7, len(data), 97):
+        for j in range(i, min(i + 16, len(data))):
+          data[j] ^= 0xFF
+      target.write_bytes(bytes(data))
   c = _config(**{"training.num_steps": 40})
   with caplog.at_level("WARNING"):
     params, step = inference.restore(inference.build(c), str(w))
