@@ -1,4 +1,4 @@
-"""Image restoration with AR models as priors against classical restorers (MNIST).
+"""Image restoration with AR models as priors against classical restorers (MNIST, CIFAR-10).
 
 Tasks (--tasks, comma-separated; the number is the task's parameter):
 
@@ -25,8 +25,15 @@ Each is trained here with CPU-sized defaults (OUT/models/NAME, resumed by a reru
 from a work directory (--csm_workdir etc.). --config.restore.FIELD=value sets sampler
 fields of every prior, --csm.FIELD=value (joint, mle_gauss, mle_mol) of one.
 
+--dataset cifar10: the paper's Fig. 5 setting, salt-and-pepper on CIFAR-10 with a
+PixelCNN++ AR-CSM (configs/cifar10_pixelcnnpp.py at a CPU size: 16 filters, 1 ResNet per
+block, batch 8; $CSM_DATA_DIR/cifar10_train_first4000.npz and _test_first1000.npz, see
+docs/usage.md) as the prior, 16 test images, median and adaptive median; no classifier
+(accuracy not reported). Its only prior is csm (PixelCNN++ has no smoothed-joint context,
+and its MLE baseline is a probability mass, which cannot be a prior here).
+
 Metrics per row: PSNR and SSIM (dm-pix) against the clean images, the accuracy of the
-project's MNIST classifier on the restored digits, seconds per image; mean with standard
+project's MNIST classifier on the restored digits (MNIST only), seconds per image; mean with standard
 error over images, and each model row's paired PSNR difference to the task's best
 classical row. Writes OUT/results.json after every row, OUT/table.md and one picture per
 task (OUT/TASK.png: truth, corrupted, each method).
@@ -42,18 +49,36 @@ from experiments import common
 TASKS = ("gaussian_0.3", "gaussian_0.6", "sp_0.1", "sp_0.3", "inpaint_random50",
          "inpaint_random80", "inpaint_centre", "inpaint_bottom", "superres_2")
 PRIORS = ("csm", "joint", "mle_gauss", "mle_mol")
+# Per-dataset defaults of --tasks, --priors, --num_images, --steps; the priors available.
+DEFAULTS = {
+    "mnist": {"tasks": ",".join(TASKS), "priors": "csm,joint,mle_gauss", "num_images": 100,
+              "steps": 1500, "available": PRIORS},
+    "cifar10": {"tasks": "sp_0.1", "priors": "csm", "num_images": 16, "steps": 1000,
+                "available": ("csm",)},
+}
+
+
+def _defaults_help(field):
+  return "; ".join(f"{d}: {v[field]}" for d, v in DEFAULTS.items())
 
 
 def parse_args(argv=None):
   p = common.parser(__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n", 1)[1],
                     ("config",) + PRIORS)
   p.add_argument("--out", required=True, help="output directory")
-  p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks")
-  p.add_argument("--priors", default="csm,joint,mle_gauss",
-                 help="comma-separated priors: " + ", ".join(PRIORS))
-  p.add_argument("--num_images", type=int, default=100, help="test images per task")
-  p.add_argument("--steps", type=int, default=1500,
-                 help="training steps of each prior trained here (CPU-sized MADE 512-512)")
+  p.add_argument("--dataset", choices=tuple(DEFAULTS), default="mnist",
+                 help="mnist (MADE priors, nine tasks) or cifar10 (PixelCNN++ AR-CSM, "
+                      "salt-and-pepper: the paper's Fig. 5 setting)")
+  p.add_argument("--tasks", default=None,
+                 help="comma-separated tasks (default: " + _defaults_help("tasks") + ")")
+  p.add_argument("--priors", default=None,
+                 help="comma-separated priors: " + ", ".join(PRIORS) + " (default: "
+                      + _defaults_help("priors") + ")")
+  p.add_argument("--num_images", type=int, default=None,
+                 help="test images per task (default: " + _defaults_help("num_images") + ")")
+  p.add_argument("--steps", type=int, default=None,
+                 help="training steps of each prior trained here (CPU-sized MADE 512-512 or "
+                      "PixelCNN++; default: " + _defaults_help("steps") + ")")
   for name in PRIORS:
     p.add_argument(f"--{name}_workdir", default=None,
                    help=f"trained run of csm_jax.main to use as the {name} prior "
@@ -66,7 +91,11 @@ def parse_args(argv=None):
                  help="training steps of the MNIST classifier (cached in OUT/classifier)")
   p.add_argument("--num_show", type=int, default=8, help="images per row of the pictures")
   p.add_argument("--seed", type=int, default=0, help="random seed")
-  return common.parse(p, argv, prefixes=("config",) + PRIORS)
+  args, overrides = common.parse(p, argv, prefixes=("config",) + PRIORS)
+  for field in ("tasks", "priors", "num_images", "steps"):
+    if getattr(args, field) is None:
+      setattr(args, field, DEFAULTS[args.dataset][field])
+  return args, overrides
 
 
 common.parse_early(__name__, parse_args)  # --help and flag errors before JAX loads
@@ -89,6 +118,15 @@ from csm_jax.restore import posterior  # noqa: E402
 CPU = ("model.hidden_sizes=(512, 512)", "model.context_size=8", "training.batch_size=64",
        "training.eval_every=0", "training.checkpoint_every=500", "optim.warmup_steps=100",
        "optim.ema_decay=0.99")
+# CIFAR-10 at a CPU size (as experiments.denoise): PixelCNN++ with 16 filters, 1 ResNet per
+# block, batch 8, on the offline subset.
+CIFAR_NPZ = common.CIFAR_NPZ
+CIFAR_CPU = ("data.source=npz", f"data.path={CIFAR_NPZ[0]}", f"data.test_path={CIFAR_NPZ[1]}",
+             "model.nr_filters=16", "model.nr_resnet=1", "model.dropout_rate=0.0",
+             "training.batch_size=8", "training.eval_every=0", "training.checkpoint_every=100",
+             "optim.warmup_steps=20", "optim.ema_decay=0.99")
+BASE = {"mnist": ("mnist_denoise.py:csm", ()), "cifar10": ("cifar10_pixelcnnpp.py:csm",
+                                                            CIFAR_CPU[:3])}
 PRIOR_CONFIGS = {
     "csm": ("mnist_denoise.py:csm", (), "AR-CSM (per-dim)"),
     "joint": ("mnist_denoise_joint.py", (), "AR-CSM (smoothed joint)"),
@@ -100,12 +138,14 @@ PRIOR_CONFIGS = {
 # annealed schedule (levels 1.0 -> 0.01, steps made for the smoothed levels) does not
 # apply, and Langevin or MALA steps from the observation are rejected or explode (the
 # conditionals of background pixels have standard deviations near 1e-3). Their sampler is
-# exact grid Gibbs at the data level, which needs no step size: 2 sweeps over the pixels,
-# each pixel drawn from its full conditional on 8 values of the box (-0.2, 0, ..., 1.2).
+# exact grid Gibbs at the data level, which needs no step size: 1 sweep over the free
+# pixels (the CPU default's 60 minutes; --mle_gauss.restore.gibbs_sweeps=2 for more), each
+# pixel drawn from its full conditional on 8 values of the box (-0.2, 0, ..., 1.2).
 PRIOR_SAMPLER = {
-    "mle_gauss": ("restore.method=gibbs", "restore.gibbs_sweeps=2", "restore.gibbs_values=8"),
-    "mle_mol": ("restore.method=gibbs", "restore.gibbs_sweeps=2", "restore.gibbs_values=8"),
+    "mle_gauss": ("restore.method=gibbs", "restore.gibbs_sweeps=1", "restore.gibbs_values=8"),
+    "mle_mol": ("restore.method=gibbs", "restore.gibbs_sweeps=1", "restore.gibbs_values=8"),
 }
+CIFAR_PRIORS = {"csm": ("cifar10_pixelcnnpp.py:csm", CIFAR_CPU, "AR-CSM PixelCNN++ (per-dim)")}
 SR_SIGMA = 0.02
 # The sampler at the CPU default (60 minutes for the whole benchmark on 2 cores): 2 chains,
 # 4 Langevin steps per level, a 17-node box for the score heads' joint; each is a
@@ -164,9 +204,10 @@ class Run:
   def __init__(self, args, overrides):
     self.args, self.overrides, self.start = args, overrides, time.perf_counter()
     os.makedirs(args.out, exist_ok=True)
-    self.results = {"what": "MNIST restoration: AR priors' posteriors against classical "
-                            "restorers; PSNR (dB), SSIM, classifier accuracy, seconds per "
-                            "image; mean and standard error over the test images",
+    self.results = {"what": f"{args.dataset} restoration: AR priors' posteriors against "
+                            "classical restorers; PSNR (dB), SSIM, classifier accuracy "
+                            "(MNIST), seconds per image; mean and standard error over the "
+                            "test images",
                     "args": vars(args), "overrides": overrides, "machine": common.machine(),
                     "models": {}, "tasks": {}}
     self.per_image = {}
@@ -180,16 +221,18 @@ class Run:
 
   def record(self, task, name, kind, clean, labels, restored, clf, seconds, extra=None):
     psnr, ssim = per_image_metrics(clean, restored)
-    acc = (clf.predict(np.clip(restored, 0, 1)) == labels).astype(np.float64)
+    acc = (None if clf is None else
+           mean_se((clf.predict(np.clip(restored, 0, 1)) == labels).astype(np.float64)))
     entry = self.results["tasks"][task]["rows"]
     row = {"kind": kind, "psnr": mean_se(psnr), "ssim": mean_se(ssim),
-           "accuracy": mean_se(acc), "seconds_per_image": seconds / len(clean)}
+           "accuracy": acc, "seconds_per_image": seconds / len(clean)}
     row.update(extra or {})
     entry[name] = row
     self.per_image.setdefault(task, {})[name] = psnr
     self.log(f"[{task}] {name:34s} PSNR {row['psnr'][0]:6.2f} +- {row['psnr'][1]:.2f}  "
-             f"SSIM {row['ssim'][0]:.3f}  acc {row['accuracy'][0]:.2f}  "
-             f"{row['seconds_per_image']:.3f} s/img")
+             f"SSIM {row['ssim'][0]:.3f}  "
+             + (f"acc {acc[0]:.2f}  " if acc else "")
+             + f"{row['seconds_per_image']:.3f} s/img")
     self.save()
 
   def paired(self, task):
@@ -213,14 +256,17 @@ class Run:
       for n, r in sorted(t["rows"].items(), key=lambda kv: -kv[1]["psnr"][0]):
         d = r.get("psnr_minus_best_classical")
         lines.append(f"| {task} | {n} | {r['psnr'][0]:.2f} ± {r['psnr'][1]:.2f} | "
-                     f"{r['ssim'][0]:.3f} | {r['accuracy'][0]:.2f} | "
+                     f"{r['ssim'][0]:.3f} | "
+                     + (f"{r['accuracy'][0]:.2f}" if r["accuracy"] else "-") + " | "
                      f"{r['seconds_per_image']:.3f} | "
                      + (f"{d[0]:+.2f} ± {d[1]:.2f}" if d else "") + " |")
     atomic.write_text(os.path.join(self.args.out, "table.md"), "\n".join(lines) + "\n")
 
 
 def load_prior(run, name, args, overrides, train_arrays):
-  path, extra, label = PRIOR_CONFIGS[name]
+  cifar = args.dataset == "cifar10"
+  path, extra, label = (CIFAR_PRIORS if cifar else PRIOR_CONFIGS)[name]
+  cpu = () if cifar else CPU   # the CIFAR-10 CPU size is the prior's `extra`
   wd = getattr(args, f"{name}_workdir")
   if wd:
     model, params, cfg, info = common.train_or_restore(name, None, args.out, run.log, wd)
@@ -228,7 +274,7 @@ def load_prior(run, name, args, overrides, train_arrays):
                        + overrides["config"] + overrides[name])
   else:
     cfg = config_base.load_config(os.path.join(_configs_dir(), path))
-    cfg = common.apply(cfg, list(CPU) + list(RESTORE_CPU) + list(PRIOR_SAMPLER.get(name, ()))
+    cfg = common.apply(cfg, list(cpu) + list(RESTORE_CPU) + list(PRIOR_SAMPLER.get(name, ()))
                        + list(extra) + [f"training.num_steps={args.steps}",
                                         f"training.log_every={max(1, args.steps // 5)}"])
     cfg = common.apply(cfg, overrides["config"] + overrides[name])
@@ -244,25 +290,33 @@ def run(args, overrides):
   tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
   parsed = {t: parse_task(t) for t in tasks}
   priors = [p.strip() for p in args.priors.split(",") if p.strip()]
-  unknown = set(priors) - set(PRIORS)
+  available = DEFAULTS[args.dataset]["available"]
+  unknown = set(priors) - set(available)
   if unknown:
-    raise SystemExit(f"--priors: unknown {sorted(unknown)}; known: {', '.join(PRIORS)}")
+    raise SystemExit(f"--priors: {', '.join(sorted(unknown))} not available for "
+                     f"--dataset {args.dataset}; available: {', '.join(available)}")
+  if args.dataset == "cifar10" and ({k for k, _ in parsed.values()} - {"gaussian",
+                                                                      "salt_pepper"}):
+    raise SystemExit("--tasks: CIFAR-10 runs the noise tasks (gaussian_S, sp_P) only")
 
-  base = config_base.load_config(os.path.join(_configs_dir(), "mnist_denoise.py:csm"))
-  base = common.apply(base, overrides["config"])
+  path, data_overrides = BASE[args.dataset]
+  base = config_base.load_config(os.path.join(_configs_dir(), path))
+  base = common.apply(base, list(data_overrides) + overrides["config"])
   arrays = data_lib.load_arrays(base.data)
   pre = data_lib.get_preprocessor(base.data, arrays)
   shape = tuple(arrays.shape)
   n = args.num_images
   if n < 2 or n > len(arrays.test):
     raise SystemExit(f"--num_images must be in [2, {len(arrays.test)}], got {n}")
-  train_labels, test_labels = tfds_source.load_tfds_labels(base.data, "mnist")
-  clf = iq.train_classifier(arrays.train, train_labels, arrays.test, test_labels,
-                            seed=args.seed, steps=args.classifier_steps,
-                            cache_dir=os.path.join(args.out, "classifier"), log=r.log)
-  r.results["classifier"] = clf.info
+  clf = labels = None
+  if args.dataset == "mnist":
+    train_labels, test_labels = tfds_source.load_tfds_labels(base.data, "mnist")
+    clf = iq.train_classifier(arrays.train, train_labels, arrays.test, test_labels,
+                              seed=args.seed, steps=args.classifier_steps,
+                              cache_dir=os.path.join(args.out, "classifier"), log=r.log)
+    r.results["classifier"] = clf.info
+    labels = np.asarray(test_labels[:n])
   clean = arrays.test[:n].astype(np.float32) / 255.0          # image units u = pixel / 255
-  labels = np.asarray(test_labels[:n])
 
   models = {}
   for name in priors:
@@ -325,7 +379,8 @@ def run(args, overrides):
 
     r.paired(task)
     r.table()
-    plotting.save_image_rows(os.path.join(args.out, f"{task}.png"), show, f"MNIST, {task}")
+    plotting.save_image_rows(os.path.join(args.out, f"{task}.png"), show,
+                             f"{'MNIST' if args.dataset == 'mnist' else 'CIFAR-10'}, {task}")
   r.log(f"done; table in {os.path.join(args.out, 'table.md')}")
   return r.results
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from csm_jax import export, inference, train
-from csm_jax import main as main_lib
+from csm_jax import cli as cli_lib
 from tests.conftest import REPO
 from tests.helpers import tiny_train_config
 
@@ -58,7 +58,7 @@ def test_bad_config_file_is_one_line_naming_it(tmp_path, kind):
 
 
 def test_tpu_probe_line_is_filtered():
-  f = main_lib._QuietLibraries()
+  f = cli_lib.QuietLibraries()
   rec = lambda msg, level=logging.INFO: logging.LogRecord(
       "jax._src.xla_bridge", level, "xla_bridge.py", 1, msg, (), None)
   assert not f.filter(rec("Unable to initialize backend 'tpu': INTERNAL: Failed to open "

@@ -377,12 +377,14 @@ def test_mode_restore_writes_png_and_json(tmp_path):
                                   (y[0] / 255.0).astype(np.float32)[masks[0]])
 
 
-@pytest.mark.parametrize("task", ["inpaint_suffix", "superres"])
-def test_linear_observations_match_the_analytic_posterior(task):
+@pytest.mark.parametrize("task,method", [("inpaint_suffix", "mala"),
+                                         ("inpaint_suffix", "gibbs"), ("superres", "mala")])
+def test_linear_observations_match_the_analytic_posterior(task, method):
   """A GaussianAR on a 2x2 image: the bottom half missing (a suffix of the order: the
   exact posterior is the model's conditional given the observed prefix, what the
   sequential sampler draws) and 2x super-resolution (y = mean of the 4 pixels + noise)
-  have Gaussian posteriors; MALA's chains match their mean and covariance."""
+  have Gaussian posteriors; MALA's chains, and grid Gibbs's (which skips the pinned
+  pixels), match their mean and covariance."""
   m = known.random_gaussian_ar(4, seed=2, std_range=(0.3, 0.6))
   sigma_min = 0.3
   a = np.linalg.inv(np.eye(4) - m.w)
@@ -406,8 +408,12 @@ def test_linear_observations_match_the_analytic_posterior(task):
     prec = np.linalg.inv(s0) + amat.T @ amat / 0.04
     cov = np.linalg.inv(prec)
     mean = cov @ (np.linalg.solve(s0, mu0) + amat.T @ y / 0.04)
-  out = _run(m, joint, obs, y.astype(np.float32), sigmas=(sigma_min,), method="mala",
-             mala_steps=150, mala_step=0.05, chains=1000)
+  if method == "mala":
+    out = _run(m, joint, obs, y.astype(np.float32), sigmas=(sigma_min,), method="mala",
+               mala_steps=150, mala_step=0.05, chains=1000)
+  else:
+    out = _run(m, joint, obs, y.astype(np.float32), sigmas=(sigma_min,), method="gibbs",
+               gibbs_sweeps=6, gibbs_values=97, chains=1000)
   chains = np.asarray(out["chains"][0], np.float64)
   if task == "inpaint_suffix":
     np.testing.assert_array_equal(chains[:, :2], np.broadcast_to(y[:2].astype(np.float32),

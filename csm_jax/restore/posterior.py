@@ -186,15 +186,19 @@ def make_sampler(model, joint: joint_lib.Joint, obs, space: obs_lib.PixelSpace,
       tile = lambda a: jnp.tile(a, (kv, 1))        # row k * B + b: value k, chain b
       _, val_k = _target(joint, obs, space, tile(yc), tile(fmask), tile(fx))
 
+      def draw(x, d, kc):
+        cand = jnp.broadcast_to(x, (kv,) + x.shape).at[:, :, d].set(values[:, None])
+        lp = val_k(params, cand.reshape(kv * x.shape[0], dim), s_min).reshape(kv, x.shape[0])
+        k = jax.random.categorical(kc, lp, axis=0)
+        return x.at[:, d].set(jnp.where(free[:, d], values[k], x[:, d]))
+
       def gstep(t, carry):
         x, key = carry
         key, kc = jax.random.split(key)
         d = order[t % dim]
-        cand = jnp.broadcast_to(x, (kv,) + x.shape).at[:, :, d].set(values[:, None])
-        lp = val_k(params, cand.reshape(kv * x.shape[0], dim), s_min).reshape(kv, x.shape[0])
-        k = jax.random.categorical(kc, lp, axis=0)
-        new = jnp.where(free[:, d], values[k], x[:, d])
-        return x.at[:, d].set(new), key
+        # a pixel pinned in every chain (observed exactly) is skipped: no evaluations
+        x = jax.lax.cond(jnp.any(free[:, d]), lambda z: draw(z, d, kc), lambda z: z, x)
+        return x, key
       x, _ = jax.lax.fori_loop(0, st.gibbs_sweeps * dim, gstep, (x, k_gibbs))
 
     x = jnp.where(fmask, fx, x)
