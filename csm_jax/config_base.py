@@ -299,7 +299,8 @@ def default_config() -> ml_collections.ConfigDict:
   r.num_levels = _ref(int)     # >= 1: only the last num_levels of them
   r.steps_per_level = 10       # >= 1
   r.step_lr = _ref(float)      # > 0: Langevin step alpha_L at the last level, alpha_i =
-                               # step_lr sigma_i^2 / sigma_L^2 (None: sigma_L^2 / 10;
+                               # step_lr sigma_i^2 / sigma_L^2 (None: sigma_L^2 / 2, the
+                               # better of /2 and /10 on MNIST, docs/restoration.md;
                                # NCSN's 2e-5 at sigma_L = 0.01 is sigma_L^2 / 5)
   r.mala_steps = 0             # >= 0: MALA steps at sigma_min (exact log q)
   r.mala_step = _ref(float)    # > 0 (None: step_lr)

@@ -114,10 +114,8 @@ from csm_jax.restore import classical  # noqa: E402
 from csm_jax.restore import observations as obs_lib  # noqa: E402
 from csm_jax.restore import posterior  # noqa: E402
 
-# CPU-sized priors (MADE 512-512, context 8, batch 64); --NAME.FIELD=value on top. The
-# EMA keeps the config's 0.999: the posterior uses the joint score of all 784 conditionals,
-# and with EMA 0.99 (the noisier average of the last ~100 iterates) the AR-CSM posteriors
-# lost 1.8-3.6 dB on Gaussian 0.6 and salt-and-pepper 0.1 (docs/restoration.md).
+# CPU-sized priors (MADE 512-512, context 8, batch 64, the config's EMA 0.999);
+# --NAME.FIELD=value on top.
 CPU = ("model.hidden_sizes=(512, 512)", "model.context_size=8", "training.batch_size=64",
        "training.eval_every=0", "training.checkpoint_every=500", "optim.warmup_steps=100")
 # CIFAR-10 at a CPU size (as experiments.denoise): PixelCNN++ with 16 filters, 1 ResNet per

@@ -232,7 +232,7 @@ def make_sampler(model, joint: joint_lib.Joint, obs, space: obs_lib.PixelSpace,
 
 def settings_from_config(config) -> Settings:
   """Sampler settings from config.restore; levels from restore.sigmas, else the model's
-  noise schedule (the last restore.num_levels of it), step_lr None: sigma_L^2 / 10."""
+  noise schedule (the last restore.num_levels of it), step_lr None: sigma_L^2 / 2."""
   rc = config.restore
   sigmas = rc.sigmas
   if sigmas is None:
@@ -241,7 +241,7 @@ def settings_from_config(config) -> Settings:
   if rc.num_levels is not None:
     sigmas = tuple(sigmas)[-int(rc.num_levels):]
   sigmas = tuple(float(s) for s in sigmas)
-  step_lr = 0.1 * sigmas[-1] ** 2 if rc.step_lr is None else float(rc.step_lr)
+  step_lr = 0.5 * sigmas[-1] ** 2 if rc.step_lr is None else float(rc.step_lr)
   return Settings(sigmas=sigmas, method=rc.method,
                   steps_per_level=int(rc.steps_per_level), step_lr=step_lr,
                   mala_steps=int(rc.mala_steps), mala_step=rc.mala_step,
