@@ -104,6 +104,7 @@ def test_default_sampler_reaches_the_monte_carlo_floor():
     assert err[key] < 2.0 * max(f[key] for f in floor), (key, err, floor, info)
 
 
+@pytest.mark.slow
 def test_mala_from_the_config_records_acceptance_and_fixed_point_agrees():
   config = tiny_train_config(**{"sampling.num_samples": 4, "sampling.num_steps": 3,
                                 "sampling.chunk_dims": 2, "sampling.mh_correction": True,
