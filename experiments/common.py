@@ -212,19 +212,38 @@ def train_or_restore(name: str, config, out_dir: str, log, workdir=None, arrays=
   OUT_DIR/models/NAME, which a rerun resumes (or skips, when finished); `arrays`
   replaces the config's dataset (e.g. a training split with held-out images removed).
   """
-  from csm_jax import config_base, inference, train  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from csm_jax import checkpoints, config_base, inference, sharding, train
+  from csm_jax import workdir as workdir_lib
   if params not in PARAMS:
     raise ValueError(f"params must be one of {sorted(PARAMS)}, got {params!r}")
+  bad_workdir = (OSError, config_base.ConfigError, workdir_lib.WorkdirError,
+                 checkpoints.ConfigMismatchError)
   if workdir:
-    config = config_base.load_workdir_config(workdir)
-    inf = inference.build(config)
-    values, step = inference.restore(inf, workdir, PARAMS[params])
+    try:
+      config = config_base.load_workdir_config(workdir)
+      inf = inference.build(config)
+      values, step = inference.restore(inf, workdir, PARAMS[params])
+    except bad_workdir as e:   # one line naming the model and the directory
+      raise SystemExit(f"[{name}] work directory {workdir}: {e}") from None
     log(f"[{name}] restored step {step} ({params} parameters) from {workdir}")
     return inf.model, values, config, {"workdir": workdir, "steps": step, "trained": False,
                                        "params": params}
+  # OUT/models/NAME is a work directory like python -m csm_jax.main's: locked while it
+  # trains, its config recorded once training starts (so that --NAME_workdir can reuse
+  # it), and a rerun that changes the model, data or optimization fields refused.
   path = os.path.join(out_dir, "models", name)
-  s = train.setup(config, arrays=arrays)
-  state, info = train.train_loop(s, workdir=path, log=log, label=name)
+  try:
+    with workdir_lib.training_lock(path):
+      changes = workdir_lib.check_config(path, config)
+      s = train.setup(config, arrays=arrays)
+
+      def record():
+        if sharding.is_main_process():
+          workdir_lib.write_record(path, config, changes)
+      state, info = train.train_loop(s, workdir=path, log=log, label=name, on_start=record)
+  except (config_base.ConfigError, workdir_lib.WorkdirError) as e:
+    raise SystemExit(f"[{name}] {path}: {e}") from None
   info = {k: v for k, v in info.items() if k != "history"}
   values = state.ema_params if params == "ema" else state.params
   return s.model, values, config, dict(info, workdir=path, trained=True, params=params)
