@@ -41,6 +41,7 @@ task (OUT/TASK.png: truth, corrupted, each method).
   python -m experiments.restore --out /tmp/restore
 """
 
+import dataclasses
 import os
 import time
 
@@ -345,9 +346,14 @@ def run(args, overrides):
       show[cname] = out[:args.num_show]
 
     for name, (model, params, cfg, label) in models.items():
+      prior_obs = obs   # the task fixes the corruption; restore.sp_tau only the likelihood
+      if kind == "salt_pepper" and cfg.restore.sp_tau is not None:
+        prior_obs = dataclasses.replace(obs, tau=float(cfg.restore.sp_tau))
       res = posterior.restore(model, params, cfg, y, kind, jax.random.PRNGKey(args.seed + ti),
-                              preprocessor=pre, observation=obs, log=r.log)
+                              preprocessor=pre, observation=prior_obs, log=r.log)
       extra = {"settings": res["settings"], "mala_accept": res["accept"]}
+      if kind == "salt_pepper":
+        extra["sp_window"] = prior_obs.window   # the likelihood's bin window (restore.sp_tau)
       for part in ("mean", "sample"):
         out = res[part].reshape(clean.shape)
         r.record(task, f"{label}, posterior {part}", "posterior", clean, labels, out, clf,

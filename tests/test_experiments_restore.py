@@ -79,16 +79,20 @@ def test_restore_experiment_cifar10_pixelcnnpp(tmp_path):
   # without training, and a directory that is not one is a line naming it.
   assert (out / "models" / "csm" / "config.json").is_file()
   reuse = cmd[:4] + [str(tmp_path / "out2")] + cmd[5:] + [
-      "--csm_workdir", str(out / "models" / "csm"), "--earlier", "0"]
+      "--csm_workdir", str(out / "models" / "csm"), "--earlier", "0",
+      "--config.restore.sp_tau=0.05"]
   p = subprocess.run(reuse, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
   assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
   with open(tmp_path / "out2" / "results.json") as f:
     again = json.load(f)
   assert again["models"]["csm"]["trained"] is False
   assert again["models"]["csm"]["steps"] == res["models"]["csm"]["steps"]
+  mean = "AR-CSM PixelCNN++ (per-dim), posterior mean"   # restore.sp_tau reaches the likelihood
+  assert abs(post["sp_window"] - 1 / (255 * np.sqrt(2 * np.pi))) < 1e-9
+  assert again["tasks"]["sp_0.1"]["rows"][mean]["sp_window"] == 0.05
   empty = tmp_path / "empty"
   empty.mkdir()
-  bad = subprocess.run(reuse[:-4] + ["--csm_workdir", str(empty)], cwd=REPO, env=env,
+  bad = subprocess.run(reuse[:-5] + ["--csm_workdir", str(empty)], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=300)
   assert bad.returncode != 0 and "Traceback" not in bad.stderr, bad.stderr[-2000:]
   last = bad.stderr.strip().splitlines()[-1]
