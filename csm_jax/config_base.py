@@ -294,7 +294,7 @@ def default_config() -> ml_collections.ConfigDict:
   r.mask_seed = 0
   r.sr_factor = 2              # superres: average-pool factor >= 1
   r.sr_sigma = 0.02            # superres: noise std of the low-resolution image, > 0
-  r.method = "annealed"        # annealed (+ MALA / Gibbs finish) | mala | gibbs
+  r.method = "annealed"        # annealed | filter (+ MALA / Gibbs finish) | mala | gibbs
   r.sigmas = _ref(tuple)       # annealing levels (None: the noise schedule)
   r.num_levels = _ref(int)     # >= 1: only the last num_levels of them
   r.steps_per_level = 10       # >= 1
@@ -304,6 +304,9 @@ def default_config() -> ml_collections.ConfigDict:
                                # NCSN's 2e-5 at sigma_L = 0.01 is sigma_L^2 / 5)
   r.mala_steps = 0             # >= 0: MALA steps at sigma_min (exact log q)
   r.mala_step = _ref(float)    # > 0 (None: step_lr)
+  r.mh_sweeps = 0              # >= 0: Metropolized sweeps on the pixel values, each pixel
+                               # proposed from its filter conditional (look-ahead through
+                               # the joint; one joint evaluation per moved pixel)
   r.gibbs_sweeps = 0           # >= 0: exact grid-Gibbs sweeps at sigma_min (costly)
   r.gibbs_values = 33          # >= 2: grid values per pixel
   r.chains = 4                 # >= 1: chains per image; 'mean' averages them
@@ -324,7 +327,8 @@ def default_config() -> ml_collections.ConfigDict:
            sigmas="None (the noise schedule) or each > 0",
            num_levels="None (all levels) or int >= 1", steps_per_level="int >= 1",
            step_lr="None (sigma_L^2 / 2) or > 0", mala_steps="int >= 0",
-           mala_step="None (step_lr) or > 0", gibbs_sweeps="int >= 0", gibbs_values="int >= 2",
+           mala_step="None (step_lr) or > 0", mh_sweeps="int >= 0",
+           gibbs_sweeps="int >= 0", gibbs_values="int >= 2",
            chains="int >= 1", map_steps="int >= 0", map_lr="None (step_lr / 2) or > 0",
            grid_points="int >= 3", box_min="None (the data's box) or any number",
            box_max="None (the data's box) or any number",
@@ -696,8 +700,8 @@ def validate(config) -> ml_collections.ConfigDict:
   r = config.restore
   need(r.task in ("gaussian", "salt_pepper", "inpaint", "superres"), "restore.task", r.task,
        "one of gaussian, salt_pepper, inpaint, superres")
-  need(r.method in ("annealed", "mala", "gibbs"), "restore.method", r.method,
-       "'annealed', 'mala' or 'gibbs'")
+  need(r.method in ("annealed", "filter", "smc", "mala", "gibbs"), "restore.method",
+       r.method, "'annealed', 'filter', 'smc', 'mala' or 'gibbs'")
   need(r.mask in ("random50", "random80", "centre", "bottom"), "restore.mask", r.mask,
        "one of random50, random80, centre, bottom")
   need(0 <= r.p <= 1, "restore.p", r.p, "in [0, 1]")
@@ -705,7 +709,8 @@ def validate(config) -> ml_collections.ConfigDict:
     need(r[field] is None or r[field] > 0, f"restore.{field}", r[field], "> 0")
   for field, low in (("steps_per_level", 1), ("chains", 1), ("sr_factor", 1),
                      ("gibbs_values", 2), ("grid_points", 3), ("mala_steps", 0),
-                     ("gibbs_sweeps", 0), ("map_steps", 0), ("batch_size", 0),
+                     ("mh_sweeps", 0), ("gibbs_sweeps", 0), ("map_steps", 0),
+                     ("batch_size", 0),
                      ("num_images", 1)):
     need(isinstance(r[field], int) and r[field] >= low, f"restore.{field}", r[field],
          f"an integer >= {low}")

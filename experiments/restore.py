@@ -11,7 +11,10 @@ Tasks (--tasks, comma-separated; the number is the task's parameter):
 
 Rows per task: each prior's posterior (csm_jax.restore: annealed Langevin over the noise
 levels with the observation annealed alongside, posterior mean over chains and one
-sample), the earlier AR-CSM restorations where they apply (Tweedie autoregressive and all
+sample); on --filter_tasks also each prior's sequential filter (restore.method=filter:
+the pixels drawn in the model's order, each on its 256 values from its conditional times
+its likelihood; exact for the bottom half, no look-ahead otherwise), the
+earlier AR-CSM restorations where they apply (Tweedie autoregressive and all
 at once, Langevin from the corrupted image), and the classical restorers of
 csm_jax.restore.classical (BM3D, non-local means, TV, wavelet, Wiener; median and adaptive
 median; biharmonic and Telea inpainting; bicubic and bilinear upsampling).
@@ -41,6 +44,7 @@ task (OUT/TASK.png: truth, corrupted, each method).
   python -m experiments.restore --out /tmp/restore
 """
 
+import copy
 import dataclasses
 import os
 import time
@@ -53,9 +57,10 @@ PRIORS = ("csm", "joint", "mle_gauss", "mle_mol")
 # Per-dataset defaults of --tasks, --priors, --num_images, --steps; the priors available.
 DEFAULTS = {
     "mnist": {"tasks": ",".join(TASKS), "priors": "csm,joint,mle_gauss", "num_images": 100,
-              "steps": 1500, "available": PRIORS},
+              "steps": 1500, "available": PRIORS,
+              "filter_tasks": "sp_0.1,sp_0.3,inpaint_bottom", "filter_chains": 8},
     "cifar10": {"tasks": "sp_0.1", "priors": "csm", "num_images": 16, "steps": 1000,
-                "available": ("csm",)},
+                "available": ("csm",), "filter_tasks": "sp_0.1", "filter_chains": 4},
 }
 
 
@@ -84,6 +89,14 @@ def parse_args(argv=None):
     p.add_argument(f"--{name}_workdir", default=None,
                    help=f"trained run of csm_jax.main to use as the {name} prior "
                         "(default: train one in OUT/models)")
+  p.add_argument("--filter_tasks", default=None,
+                 help="tasks that also get each prior's sequential-filter rows (restore."
+                      "method=filter: each pixel drawn on its 256 values in the model's "
+                      "order, exact for a suffix mask; 'none' for none; default: "
+                      + _defaults_help("filter_tasks") + ")")
+  p.add_argument("--filter_chains", type=int, default=None,
+                 help="chains of the sequential-filter rows (default: "
+                      + _defaults_help("filter_chains") + ")")
   p.add_argument("--earlier", type=int, default=1,
                  help="1: also run the earlier AR-CSM restorations (Tweedie, Langevin)")
   p.add_argument("--sp_start_sigma", type=float, default=0.2,
@@ -93,7 +106,7 @@ def parse_args(argv=None):
   p.add_argument("--num_show", type=int, default=8, help="images per row of the pictures")
   p.add_argument("--seed", type=int, default=0, help="random seed")
   args, overrides = common.parse(p, argv, prefixes=("config",) + PRIORS)
-  for field in ("tasks", "priors", "num_images", "steps"):
+  for field in ("tasks", "priors", "num_images", "steps", "filter_tasks", "filter_chains"):
     if getattr(args, field) is None:
       setattr(args, field, DEFAULTS[args.dataset][field])
   return args, overrides
@@ -319,6 +332,14 @@ def run(args, overrides):
     labels = np.asarray(test_labels[:n])
   clean = arrays.test[:n].astype(np.float32) / 255.0          # image units u = pixel / 255
 
+  filter_tasks = set() if args.filter_tasks.strip() in ("", "none") else {
+      t.strip() for t in args.filter_tasks.split(",") if t.strip()}
+  unknown = filter_tasks - set(tasks) - set(TASKS)
+  if unknown:
+    raise SystemExit(f"--filter_tasks: unknown {', '.join(sorted(unknown))}; tasks: "
+                     f"{', '.join(TASKS)}")
+  if args.filter_chains < 1:
+    raise SystemExit(f"--filter_chains must be >= 1, got {args.filter_chains}")
   models = {}
   for name in priors:
     models[name] = load_prior(r, name, args, overrides, arrays)
@@ -359,6 +380,19 @@ def run(args, overrides):
         r.record(task, f"{label}, posterior {part}", "posterior", clean, labels, out, clf,
                  res["seconds"], extra)
         show[f"{name} {part}"] = out[:args.num_show]
+
+      if task in filter_tasks:
+        fcfg = copy.deepcopy(cfg)
+        fcfg.restore.method, fcfg.restore.chains = "filter", int(args.filter_chains)
+        fcfg.restore.gibbs_sweeps = fcfg.restore.mala_steps = fcfg.restore.map_steps = 0
+        res = posterior.restore(model, params, fcfg, y, kind,
+                                jax.random.PRNGKey(args.seed + ti), preprocessor=pre,
+                                observation=obs, log=r.log)
+        for part in ("mean", "sample"):
+          out = res[part].reshape(clean.shape)
+          r.record(task, f"{label}, filter {part}", "posterior", clean, labels, out, clf,
+                   res["seconds"], {"settings": res["settings"]})
+          show[f"{name} filter {part}"] = out[:args.num_show]
 
     if args.earlier and "csm" in models and kind in ("gaussian", "salt_pepper"):
       model, params, cfg, _ = models["csm"]

@@ -13,6 +13,12 @@ Stages (each optional, run in this order; `Settings.method` picks them):
                      observation with its noise inflated by the extra smoothing of level
                      i, (sigma_i^2 - sigma_L^2) (score-SDE / NCSN-style annealing of the
                      observation term); at the last level it is the exact posterior.
+  filter / smc       (instead of annealing) the pixels in the model's order, each drawn
+                     on its 256 values from q(x_d | x_<d) times the likelihood factors
+                     it completes (`filtering.py`): exact for a suffix mask, no
+                     look-ahead otherwise; 'smc' weights and resamples the chains of an
+                     image as particles (exact as chains grow). The filter's mean is
+                     Rao-Blackwellized (each chain's conditional means).
   MALA               mala_steps Metropolis-adjusted Langevin steps at sigma_L on the exact
                      log q_{sigma_L}(x) + log p(y | x): leaves that posterior invariant.
   Gibbs              gibbs_sweeps sweeps over the free pixels in the model's order; each
@@ -36,21 +42,23 @@ import jax.numpy as jnp
 import numpy as np
 
 from csm_jax import noise as noise_lib
+from csm_jax.restore import filtering as filter_lib
 from csm_jax.restore import joint as joint_lib
 from csm_jax.restore import observations as obs_lib
 
-METHODS = ("annealed", "mala", "gibbs")
+METHODS = ("annealed", "mala", "gibbs", "filter", "smc")
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
   """Sampler settings (config.restore holds the same fields with their ranges)."""
   sigmas: tuple                 # annealing levels, descending; the last is the prior's
-  method: str = "annealed"      # annealed (+ MALA/Gibbs finish) | mala | gibbs
+  method: str = "annealed"      # annealed | filter (+ MALA/Gibbs finish) | mala | gibbs
   steps_per_level: int = 10
   step_lr: float = 5e-3         # Langevin step alpha at the last level
   mala_steps: int = 0
   mala_step: Optional[float] = None   # None: step_lr
+  mh_sweeps: int = 0            # Metropolized filter-proposal sweeps (filtering.py)
   gibbs_sweeps: int = 0
   gibbs_values: int = 33
   chains: int = 4
@@ -67,7 +75,7 @@ class Settings:
     for name in ("steps_per_level", "chains", "gibbs_values"):
       if int(getattr(self, name)) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-    for name in ("mala_steps", "gibbs_sweeps", "map_steps"):
+    for name in ("mala_steps", "mh_sweeps", "gibbs_sweeps", "map_steps"):
       if int(getattr(self, name)) < 0:
         raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
     if not self.step_lr > 0:
@@ -122,6 +130,11 @@ def make_sampler(model, joint: joint_lib.Joint, obs, space: obs_lib.PixelSpace,
   into_box = (lambda x: x) if box is None else (lambda x: jnp.clip(x, box.lo, box.hi))
   in_box = ((lambda x: jnp.ones(x.shape[0], bool)) if box is None else
             (lambda x: jnp.all((x >= box.lo) & (x <= box.hi), -1)))
+  filt = (filter_lib.make_filter(model, obs, space, s_min, c, box,
+                                 resample=st.method == "smc")
+          if st.method in ("filter", "smc") else None)
+  mh = (filter_lib.make_mh_sweeps(model, joint.log_prob_fn, obs, space, s_min,
+                                  st.mh_sweeps, box) if st.mh_sweeps else None)
 
   def run(params, y, rng, x_init=None):
     n = y.shape[0]
@@ -155,8 +168,16 @@ def make_sampler(model, joint: joint_lib.Joint, obs, space: obs_lib.PixelSpace,
         return jax.lax.fori_loop(0, st.steps_per_level, step, (x, key)), None
       (x, _), _ = jax.lax.scan(level, (x, k_run), (sig, alphas))
 
+    rb = None
+    if filt is not None:
+      x, rb = filt(params, yc, x, free, k_run)
+    mh_accept = jnp.float32(jnp.nan)
+    if mh is not None:
+      x, acc_mh = mh(params, yc, x, free, jax.random.fold_in(k_run, 1))
+      mh_accept = jnp.mean(acc_mh)
+
     accept = jnp.float32(jnp.nan)
-    if st.method in ("annealed", "mala") and st.mala_steps:
+    if st.method != "gibbs" and st.mala_steps:
       a = mala_step
 
       def log_prop(x_to, x_from, g_from):   # log N(x_to; x_from + a/2 g, a) on free coords
@@ -177,7 +198,7 @@ def make_sampler(model, joint: joint_lib.Joint, obs, space: obs_lib.PixelSpace,
           0, st.mala_steps, mstep, (x, lp0, g0, k_mala, jnp.zeros(x.shape[0], jnp.float32)))
       accept = jnp.mean(acc) / st.mala_steps
 
-    if st.gibbs_sweeps and (st.method in ("annealed", "mala", "gibbs")):
+    if st.gibbs_sweeps:
       if box is None:
         raise ValueError("gibbs: needs the joint's box (its grid of values)")
       values = jnp.linspace(box.lo, box.hi, st.gibbs_values, dtype=x.dtype)
@@ -207,7 +228,13 @@ def make_sampler(model, joint: joint_lib.Joint, obs, space: obs_lib.PixelSpace,
       img = jnp.clip(img, 0.0, 1.0)
     img = jnp.where(fmask, rep(fixed_img).astype(img.dtype), img)   # pinned: exactly y
     img = img.reshape(n, c, dim)
-    out.update(mean=img.mean(1), sample=img[:, 0], chains=img, accept=accept,
+    mean = img.mean(1)
+    if st.method == "filter" and not (st.mala_steps or st.gibbs_sweeps or st.mh_sweeps):
+      # the filter's per-pixel conditional means (Rao-Blackwellized), over the chains
+      rb = jnp.clip(rb, 0.0, 1.0) if space.bounded else rb
+      rb = jnp.where(fmask, rep(fixed_img).astype(rb.dtype), rb)
+      mean = rb.reshape(n, c, dim).mean(1)
+    out.update(mean=mean, sample=img[:, 0], chains=img, accept=accept, mh_accept=mh_accept,
                x=x.reshape(n, c, dim))
     if st.map_steps:
       vg1, _ = _target(joint, obs, space, y, fixed_img_mask, fixed_x1)
@@ -245,6 +272,7 @@ def settings_from_config(config) -> Settings:
   return Settings(sigmas=sigmas, method=rc.method,
                   steps_per_level=int(rc.steps_per_level), step_lr=step_lr,
                   mala_steps=int(rc.mala_steps), mala_step=rc.mala_step,
+                  mh_sweeps=int(rc.mh_sweeps),
                   gibbs_sweeps=int(rc.gibbs_sweeps), gibbs_values=int(rc.gibbs_values),
                   chains=int(rc.chains), map_steps=int(rc.map_steps), map_lr=rc.map_lr)
 
@@ -319,6 +347,8 @@ def restore(model, params, config, y, task: Optional[str] = None, rng=None, *,
   res = {"mean": cat("mean"), "sample": cat("sample"),
          "accept": (None if not settings.mala_steps
                     else float(np.mean([p["accept"] for p in parts]))),
+         "mh_accept": (None if not settings.mh_sweeps
+                       else float(np.mean([p["mh_accept"] for p in parts]))),
          "seconds": time.perf_counter() - start,
          "settings": dataclasses.asdict(settings)}
   if settings.map_steps:

@@ -1,0 +1,171 @@
+"""The sequential filter and sequential Monte Carlo samplers of csm_jax/restore/filtering.
+
+Ground truth: the analytic Gaussian posterior (and the filter's own analytic marginal
+of the first pixel), the exact conditional for a suffix mask, and brute-force
+enumeration over every pair of 8-bit pixel values for salt-and-pepper.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from csm_jax.models import known
+from csm_jax.restore import filtering
+from csm_jax.restore import joint as joint_lib
+from csm_jax.restore import observations as obs_lib
+from csm_jax.restore import posterior
+
+IDENTITY = obs_lib.PixelSpace()
+BOX = joint_lib.Box(-6.0, 6.0, 33)
+
+
+def _sample(m, obs, y, method, chains, space=IDENTITY, sigma=1e-3, box=BOX, seed=1):
+  st = posterior.Settings(sigmas=(sigma,), method=method, chains=chains)
+  sampler = posterior.make_sampler(m, joint_lib.make_joint(m, box), obs, space, st)
+  return sampler(None, jnp.asarray(np.asarray(y, np.float32)[None]),
+                 jax.random.PRNGKey(seed))
+
+
+def _gaussian(dim=3, seed=0):
+  m = known.random_gaussian_ar(dim, seed=seed, std_range=(0.3, 0.8))
+  a = np.linalg.inv(np.eye(dim) - m.w)
+  return m, a @ m.b, a @ np.diag(m.v + 1e-6) @ a.T
+
+
+def test_completion_steps_mark_the_last_pixel_of_each_block():
+  obs = obs_lib.Downsample(2, 0.1, (4, 4))
+  np.testing.assert_array_equal(np.flatnonzero(filtering.completion_steps(obs, np.arange(16))),
+                                [5, 7, 13, 15])
+  np.testing.assert_array_equal(
+      np.flatnonzero(filtering.completion_steps(obs, np.arange(16)[::-1])), [0, 2, 8, 10])
+  assert filtering.completion_steps(obs_lib.GaussianNoise(0.1, (4, 4)), np.arange(16)) is None
+
+
+def test_the_filter_is_the_exact_posterior_for_a_suffix_mask():
+  """Observed x_0 (a prefix of the order): the filter draws x_1, x_2 from the exact
+  conditional p(x_1, x_2 | x_0)."""
+  m, mu, cov = _gaussian()
+  mask = np.array([True, False, False])
+  obs = obs_lib.Missing(mask, (3,), bounded=False)
+  y = np.array([0.7, 0.0, 0.0], np.float32)
+  x0 = float(np.asarray(jnp.float32(0.7)))
+  out = _sample(m, obs, y, "filter", chains=4000)
+  x = np.asarray(out["chains"][0], np.float64)
+  assert np.all(x[:, 0] == np.float32(0.7))
+  nodes = np.asarray(filtering.pixel_values(IDENTITY, BOX, 256)[0])
+  # conditional of a Gaussian; the grid draws are on nodes (spacing h: + h^2 / 12)
+  c_mean = mu[1:] + cov[1:, :1] @ np.linalg.solve(cov[:1, :1], [x0 - mu[0]])
+  c_cov = cov[1:, 1:] - cov[1:, :1] @ np.linalg.solve(cov[:1, :1], cov[:1, 1:])
+  h = nodes[1] - nodes[0]
+  se = np.sqrt(np.diag(c_cov) / len(x))
+  assert np.all(np.abs(x[:, 1:].mean(0) - c_mean) < 5 * se), (x[:, 1:].mean(0), c_mean)
+  emp = np.cov(x[:, 1:].T)
+  assert np.abs(emp - c_cov - h * h / 12 * np.eye(2)).max() < 0.1 * c_cov.max(), (emp, c_cov)
+  # the Rao-Blackwellized estimate: the same mean, with a smaller error
+  assert np.all(np.abs(np.asarray(out["mean"][0, 1:]) - c_mean) < 5 * se)
+
+
+def test_smc_reaches_the_analytic_posterior_and_the_filter_its_own_marginal():
+  """Gaussian noise on every pixel: the filter's x_0 follows p(x_0 | y_0) only (it does
+  not look ahead); SMC's particles follow p(x | y_0, y_1, y_2)."""
+  m, mu, cov = _gaussian()
+  s = 0.4
+  y = np.array([1.2, -0.6, 0.9])
+  obs = obs_lib.GaussianNoise(s, (3,), bounded=False)
+  post_cov = np.linalg.inv(np.linalg.inv(cov) + np.eye(3) / s ** 2)
+  post_mean = post_cov @ (np.linalg.solve(cov, mu) + y / s ** 2)
+  v0 = cov[0, 0]
+  f_var = 1.0 / (1.0 / v0 + 1.0 / s ** 2)
+  f_mean0 = f_var * (mu[0] / v0 + y[0] / s ** 2)
+  assert abs(f_mean0 - post_mean[0]) > 0.05      # the look-ahead matters here
+
+  filt = _sample(m, obs, y, "filter", chains=4000)
+  x = np.asarray(filt["chains"][0], np.float64)
+  assert abs(x[:, 0].mean() - f_mean0) < 5 * np.sqrt(f_var / len(x))
+  assert abs(float(filt["mean"][0, 0]) - f_mean0) < 1e-3   # its exact conditional mean
+
+  smc = _sample(m, obs, y, "smc", chains=4000)
+  x = np.asarray(smc["chains"][0], np.float64)
+  # resampling costs effective samples: allow for an effective size of a quarter
+  se = np.sqrt(np.diag(post_cov) / (len(x) / 4))
+  assert np.all(np.abs(x.mean(0) - post_mean) < 5 * se), (x.mean(0), post_mean)
+  np.testing.assert_allclose(np.asarray(smc["mean"][0]), x.mean(0), rtol=1e-4, atol=1e-5)
+  assert np.abs(np.cov(x.T) - post_cov).max() < 0.15 * np.diag(post_cov).max()
+
+
+def test_salt_and_pepper_on_pixels_matches_enumeration():
+  """Two 8-bit pixels near black, both observed 0: kept or corrupted? The posterior
+  over the 256 x 256 values by enumeration (the conditionals' densities at the pixel
+  values times the bins' widths, the exact discrete likelihood) against SMC, and the
+  filter's first pixel against its own enumerated marginal q(x_0) p(y_0 | x_0), which
+  does not see y_1."""
+  b0, v0, v1, sig2, p = 0.01, 4e-4, 2e-5, 1e-4, 0.3   # x_1 | x_0 ~ N(x_0, v1)
+  m = known.GaussianAR(w=np.array([[0.0, 0.0], [1.0, 0.0]]), b=np.array([b0, 0.0]),
+                       v=np.array([v0, v1]))
+  space = obs_lib.PixelSpace(False, 256.0, 0.5, "unit", 0.0)
+  obs = obs_lib.SaltPepper(p, (2,))
+  y = np.array([0.0, 0.0])
+  xs, us, logw = filtering.pixel_values(space)
+  logn = lambda x, mean, var: -0.5 * (x - mean) ** 2 / var - 0.5 * np.log(var)
+  # the sampler's level sigma = 0.01 widens each conditional by sig2
+  l0 = logn(xs, b0, v0 + sig2) + logw
+  l1 = logn(xs[None, :], xs[:, None], v1 + sig2) + logw[None, :]
+  l1 = l1 - np.logaddexp.reduce(l1, axis=1, keepdims=True)
+  lik = np.log((1 - p) * (np.abs(us - 0.0) < 0.5 / 255) + p / 2)
+  logpost = (l0 - np.logaddexp.reduce(l0))[:, None] + l1 + lik[:, None] + lik[None, :]
+  post = np.exp(logpost - np.logaddexp.reduce(logpost.ravel()))
+  mean = np.array([post.sum(1) @ us, post.sum(0) @ us])
+  sd = np.sqrt(np.array([post.sum(1) @ us ** 2, post.sum(0) @ us ** 2]) - mean ** 2)
+  kept_true = np.array([post[0].sum(), post[:, 0].sum()])     # value 0 is y's bin
+  f0 = np.exp(l0 + lik - np.logaddexp.reduce(l0 + lik))
+  assert kept_true[0] - f0[0] > 0.1     # y_1 = 0 makes x_0 = 0 likelier: look-ahead
+  box = joint_lib.Box(-0.2, 1.2, 33)
+
+  smc = _sample(m, obs, y, "smc", chains=4000, space=space, sigma=0.01, box=box)
+  x = np.asarray(smc["chains"][0], np.float64)
+  n_eff = len(x) / 4
+  assert np.all(np.abs(x.mean(0) - mean) < 5 * sd / np.sqrt(n_eff)), (x.mean(0), mean)
+  kept = np.isclose(x, 0.0, atol=1e-4).mean(0)
+  assert np.all(np.abs(kept - kept_true)
+                < 5 * np.sqrt(kept_true * (1 - kept_true) / n_eff)), (kept, kept_true)
+
+  filt = _sample(m, obs, y, "filter", chains=4000, space=space, sigma=0.01, box=box)
+  x0 = np.asarray(filt["chains"][0, :, 0], np.float64)
+  assert abs(np.isclose(x0, 0.0, atol=1e-4).mean() - f0[0]) < 5 * np.sqrt(
+      f0[0] * (1 - f0[0]) / len(x0))
+  assert abs(float(filt["mean"][0, 0]) - f0 @ us) < 2e-4
+
+
+def test_metropolized_sweeps_reach_and_keep_the_analytic_posterior():
+  """Gaussian noise: from the filter (which misses the look-ahead) Metropolized sweeps
+  reach p(x | y) (single-site moves on a correlated posterior: a dozen sweeps); started
+  in p(x | y) they stay there. Lattice of 256 values on
+  the box: its spacing adds h^2 / 12 to each variance."""
+  m, mu, cov = _gaussian()
+  s = 0.4
+  y = np.array([1.2, -0.6, 0.9])
+  obs = obs_lib.GaussianNoise(s, (3,), bounded=False)
+  post_cov = np.linalg.inv(np.linalg.inv(cov) + np.eye(3) / s ** 2)
+  post_mean = post_cov @ (np.linalg.solve(cov, mu) + y / s ** 2)
+  box = joint_lib.Box(-6.0, 6.0, 97, True)
+  nodes = np.asarray(filtering.pixel_values(IDENTITY, box, 256)[0])
+  h2 = (nodes[1] - nodes[0]) ** 2 / 12
+  joint = joint_lib.make_joint(m, box)
+
+  def check(out):
+    x = np.asarray(out["chains"][0], np.float64)
+    se = np.sqrt(np.diag(post_cov) / len(x))
+    assert np.all(np.abs(x.mean(0) - post_mean) < 5 * se + 0.01), (x.mean(0), post_mean)
+    emp = np.cov(x.T)
+    assert np.abs(emp - post_cov - h2 * np.eye(3)).max() < 0.12 * np.diag(post_cov).max(), (
+        emp, post_cov)
+    assert 0.2 < float(out["mh_accept"]) <= 1.0
+
+  st = posterior.Settings(sigmas=(1e-3,), method="filter", chains=3000, mh_sweeps=12)
+  sampler = posterior.make_sampler(m, joint, obs, IDENTITY, st)
+  check(sampler(None, jnp.asarray(y[None], jnp.float32), jax.random.PRNGKey(2)))
+  x0 = np.random.default_rng(5).multivariate_normal(post_mean, post_cov, size=3000)
+  st = posterior.Settings(sigmas=(1e-3,), method="mala", chains=3000, mh_sweeps=2)
+  sampler = posterior.make_sampler(m, joint, obs, IDENTITY, st)
+  check(sampler(None, jnp.asarray(y[None], jnp.float32), jax.random.PRNGKey(3),
+                jnp.asarray(x0[None], jnp.float32)))
