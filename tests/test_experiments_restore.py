@@ -38,6 +38,13 @@ def test_restore_experiment_writes_every_row(tmp_path, mnist_data_dir):
     assert (out / f"{task}.png").stat().st_size > 0
   assert "AR-CSM Tweedie autoregressive" in res["tasks"]["gaussian_0.6"]["rows"]
   assert "gaussian_0.6" in (out / "table.md").read_text()
+  # the sequential filter's rows: on the default --filter_tasks (the bottom half), not
+  # on Gaussian noise
+  bottom = res["tasks"]["inpaint_bottom"]["rows"]
+  for name in ("AR-CSM (per-dim), filter mean", "MLE Gaussian MADE, filter mean"):
+    assert bottom[name]["settings"]["method"] == "filter"
+    assert bottom[name]["settings"]["chains"] == 8
+  assert "AR-CSM (per-dim), filter mean" not in res["tasks"]["gaussian_0.6"]["rows"]
 
 
 @pytest.mark.slow
@@ -69,6 +76,9 @@ def test_restore_experiment_cifar10_pixelcnnpp(tmp_path):
   assert post["accuracy"] is None and "psnr_minus_best_classical" in post
   assert np.isfinite(post["psnr"][0])
   assert "AR-CSM Langevin from corrupted" in rows
+  filt = rows["AR-CSM PixelCNN++ (per-dim), filter mean"]     # the default --filter_tasks
+  assert filt["settings"]["method"] == "filter" and filt["settings"]["chains"] == 4
+  assert np.isfinite(filt["psnr"][0])
   assert (out / "sp_0.1.png").stat().st_size > 0
   # a prior PixelCNN++ cannot be is refused in one line
   bad = subprocess.run(cmd[:-2] + ["--priors", "joint"], cwd=REPO, env=env,
@@ -79,8 +89,8 @@ def test_restore_experiment_cifar10_pixelcnnpp(tmp_path):
   # without training, and a directory that is not one is a line naming it.
   assert (out / "models" / "csm" / "config.json").is_file()
   reuse = cmd[:4] + [str(tmp_path / "out2")] + cmd[5:] + [
-      "--csm_workdir", str(out / "models" / "csm"), "--earlier", "0",
-      "--config.restore.sp_tau=0.05"]
+      "--csm_workdir", str(out / "models" / "csm"), "--earlier", "0", "--filter_tasks",
+      "none", "--config.restore.sp_tau=0.05"]
   p = subprocess.run(reuse, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
   assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
   with open(tmp_path / "out2" / "results.json") as f:
@@ -92,7 +102,7 @@ def test_restore_experiment_cifar10_pixelcnnpp(tmp_path):
   assert again["tasks"]["sp_0.1"]["rows"][mean]["sp_window"] == 0.05
   empty = tmp_path / "empty"
   empty.mkdir()
-  bad = subprocess.run(reuse[:-5] + ["--csm_workdir", str(empty)], cwd=REPO, env=env,
+  bad = subprocess.run(reuse[:-7] + ["--csm_workdir", str(empty)], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=300)
   assert bad.returncode != 0 and "Traceback" not in bad.stderr, bad.stderr[-2000:]
   last = bad.stderr.strip().splitlines()[-1]

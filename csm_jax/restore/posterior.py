@@ -19,6 +19,10 @@ Stages (each optional, run in this order; `Settings.method` picks them):
                      look-ahead otherwise; 'smc' weights and resamples the chains of an
                      image as particles (exact as chains grow). The filter's mean is
                      Rao-Blackwellized (each chain's conditional means).
+  MH sweeps          mh_sweeps Metropolized sweeps on the pixel values: each free pixel
+                     re-proposed from its filter conditional, accepted by the joint's
+                     ratio (the later conditionals' verdict): exact for the posterior on
+                     the pixel lattice, with look-ahead.
   MALA               mala_steps Metropolis-adjusted Langevin steps at sigma_L on the exact
                      log q_{sigma_L}(x) + log p(y | x): leaves that posterior invariant.
   Gibbs              gibbs_sweeps sweeps over the free pixels in the model's order; each
@@ -53,7 +57,8 @@ METHODS = ("annealed", "mala", "gibbs", "filter", "smc")
 class Settings:
   """Sampler settings (config.restore holds the same fields with their ranges)."""
   sigmas: tuple                 # annealing levels, descending; the last is the prior's
-  method: str = "annealed"      # annealed | filter (+ MALA/Gibbs finish) | mala | gibbs
+  method: str = "annealed"      # annealed | filter | smc (+ MH/MALA/Gibbs finish) | mala
+                                # | gibbs
   steps_per_level: int = 10
   step_lr: float = 5e-3         # Langevin step alpha at the last level
   mala_steps: int = 0
