@@ -8,6 +8,7 @@ enumeration over every pair of 8-bit pixel values for salt-and-pepper.
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from csm_jax.models import known
 from csm_jax.restore import filtering
@@ -136,6 +137,7 @@ def test_salt_and_pepper_on_pixels_matches_enumeration():
   assert abs(float(filt["mean"][0, 0]) - f0 @ us) < 2e-4
 
 
+@pytest.mark.slow
 def test_metropolized_sweeps_reach_and_keep_the_analytic_posterior():
   """Gaussian noise: from the filter (which misses the look-ahead) Metropolized sweeps
   reach p(x | y) (single-site moves on a correlated posterior: a dozen sweeps); started
