@@ -33,6 +33,17 @@ def _gaussian(dim=3, seed=0):
   return m, a @ m.b, a @ np.diag(m.v + 1e-6) @ a.T
 
 
+def _noisy_gaussian(s=0.4):
+  """The 3-dimensional Gaussian AR model observed with N(0, s^2) noise at a fixed y, and
+  its analytic posterior mean and covariance."""
+  m, mu, cov = _gaussian()
+  y = np.array([1.2, -0.6, 0.9])
+  obs = obs_lib.GaussianNoise(s, (3,), bounded=False)
+  post_cov = np.linalg.inv(np.linalg.inv(cov) + np.eye(3) / s ** 2)
+  post_mean = post_cov @ (np.linalg.solve(cov, mu) + y / s ** 2)
+  return m, mu, cov, s, y, obs, post_mean, post_cov
+
+
 def test_completion_steps_mark_the_last_pixel_of_each_block():
   obs = obs_lib.Downsample(2, 0.1, (4, 4))
   np.testing.assert_array_equal(np.flatnonzero(filtering.completion_steps(obs, np.arange(16))),
@@ -69,12 +80,7 @@ def test_the_filter_is_the_exact_posterior_for_a_suffix_mask():
 def test_smc_reaches_the_analytic_posterior_and_the_filter_its_own_marginal():
   """Gaussian noise on every pixel: the filter's x_0 follows p(x_0 | y_0) only (it does
   not look ahead); SMC's particles follow p(x | y_0, y_1, y_2)."""
-  m, mu, cov = _gaussian()
-  s = 0.4
-  y = np.array([1.2, -0.6, 0.9])
-  obs = obs_lib.GaussianNoise(s, (3,), bounded=False)
-  post_cov = np.linalg.inv(np.linalg.inv(cov) + np.eye(3) / s ** 2)
-  post_mean = post_cov @ (np.linalg.solve(cov, mu) + y / s ** 2)
+  m, mu, cov, s, y, obs, post_mean, post_cov = _noisy_gaussian()
   v0 = cov[0, 0]
   f_var = 1.0 / (1.0 / v0 + 1.0 / s ** 2)
   f_mean0 = f_var * (mu[0] / v0 + y[0] / s ** 2)
@@ -141,14 +147,9 @@ def test_salt_and_pepper_on_pixels_matches_enumeration():
 def test_metropolized_sweeps_reach_and_keep_the_analytic_posterior():
   """Gaussian noise: from the filter (which misses the look-ahead) Metropolized sweeps
   reach p(x | y) (single-site moves on a correlated posterior: a dozen sweeps); started
-  in p(x | y) they stay there. Lattice of 256 values on
-  the box: its spacing adds h^2 / 12 to each variance."""
-  m, mu, cov = _gaussian()
-  s = 0.4
-  y = np.array([1.2, -0.6, 0.9])
-  obs = obs_lib.GaussianNoise(s, (3,), bounded=False)
-  post_cov = np.linalg.inv(np.linalg.inv(cov) + np.eye(3) / s ** 2)
-  post_mean = post_cov @ (np.linalg.solve(cov, mu) + y / s ** 2)
+  in p(x | y) they stay there. Lattice of 256 values on the box: its spacing adds
+  h^2 / 12 to each variance."""
+  m, _, _, _, y, obs, post_mean, post_cov = _noisy_gaussian()
   box = joint_lib.Box(-6.0, 6.0, 97, True)
   nodes = np.asarray(filtering.pixel_values(IDENTITY, box, 256)[0])
   h2 = (nodes[1] - nodes[0]) ** 2 / 12

@@ -80,6 +80,13 @@ def _node_log_density(model, params, ctx_d, xs, sigma):
   return lik_lib._anchored_cumsum(inc)  # pylint: disable=protected-access
 
 
+def _context(model, params, x, sigma):
+  """Contexts (B, D, C); a smoothed-joint context network is evaluated at `sigma`."""
+  if getattr(model, "context_sigma", False):
+    return model.context(params, x, sigma=sigma)
+  return model.context(params, x)
+
+
 def completion_steps(obs, order: np.ndarray) -> Optional[np.ndarray]:
   """For super-resolution: (D,) bool, pixel d is the last of its block in `order`.
   None for per-pixel observations (every pixel completes its own factor)."""
@@ -168,11 +175,6 @@ def make_filter(model, obs, space: obs_lib.PixelSpace, sigma: float, chains: int
   completes = None if completes is None else jnp.asarray(completes)
   dim = model.dim
 
-  def context(params, x):
-    if getattr(model, "context_sigma", False):
-      return model.context(params, x, sigma=sigma)
-    return model.context(params, x)
-
   def run(params, y, x0, free, rng):
     xs = jnp.asarray(xs64, x0.dtype)
     us = jnp.asarray(us64, x0.dtype)
@@ -182,7 +184,7 @@ def make_filter(model, obs, space: obs_lib.PixelSpace, sigma: float, chains: int
     groups = b // chains
 
     def draw(x, d, key):
-      ctx_d = jax.lax.dynamic_index_in_dim(context(params, x), d, axis=1)   # (B, 1, C)
+      ctx_d = jax.lax.dynamic_index_in_dim(_context(model, params, x, sigma), d, axis=1)   # (B, 1, C)
       log_prior = _node_log_density(model, params, ctx_d, xs, sigma) + logw[None]
       log_prior = log_prior - jax.nn.logsumexp(log_prior, axis=-1, keepdims=True)
       logits = log_prior + _factor_log_lik(obs, y, space.to_image(x), d, us, completes)
@@ -263,11 +265,6 @@ def make_mh_sweeps(model, joint_log_prob, obs, space: obs_lib.PixelSpace, sigma:
   order = np.asarray(model.order)
   dim = model.dim
 
-  def context(params, x):
-    if getattr(model, "context_sigma", False):
-      return model.context(params, x, sigma=sigma)
-    return model.context(params, x)
-
   def run(params, y, x, free, rng):
     xs = jnp.asarray(xs64, x.dtype)
     us = jnp.asarray(us64, x.dtype)
@@ -280,7 +277,7 @@ def make_mh_sweeps(model, joint_log_prob, obs, space: obs_lib.PixelSpace, sigma:
     def update(carry, d, key):
       x, lq, moved, acc = carry
       k_prop, k_acc = jax.random.split(key)
-      ctx_d = jax.lax.dynamic_index_in_dim(context(params, x), d, axis=1)
+      ctx_d = jax.lax.dynamic_index_in_dim(_context(model, params, x, sigma), d, axis=1)
       log_prior = _node_log_density(model, params, ctx_d, xs, sigma)    # + const (B)
       logits = (log_prior + jnp.asarray(logw64, x.dtype)[None]
                 + _local_log_lik(obs, y, space.to_image(x), d, us))
