@@ -313,6 +313,15 @@ def run(args, overrides):
                                                                       "salt_pepper"}):
     raise SystemExit("--tasks: CIFAR-10 runs the noise tasks (gaussian_S, sp_P) only")
 
+  filter_tasks = set() if args.filter_tasks.strip() in ("", "none") else {
+      t.strip() for t in args.filter_tasks.split(",") if t.strip()}
+  unknown = filter_tasks - set(tasks) - set(TASKS)
+  if unknown:
+    raise SystemExit(f"--filter_tasks: unknown {', '.join(sorted(unknown))}; tasks: "
+                     f"{', '.join(TASKS)}")
+  if args.filter_chains < 1:
+    raise SystemExit(f"--filter_chains must be >= 1, got {args.filter_chains}")
+
   path, data_overrides = BASE[args.dataset]
   base = config_base.load_config(os.path.join(_configs_dir(), path))
   base = common.apply(base, list(data_overrides) + overrides["config"])
@@ -332,14 +341,6 @@ def run(args, overrides):
     labels = np.asarray(test_labels[:n])
   clean = arrays.test[:n].astype(np.float32) / 255.0          # image units u = pixel / 255
 
-  filter_tasks = set() if args.filter_tasks.strip() in ("", "none") else {
-      t.strip() for t in args.filter_tasks.split(",") if t.strip()}
-  unknown = filter_tasks - set(tasks) - set(TASKS)
-  if unknown:
-    raise SystemExit(f"--filter_tasks: unknown {', '.join(sorted(unknown))}; tasks: "
-                     f"{', '.join(TASKS)}")
-  if args.filter_chains < 1:
-    raise SystemExit(f"--filter_chains must be >= 1, got {args.filter_chains}")
   models = {}
   for name in priors:
     models[name] = load_prior(r, name, args, overrides, arrays)
@@ -384,7 +385,8 @@ def run(args, overrides):
       if task in filter_tasks:
         fcfg = copy.deepcopy(cfg)
         fcfg.restore.method, fcfg.restore.chains = "filter", int(args.filter_chains)
-        fcfg.restore.gibbs_sweeps = fcfg.restore.mala_steps = fcfg.restore.map_steps = 0
+        for field in ("mh_sweeps", "gibbs_sweeps", "mala_steps", "map_steps"):
+          fcfg.restore[field] = 0           # the filter alone: its Rao-Blackwellized mean
         res = posterior.restore(model, params, fcfg, y, kind,
                                 jax.random.PRNGKey(args.seed + ti), preprocessor=pre,
                                 observation=obs, log=r.log)
