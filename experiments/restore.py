@@ -23,7 +23,10 @@ Priors (--priors): csm (configs/mnist_denoise.py, per-dimension noise), joint
 (configs/mnist_denoise_joint.py, the smoothed joint), mle_gauss and mle_mol (the same MADE
 with Gaussian / logistic-mixture conditionals by MLE on clean data: exact log-density; not
 smoothed, so they are sampled by exact grid Gibbs instead of annealed Langevin; mle_mol
-only when asked for).
+only when asked for); pcnn and pcnn_mle, only when asked for (configs/mnist_pixelcnnpp.py
+at a CPU size: 32 filters, 1 ResNet per block, batch 16; the AR-CSM and its MLE
+baseline, whose discretized logistic mixture is a probability mass: no density in x, so
+it gets the filter rows only).
 Each is trained here with CPU-sized defaults (OUT/models/NAME, resumed by a rerun) or read
 from a work directory (--csm_workdir etc.). --config.restore.FIELD=value sets sampler
 fields of every prior, --csm.FIELD=value (joint, mle_gauss, mle_mol) of one.
@@ -53,7 +56,7 @@ from experiments import common
 
 TASKS = ("gaussian_0.3", "gaussian_0.6", "sp_0.1", "sp_0.3", "inpaint_random50",
          "inpaint_random80", "inpaint_centre", "inpaint_bottom", "superres_2")
-PRIORS = ("csm", "joint", "mle_gauss", "mle_mol")
+PRIORS = ("csm", "joint", "mle_gauss", "mle_mol", "pcnn", "pcnn_mle")
 # Per-dataset defaults of --tasks, --priors, --num_images, --steps; the priors available.
 DEFAULTS = {
     "mnist": {"tasks": ",".join(TASKS), "priors": "csm,joint,mle_gauss", "num_images": 100,
@@ -128,6 +131,10 @@ from csm_jax.restore import classical  # noqa: E402
 from csm_jax.restore import observations as obs_lib  # noqa: E402
 from csm_jax.restore import posterior  # noqa: E402
 
+# MNIST PixelCNN++ priors at a CPU size (32 filters, 1 ResNet per block, batch 16).
+PCNN_CPU = ("model.nr_filters=32", "model.nr_resnet=1", "model.dropout_rate=0.0",
+            "training.batch_size=16", "training.eval_every=0",
+            "training.checkpoint_every=500", "optim.warmup_steps=20", "optim.ema_decay=0.99")
 # CPU-sized priors (MADE 512-512, context 8, batch 64, the config's EMA 0.999);
 # --NAME.FIELD=value on top.
 CPU = ("model.hidden_sizes=(512, 512)", "model.context_size=8", "training.batch_size=64",
@@ -147,6 +154,8 @@ PRIOR_CONFIGS = {
     "mle_gauss": ("mnist_denoise.py:mle", ("loss.mle_target_sigma=0.0",), "MLE Gaussian MADE"),
     "mle_mol": ("mnist_denoise.py:mle", ("loss.mle_target_sigma=0.0",
                                          "model.head=logistic_mixture"), "MLE MoL MADE"),
+    "pcnn": ("mnist_pixelcnnpp.py:csm", PCNN_CPU, "AR-CSM PixelCNN++"),
+    "pcnn_mle": ("mnist_pixelcnnpp.py:mle", PCNN_CPU, "MLE PixelCNN++"),
 }
 # The MLE priors are not noise-conditional: their densities are not smoothed, so the
 # annealed schedule (levels 1.0 -> 0.01, steps made for the smoothed levels) does not
@@ -159,6 +168,9 @@ PRIOR_SAMPLER = {
     "mle_gauss": ("restore.method=gibbs", "restore.gibbs_sweeps=1", "restore.gibbs_values=8"),
     "mle_mol": ("restore.method=gibbs", "restore.gibbs_sweeps=1", "restore.gibbs_values=8"),
 }
+# A probability-mass prior (the MLE PixelCNN++'s discretized logistic mixture) has no
+# density in x: it gets the sequential filter's rows only, on --filter_tasks.
+MASS_PRIORS = ("pcnn_mle",)
 CIFAR_PRIORS = {"csm": ("cifar10_pixelcnnpp.py:csm", CIFAR_CPU, "AR-CSM PixelCNN++ (per-dim)")}
 SR_SIGMA = 0.02
 # The sampler at the CPU default (60 minutes for the whole benchmark on 2 cores): 2 chains,
@@ -280,7 +292,8 @@ class Run:
 def load_prior(run, name, args, overrides, train_arrays):
   cifar = args.dataset == "cifar10"
   path, extra, label = (CIFAR_PRIORS if cifar else PRIOR_CONFIGS)[name]
-  cpu = () if cifar else CPU   # the CIFAR-10 CPU size is the prior's `extra`
+  # the CIFAR-10 and PixelCNN++ CPU sizes are the prior's `extra`
+  cpu = () if cifar or name.startswith("pcnn") else CPU
   wd = getattr(args, f"{name}_workdir")
   if wd:
     model, params, cfg, info = common.train_or_restore(name, None, args.out, run.log, wd)
@@ -296,7 +309,8 @@ def load_prior(run, name, args, overrides, train_arrays):
                                                        train_arrays)
   run.results["models"][name] = dict(info, label=label, config=cfg.to_dict())
   run.save()
-  return model, params, cfg, label
+  # each prior's own pixel space (PixelCNN++: [-1, 1], the MLE one not dequantized)
+  return model, params, cfg, label, data_lib.get_preprocessor(cfg.data, train_arrays)
 
 
 def run(args, overrides):
@@ -326,7 +340,6 @@ def run(args, overrides):
   base = config_base.load_config(os.path.join(_configs_dir(), path))
   base = common.apply(base, list(data_overrides) + overrides["config"])
   arrays = data_lib.load_arrays(base.data)
-  pre = data_lib.get_preprocessor(base.data, arrays)
   shape = tuple(arrays.shape)
   n = args.num_images
   if n < 2 or n > len(arrays.test):
@@ -344,6 +357,9 @@ def run(args, overrides):
   models = {}
   for name in priors:
     models[name] = load_prior(r, name, args, overrides, arrays)
+    if name in MASS_PRIORS and not filter_tasks & set(tasks):
+      r.log(f"[{name}] a probability-mass prior has filter rows only, and no task of "
+            f"--tasks is in --filter_tasks: it restores nothing")
 
   for ti, task in enumerate(tasks):
     kind, kw = parsed[task]
@@ -367,20 +383,22 @@ def run(args, overrides):
       r.record(task, cname, "classical", clean, labels, out, clf, time.perf_counter() - t0)
       show[cname] = out[:args.num_show]
 
-    for name, (model, params, cfg, label) in models.items():
+    for name, (model, params, cfg, label, prior_pre) in models.items():
       prior_obs = obs   # the task fixes the corruption; restore.sp_tau only the likelihood
       if kind == "salt_pepper" and cfg.restore.sp_tau is not None:
         prior_obs = dataclasses.replace(obs, tau=float(cfg.restore.sp_tau))
-      res = posterior.restore(model, params, cfg, y, kind, jax.random.PRNGKey(args.seed + ti),
-                              preprocessor=pre, observation=prior_obs, log=r.log)
-      extra = {"settings": res["settings"], "mala_accept": res["accept"]}
-      if kind == "salt_pepper":
-        extra["sp_window"] = prior_obs.window   # the likelihood's bin window (restore.sp_tau)
-      for part in ("mean", "sample"):
-        out = res[part].reshape(clean.shape)
-        r.record(task, f"{label}, posterior {part}", "posterior", clean, labels, out, clf,
-                 res["seconds"], extra)
-        show[f"{name} {part}"] = out[:args.num_show]
+      if name not in MASS_PRIORS:
+        res = posterior.restore(model, params, cfg, y, kind,
+                                jax.random.PRNGKey(args.seed + ti), preprocessor=prior_pre,
+                                observation=prior_obs, log=r.log)
+        extra = {"settings": res["settings"], "mala_accept": res["accept"]}
+        if kind == "salt_pepper":
+          extra["sp_window"] = prior_obs.window   # the likelihood's bin window (sp_tau)
+        for part in ("mean", "sample"):
+          out = res[part].reshape(clean.shape)
+          r.record(task, f"{label}, posterior {part}", "posterior", clean, labels, out, clf,
+                   res["seconds"], extra)
+          show[f"{name} {part}"] = out[:args.num_show]
 
       if task in filter_tasks:
         fcfg = copy.deepcopy(cfg)
@@ -388,7 +406,7 @@ def run(args, overrides):
         for field in ("mh_sweeps", "gibbs_sweeps", "mala_steps", "map_steps"):
           fcfg.restore[field] = 0           # the filter alone: its Rao-Blackwellized mean
         res = posterior.restore(model, params, fcfg, y, kind,
-                                jax.random.PRNGKey(args.seed + ti), preprocessor=pre,
+                                jax.random.PRNGKey(args.seed + ti), preprocessor=prior_pre,
                                 observation=obs, log=r.log)
         for part in ("mean", "sample"):
           out = res[part].reshape(clean.shape)
@@ -397,8 +415,8 @@ def run(args, overrides):
           show[f"{name} filter {part}"] = out[:args.num_show]
 
     if args.earlier and "csm" in models and kind in ("gaussian", "salt_pepper"):
-      model, params, cfg, _ = models["csm"]
-      space = obs_lib.PixelSpace.from_preprocessor(pre)
+      model, params, cfg, _, csm_pre = models["csm"]
+      space = obs_lib.PixelSpace.from_preprocessor(csm_pre)
       yx = jnp.asarray(np.asarray(space.from_image(jnp.asarray(y.reshape(n, -1)))))
       to_img = lambda x: np.clip(np.asarray(space.to_image(x)), 0, 1).reshape(clean.shape)
       if kind == "gaussian":

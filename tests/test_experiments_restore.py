@@ -48,6 +48,35 @@ def test_restore_experiment_writes_every_row(tmp_path, mnist_data_dir):
 
 
 @pytest.mark.slow
+def test_restore_experiment_mnist_pixelcnnpp_priors(tmp_path, mnist_data_dir):
+  """--priors pcnn,pcnn_mle: the PixelCNN++ AR-CSM and its MLE baseline (a probability
+  mass: filter rows only), each in its own pixel space ([-1, 1]; the MLE one not
+  dequantized)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  env = dict(os.environ, TFDS_DATA_DIR=mnist_data_dir, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_backend_optimization_level=0", PYTHONPATH=str(REPO))
+  out = tmp_path / "out"
+  cmd = [sys.executable, "-m", "experiments.restore", "--out", str(out),
+         "--tasks", "inpaint_bottom", "--priors", "pcnn,pcnn_mle", "--num_images", "2",
+         "--steps", "2", "--classifier_steps", "2", "--num_show", "2", "--filter_chains", "2",
+         "--pcnn.model.nr_filters=4", "--pcnn_mle.model.nr_filters=4",
+         "--config.restore.num_levels=2", "--config.restore.steps_per_level=1"]
+  p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+  assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+  with open(out / "results.json") as f:
+    res = json.load(f)
+  assert res["models"]["pcnn_mle"]["config"]["model"]["head"] == "discretized_logistic"
+  assert res["models"]["pcnn_mle"]["config"]["data"]["dequantize"] is False
+  rows = res["tasks"]["inpaint_bottom"]["rows"]
+  assert "AR-CSM PixelCNN++, posterior mean" in rows
+  assert not any(k.startswith("MLE PixelCNN++, posterior") for k in rows)
+  for name in ("AR-CSM PixelCNN++, filter mean", "MLE PixelCNN++, filter mean"):
+    assert rows[name]["settings"]["method"] == "filter", name
+    assert np.all(np.isfinite(rows[name]["psnr"])) and "psnr_minus_best_classical" in rows[name]
+  assert (out / "inpaint_bottom.png").stat().st_size > 0
+
+
+@pytest.mark.slow
 def test_restore_experiment_cifar10_pixelcnnpp(tmp_path):
   """--dataset cifar10: a PixelCNN++ AR-CSM prior on salt-and-pepper (paper Fig. 5), read
   from npz files under $CSM_DATA_DIR (random 8-bit images here), no classifier."""

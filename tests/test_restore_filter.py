@@ -172,3 +172,66 @@ def test_metropolized_sweeps_reach_and_keep_the_analytic_posterior():
   sampler = posterior.make_sampler(m, joint, obs, IDENTITY, st)
   check(sampler(None, jnp.asarray(y[None], jnp.float32), jax.random.PRNGKey(3),
                 jnp.asarray(x0[None], jnp.float32)))
+
+
+
+def test_a_probability_mass_prior_in_the_filter_matches_enumeration():
+  """A discretized-logistic (probability mass) MADE on 3 pixels as the prior, pixel data
+  without dequantization. Pixels 1 and 2 missing (a suffix): each chain's conditional
+  means are the head's own probabilities over the 256 values, enumerated through full
+  images, and its draws follow them; salt-and-pepper on pixel 0: q(k) p(y_0 | k)
+  enumerated. Other samplers refuse a mass head, naming the field."""
+  from csm_jax import config_base
+  from tests import helpers
+  m = helpers.tiny_model(3, head="discretized_logistic")
+  params = m.init(jax.random.PRNGKey(4))
+  space = obs_lib.PixelSpace(False, 255.0, 0.0, "symmetric", 0.0)
+  us = np.arange(256) / 255.0
+  vals = (-1.0 + 2.0 * us).astype(np.float32)              # the head's bin centres
+
+  def probs(prefix, d):
+    """P(x_d = k | x_<d = prefix), (256,), from 256 full images through the model."""
+    x = np.zeros((256, 3), np.float32)
+    x[:, :d] = prefix
+    x[:, d] = vals
+    xj = jnp.asarray(x)
+    lp = np.asarray(m.log_cond(params, m.context(params, xj), xj), np.float64)[:, d]
+    assert abs(np.logaddexp.reduce(lp)) < 1e-4             # a mass: sums to one
+    return np.exp(lp - np.logaddexp.reduce(lp))
+
+  chains = 400
+  obs = obs_lib.Missing(np.array([True, False, False]), (3,))
+  y = np.tile(np.array([100 / 255.0, 0.0, 0.0], np.float32), (chains, 1))
+  x0 = jnp.asarray(np.tile([vals[100], 0.0, 0.0], (chains, 1)), jnp.float32)
+  free = jnp.asarray(np.tile([False, True, True], (chains, 1)))
+  x, est = filtering.make_filter(m, obs, space, 0.01, chains)(
+      params, jnp.asarray(y), x0, free, jax.random.PRNGKey(0))
+  x, est = np.asarray(x, np.float64), np.asarray(est, np.float64)
+  np.testing.assert_array_equal(x[:, 0], vals[100])
+  p1 = probs([vals[100]], 1)
+  np.testing.assert_allclose(est[:, 1], p1 @ us, atol=2e-4)
+  sd1 = np.sqrt(p1 @ us ** 2 - (p1 @ us) ** 2)
+  # the draws: on the bin centres, with the conditional's mean
+  np.testing.assert_allclose((x[:, 1] + 1) / 2 * 255, np.round((x[:, 1] + 1) / 2 * 255),
+                             atol=1e-3)
+  assert abs(((x[:, 1] + 1) / 2).mean() - p1 @ us) < 5 * sd1 / np.sqrt(chains)
+  for c in range(4):
+    np.testing.assert_allclose(est[c, 2], probs([vals[100], x[c, 1]], 2) @ us, atol=2e-4)
+
+  obs = obs_lib.SaltPepper(0.3, (3,))
+  y = np.array([0.0, 1.0, 0.0], np.float32)
+  st = posterior.Settings(sigmas=(0.01,), method="filter", chains=4)
+  out = posterior.make_sampler(m, joint_lib.make_joint(m, None), obs, space, st)(
+      params, jnp.asarray(y[None]), jax.random.PRNGKey(1))
+  post0 = probs([], 0) * ((1 - 0.3) * (us == 0.0) + 0.15)
+  np.testing.assert_allclose(float(out["mean"][0, 0]), post0 @ us / post0.sum(), atol=2e-4)
+
+  c = config_base.default_config()
+  with pytest.raises(ValueError, match="restore.method"):
+    posterior.restore(m, params, c, y[None], "salt_pepper")
+  c.restore.method, c.restore.mala_steps = "filter", 3
+  with pytest.raises(ValueError, match="restore.mala_steps"):
+    posterior.restore(m, params, c, y[None], "salt_pepper")
+  with pytest.raises(ValueError, match="dequantization"):
+    filtering.make_filter(m, obs, obs_lib.PixelSpace(False, 256.0, 0.5, "symmetric", 0.0),
+                          0.01, 2)

@@ -217,7 +217,8 @@ BAD = [
     (lambda: obs_lib.make_mask("left", (4, 4)), "mask"),
     (lambda: posterior.Settings(sigmas=(0.1,), method="hmc"), "method"),
     (lambda: posterior.restore(tiny_model(4, head="discretized_logistic"), None,
-                               config_base.default_config(), np.zeros((1, 4))), "model"),
+                               config_base.default_config(), np.zeros((1, 4))),
+     "restore.method"),
     (lambda: posterior.restore(tiny_model(4), None, config_base.default_config(),
                                np.zeros((1, 4)), task="deblur"), "task"),
 ]
@@ -314,7 +315,7 @@ def test_restore_config_fields_are_validated():
 @pytest.mark.slow
 def test_mode_restore_writes_png_and_json(tmp_path):
   """A tiny image model trained for a few steps; --mode=restore's library entry writes
-  W/restore/restore_<task>_<step>.{png,json} with PSNRs; a mass head is refused."""
+  W/restore/restore_<task>_<step>.{png,json} with PSNRs."""
   import json
   import os
   from csm_jax import train

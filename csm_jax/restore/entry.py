@@ -44,9 +44,10 @@ def restore_workdir(config, workdir: str, log: Callable[[str], None] = logging.i
   out_dir = os.path.join(workdir, "restore")
   workdir_lib.check_writable(out_dir)
   inf = inference.build(config)
-  if inf.model.kind == "mass":
-    raise config_base.ConfigError("model.head: a discrete (probability mass) head cannot be "
-                                  "a restoration prior; use a score or density head")
+  try:
+    posterior.check_mass_settings(inf.model, config.restore)
+  except ValueError as e:
+    raise config_base.ConfigError(str(e)) from None
   if not inf.arrays.discrete:
     raise config_base.ConfigError("data.dataset: --mode=restore needs image data (pixels)")
   params, step = inference.restore(inf, workdir)

@@ -23,8 +23,10 @@ pixel kept: mass (1 - p) q(bin of y)) and a flat part (p/2); on the 256 pixel va
 spike is one value and its mass is exact, so deciding "kept or corrupted" is one exact
 categorical draw, which gradient steps at small noise levels cannot make.
 
-The per-pixel conditional on the grid: exact for normalized heads (`model.log_cond`);
-for score heads, energies by the trapezoid rule of the head's scores between the
+The per-pixel conditional on the grid: exact for normalized heads (`model.log_cond`,
+times each value's bin width in model space for a density; a probability-mass head,
+such as PixelCNN++'s discretized logistic mixture of the MLE baseline, gives each value's
+probability directly, so no width); for score heads, energies by the trapezoid rule of the head's scores between the
 (possibly non-uniform, in logit space) pixel values, E_k = sum_j<k (g_{j+1} - g_j)
 (s_j + s_{j+1}) / 2, weighted by each value's bin width in model space. No library
 offers ancestral sampling of an AR score model under an observation, so this is written
@@ -149,6 +151,14 @@ def _resample(key, log_w, groups: int, size: int):
   return (idx + size * jnp.arange(groups)[:, None]).reshape(-1)
 
 
+def _check_mass(model, space: obs_lib.PixelSpace):
+  """A probability-mass head needs pixel data without dequantization (its 256 values
+  are the bin centres the head was trained on)."""
+  if getattr(model, "discrete", False) and (space.identity or space.offset != 0.0):
+    raise ValueError("filter: a probability-mass head needs its pixel data without "
+                     "dequantization (data.dequantize=False), as it was trained")
+
+
 def make_filter(model, obs, space: obs_lib.PixelSpace, sigma: float, chains: int,
                 box=None, num_values: int = 256, resample: bool = False,
                 ess_fraction: float = 0.5):
@@ -169,7 +179,10 @@ def make_filter(model, obs, space: obs_lib.PixelSpace, sigma: float, chains: int
 
   Not jitted on its own: `posterior.make_sampler` runs it inside its jit.
   """
+  _check_mass(model, space)
   xs64, us64, logw64 = pixel_values(space, box, num_values)
+  if getattr(model, "discrete", False):
+    logw64 = np.zeros_like(logw64)     # a mass head: the values' probabilities already
   order = np.asarray(model.order)
   completes = completion_steps(obs, order)
   completes = None if completes is None else jnp.asarray(completes)

@@ -282,6 +282,21 @@ def settings_from_config(config) -> Settings:
                   chains=int(rc.chains), map_steps=int(rc.map_steps), map_lr=rc.map_lr)
 
 
+def check_mass_settings(model, rc) -> None:
+  """A probability-mass head (PixelCNN++'s discretized logistic mixture) has no density
+  in x, so no joint score: it is a prior only for the samplers on the pixel values,
+  restore.method 'filter' or 'smc' with no Langevin, MALA, Gibbs or MAP stage."""
+  if getattr(model, "kind", "score") != "mass":
+    return
+  if rc.method not in ("filter", "smc"):
+    raise ValueError(f"restore.method: a discrete (probability mass) head is a prior only "
+                     f"for 'filter' or 'smc' (no density in x), got {rc.method!r}")
+  for field in ("mala_steps", "mh_sweeps", "gibbs_sweeps", "map_steps"):
+    if int(rc[field]):
+      raise ValueError(f"restore.{field}: a discrete (probability mass) head has no "
+                       f"density in x for this stage; set it to 0")
+
+
 def box_from_config(config, model, preprocessor=None) -> Optional[joint_lib.Box]:
   """config.restore's box (box_min/box_max, else the data's box); None for normalized
   heads without Gibbs (their log-density is exact, no box needed)."""
@@ -315,9 +330,7 @@ def restore(model, params, config, y, task: Optional[str] = None, rng=None, *,
   rc = config.restore
   if task is not None and task not in obs_lib.TASKS:
     raise ValueError(f"task must be one of {', '.join(obs_lib.TASKS)}, got {task!r}")
-  if getattr(model, "kind", "score") == "mass":
-    raise ValueError("model: a discrete (probability mass) head cannot be a prior here "
-                     "(no density in x); use a score, Gaussian or logistic-mixture head")
+  check_mass_settings(model, rc)
   shape = tuple(model.data_shape) if hasattr(model, "data_shape") else (model.dim,)
   space = obs_lib.PixelSpace.from_preprocessor(preprocessor)
   if observation is None:
