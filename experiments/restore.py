@@ -38,6 +38,10 @@ docs/usage.md) as the prior, 16 test images, median and adaptive median; no clas
 (accuracy not reported). Its only prior is csm (PixelCNN++ has no smoothed-joint context,
 and its MLE baseline is a probability mass, which cannot be a prior here).
 
+Per prior: its lattice bits/dim, the discrete NLL of the clean test images on the 256
+pixel values at the sampler's last level, what the filter draws from
+(results.json: models.NAME.lattice_bits_per_dim).
+
 Metrics per row: PSNR and SSIM (dm-pix) against the clean images, the accuracy of the
 project's MNIST classifier on the restored digits (MNIST only), seconds per image; mean with standard
 error over images, and each model row's paired PSNR difference to the task's best
@@ -128,6 +132,7 @@ from csm_jax import image_quality as iq  # noqa: E402
 from csm_jax import plotting  # noqa: E402
 from csm_jax.data import tfds_source  # noqa: E402
 from csm_jax.restore import classical  # noqa: E402
+from csm_jax.restore import filtering as filter_lib  # noqa: E402
 from csm_jax.restore import observations as obs_lib  # noqa: E402
 from csm_jax.restore import posterior  # noqa: E402
 
@@ -357,6 +362,17 @@ def run(args, overrides):
   models = {}
   for name in priors:
     models[name] = load_prior(r, name, args, overrides, arrays)
+    model, params, cfg, label, prior_pre = models[name]
+    # the prior as the filter sees it: its discrete NLL of the clean test images on the
+    # lattice of pixel values, at the sampler's last level
+    t0 = time.perf_counter()
+    bpd = filter_lib.lattice_bits_per_dim(
+        model, params, clean, obs_lib.PixelSpace.from_preprocessor(prior_pre),
+        posterior.settings_from_config(cfg).sigma_min)
+    r.results["models"][name]["lattice_bits_per_dim"] = bpd
+    r.save()
+    r.log(f"[{name}] lattice bits/dim of the {n} clean test images: {bpd:.4f} "
+          f"({time.perf_counter() - t0:.0f}s)")
     if name in MASS_PRIORS and not filter_tasks & set(tasks):
       r.log(f"[{name}] a probability-mass prior has filter rows only, and no task of "
             f"--tasks is in --filter_tasks: it restores nothing")

@@ -30,6 +30,8 @@ def test_restore_experiment_writes_every_row(tmp_path, mnist_data_dir):
     res = json.load(f)
   assert res["models"]["mle_gauss"]["config"]["restore"]["method"] == "gibbs"
   assert res["models"]["csm"]["config"]["restore"]["method"] == "annealed"
+  for name in ("csm", "mle_gauss"):
+    assert 0 < res["models"][name]["lattice_bits_per_dim"] < 16, res["models"][name]
   for task in ("gaussian_0.6", "inpaint_bottom"):
     rows = res["tasks"][task]["rows"]
     for name in ("AR-CSM (per-dim), posterior mean", "MLE Gaussian MADE, posterior mean"):
@@ -67,6 +69,9 @@ def test_restore_experiment_mnist_pixelcnnpp_priors(tmp_path, mnist_data_dir):
     res = json.load(f)
   assert res["models"]["pcnn_mle"]["config"]["model"]["head"] == "discretized_logistic"
   assert res["models"]["pcnn_mle"]["config"]["data"]["dequantize"] is False
+  for name in ("pcnn", "pcnn_mle"):   # a discrete NLL of normalized probabilities: > 0
+    bpd = res["models"][name]["lattice_bits_per_dim"]
+    assert np.isfinite(bpd) and bpd > 0, (name, bpd)
   rows = res["tasks"]["inpaint_bottom"]["rows"]
   assert "AR-CSM PixelCNN++, posterior mean" in rows
   assert not any(k.startswith("MLE PixelCNN++, posterior") for k in rows)

@@ -226,6 +226,15 @@ def test_a_probability_mass_prior_in_the_filter_matches_enumeration():
   post0 = probs([], 0) * ((1 - 0.3) * (us == 0.0) + 0.15)
   np.testing.assert_allclose(float(out["mean"][0, 0]), post0 @ us / post0.sum(), atol=2e-4)
 
+  # the lattice log-probabilities of the mass prior are its own, at every pixel
+  xt = jnp.asarray(np.array([[vals[100], vals[3], vals[250]]], np.float32))
+  lat = np.asarray(filtering.make_lattice_log_probs(m, space, 0.01)(params, xt))
+  own = np.asarray(m.log_cond(params, m.context(params, xt), xt))[0]
+  np.testing.assert_allclose(lat[0, [0, 1, 2], [100, 3, 250]], own, atol=1e-4)
+  bpd = filtering.lattice_bits_per_dim(m, params, np.array([[100, 3, 250]]) / 255.0,
+                                       space, 0.01)
+  np.testing.assert_allclose(bpd, -own.sum() / (3 * np.log(2)), rtol=1e-5)
+
   c = config_base.default_config()
   with pytest.raises(ValueError, match="restore.method"):
     posterior.restore(m, params, c, y[None], "salt_pepper")
@@ -235,3 +244,21 @@ def test_a_probability_mass_prior_in_the_filter_matches_enumeration():
   with pytest.raises(ValueError, match="dequantization"):
     filtering.make_filter(m, obs, obs_lib.PixelSpace(False, 256.0, 0.5, "symmetric", 0.0),
                           0.01, 2)
+
+
+def test_lattice_log_probs_of_a_score_head_are_its_discretized_conditionals():
+  """A Gaussian AR model (score head view, sigma widening each conditional) on 8-bit
+  pixels: the lattice log-probabilities are the Gaussian densities at the pixel values
+  times their bin widths, normalized over the 256 values (the trapezoid rule integrates
+  the linear score exactly)."""
+  sig = 0.01
+  m = known.GaussianAR(w=np.array([[0.0, 0.0], [0.8, 0.0]]), b=np.array([0.4, 0.1]),
+                       v=np.array([0.01, 0.004]))
+  space = obs_lib.PixelSpace(False, 256.0, 0.5, "unit", 0.0)
+  xs, _, logw = filtering.pixel_values(space)
+  x = jnp.asarray([[xs[90], xs[120]]], jnp.float32)
+  lat = np.asarray(filtering.make_lattice_log_probs(m, space, sig)(None, x), np.float64)
+  for d, mean in ((0, 0.4), (1, 0.1 + 0.8 * float(x[0, 0]))):
+    ref = -0.5 * (xs - mean) ** 2 / (m.v[d] + sig ** 2) + logw
+    ref -= np.logaddexp.reduce(ref)
+    np.testing.assert_allclose(lat[0, d], ref, atol=2e-3)

@@ -70,16 +70,59 @@ def pixel_values(space: obs_lib.PixelSpace, box=None, num_values: int = 256):
 
 
 def _node_log_density(model, params, ctx_d, xs, sigma):
-  """Unnormalized log q(g_k | x_<d) at the values xs, (B, K), for one dimension."""
-  b = ctx_d.shape[0]
+  """Unnormalized log q(g_k | x_<d) at the values xs, (B, K), for one dimension
+  (ctx_d (B, 1, C)); for contexts (B, D, C) of every dimension, (B, D, K)."""
+  shape = ctx_d.shape[:2]
   if model.normalized:
-    f = lambda g: model.log_cond(params, ctx_d, jnp.full((b, 1), g, ctx_d.dtype))[:, 0]
-    return jax.vmap(f, out_axes=-1)(xs)
-  sig = jnp.full((b, 1), sigma, ctx_d.dtype)
-  f = lambda g: model.score(params, ctx_d, jnp.full((b, 1), g, ctx_d.dtype), sig)[:, 0]
-  s = jax.vmap(f, out_axes=-1)(xs)                       # (B, K)
-  inc = 0.5 * jnp.diff(xs) * (s[:, :-1] + s[:, 1:])
-  return lik_lib._anchored_cumsum(inc)  # pylint: disable=protected-access
+    f = lambda g: model.log_cond(params, ctx_d, jnp.full(shape, g, ctx_d.dtype))
+  else:
+    sig = jnp.full(shape, sigma, ctx_d.dtype)
+    f = lambda g: model.score(params, ctx_d, jnp.full(shape, g, ctx_d.dtype), sig)
+  out = jax.vmap(f, out_axes=-1)(xs)                     # (B, D, K)
+  if not model.normalized:   # energies: the trapezoid rule of the scores between values
+    out = lik_lib._anchored_cumsum(  # pylint: disable=protected-access
+        0.5 * jnp.diff(xs) * (out[..., :-1] + out[..., 1:]))
+  return out[:, 0] if shape[1] == 1 else out
+
+
+def make_lattice_log_probs(model, space: obs_lib.PixelSpace, sigma: float, box=None,
+                           num_values: int = 256):
+  """jit (params, x (B, D) model space) -> log P(x_d = v_k | x_<d), (B, D, K).
+
+  Each conditional of the prior on the lattice of pixel values, normalized over them,
+  exactly as the filter draws from it (with the context of the clean x: one forward
+  pass for every d). Its value at the true pixels is the prior's discrete
+  log-likelihood on the lattice, comparable between score, density and mass heads:
+  how good a prior the filter sees.
+  """
+  _check_mass(model, space)
+  xs64, _, logw64 = pixel_values(space, box, num_values)
+  if getattr(model, "discrete", False):
+    logw64 = np.zeros_like(logw64)
+
+  @jax.jit
+  def run(params, x):
+    xs = jnp.asarray(xs64, x.dtype)
+    ctx = _context(model, params, x, sigma)
+    lp = _node_log_density(model, params, ctx, xs, sigma) + jnp.asarray(logw64, x.dtype)
+    return lp - jax.nn.logsumexp(lp, axis=-1, keepdims=True)
+
+  return run
+
+
+def lattice_bits_per_dim(model, params, images, space: obs_lib.PixelSpace, sigma: float,
+                         batch: int = 4) -> float:
+  """The prior's discrete negative log-likelihood of 8-bit `images` (N, ...) in [0, 1]
+  (u = pixel / 255) on the lattice (`make_lattice_log_probs`), bits per dimension."""
+  fn = make_lattice_log_probs(model, space, sigma)
+  u = np.asarray(images, np.float64).reshape(len(images), -1)
+  k = np.rint(u * 255.0).astype(np.int64)
+  total = 0.0
+  for i in range(0, len(u), batch):
+    x = space.from_image(jnp.asarray(u[i:i + batch], jnp.float32))
+    lp = np.asarray(fn(params, x), np.float64)
+    total += float(np.take_along_axis(lp, k[i:i + batch, :, None], axis=-1).sum())
+  return -total / (u.size * np.log(2.0))
 
 
 def _context(model, params, x, sigma):
