@@ -95,10 +95,7 @@ def make_lattice_log_probs(model, space: obs_lib.PixelSpace, sigma: float, box=N
   log-likelihood on the lattice, comparable between score, density and mass heads:
   how good a prior the filter sees.
   """
-  _check_mass(model, space)
-  xs64, _, logw64 = pixel_values(space, box, num_values)
-  if getattr(model, "discrete", False):
-    logw64 = np.zeros_like(logw64)
+  xs64, _, logw64 = _prior_values(model, space, box, num_values)
 
   @jax.jit
   def run(params, x):
@@ -202,6 +199,16 @@ def _check_mass(model, space: obs_lib.PixelSpace):
                      "dequantization (data.dequantize=False), as it was trained")
 
 
+def _prior_values(model, space: obs_lib.PixelSpace, box, num_values: int):
+  """`pixel_values` for this prior: a mass head gives the values' probabilities
+  already, so its log bin widths are 0."""
+  _check_mass(model, space)
+  xs, us, logw = pixel_values(space, box, num_values)
+  if getattr(model, "discrete", False):
+    logw = np.zeros_like(logw)
+  return xs, us, logw
+
+
 def make_filter(model, obs, space: obs_lib.PixelSpace, sigma: float, chains: int,
                 box=None, num_values: int = 256, resample: bool = False,
                 ess_fraction: float = 0.5):
@@ -222,10 +229,7 @@ def make_filter(model, obs, space: obs_lib.PixelSpace, sigma: float, chains: int
 
   Not jitted on its own: `posterior.make_sampler` runs it inside its jit.
   """
-  _check_mass(model, space)
-  xs64, us64, logw64 = pixel_values(space, box, num_values)
-  if getattr(model, "discrete", False):
-    logw64 = np.zeros_like(logw64)     # a mass head: the values' probabilities already
+  xs64, us64, logw64 = _prior_values(model, space, box, num_values)
   order = np.asarray(model.order)
   completes = completion_steps(obs, order)
   completes = None if completes is None else jnp.asarray(completes)
