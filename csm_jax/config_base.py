@@ -307,6 +307,9 @@ def default_config() -> ml_collections.ConfigDict:
   r.mh_sweeps = 0              # >= 0: Metropolized sweeps on the pixel values, each pixel
                                # proposed from its filter conditional (look-ahead through
                                # the joint; one joint evaluation per moved pixel)
+  r.filter_mass_sigma = _ref(float)  # filter/smc, score heads: each conditional's
+                               # background and ink masses from the model at this larger
+                               # level, its shape from sigma_min (None: sigma_min alone)
   r.gibbs_sweeps = 0           # >= 0: exact grid-Gibbs sweeps at sigma_min (costly)
   r.gibbs_values = 33          # >= 2: grid values per pixel
   r.chains = 4                 # >= 1: chains per image; 'mean' averages them
@@ -328,6 +331,7 @@ def default_config() -> ml_collections.ConfigDict:
            num_levels="None (all levels) or int >= 1", steps_per_level="int >= 1",
            step_lr="None (sigma_L^2 / 2) or > 0", mala_steps="int >= 0",
            mala_step="None (step_lr) or > 0", mh_sweeps="int >= 0",
+           filter_mass_sigma="None (off) or > the last level",
            gibbs_sweeps="int >= 0", gibbs_values="int >= 2",
            chains="int >= 1", map_steps="int >= 0", map_lr="None (step_lr / 2) or > 0",
            grid_points="int >= 3", box_min="None (the data's box) or any number",
@@ -705,7 +709,8 @@ def validate(config) -> ml_collections.ConfigDict:
   need(r.mask in ("random50", "random80", "centre", "bottom"), "restore.mask", r.mask,
        "one of random50, random80, centre, bottom")
   need(0 <= r.p <= 1, "restore.p", r.p, "in [0, 1]")
-  for field in ("sigma", "sr_sigma", "step_lr", "sp_tau", "mala_step", "map_lr"):
+  for field in ("sigma", "sr_sigma", "step_lr", "sp_tau", "mala_step", "map_lr",
+                "filter_mass_sigma"):
     need(r[field] is None or r[field] > 0, f"restore.{field}", r[field], "> 0")
   for field, low in (("steps_per_level", 1), ("chains", 1), ("sr_factor", 1),
                      ("gibbs_values", 2), ("grid_points", 3), ("mala_steps", 0),

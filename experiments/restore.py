@@ -104,6 +104,11 @@ def parse_args(argv=None):
   p.add_argument("--filter_chains", type=int, default=None,
                  help="chains of the sequential-filter rows (default: "
                       + _defaults_help("filter_chains") + ")")
+  p.add_argument("--filter_mass_sigma", default="none",
+                 help="the filter rows of the AR-CSM (score-head) priors: 'none' (each "
+                      "conditional at the last level), a level, or 'auto' (the level whose "
+                      "background and ink masses give the lowest lattice bits/dim on the "
+                      "first 64 training images; restore.filter_mass_sigma)")
   p.add_argument("--earlier", type=int, default=1,
                  help="1: also run the earlier AR-CSM restorations (Tweedie, Langevin)")
   p.add_argument("--sp_start_sigma", type=float, default=0.2,
@@ -129,6 +134,7 @@ from csm_jax import config_base  # noqa: E402
 from csm_jax import data as data_lib  # noqa: E402
 from csm_jax import denoise  # noqa: E402
 from csm_jax import image_quality as iq  # noqa: E402
+from csm_jax import noise as noise_lib  # noqa: E402
 from csm_jax import plotting  # noqa: E402
 from csm_jax.data import tfds_source  # noqa: E402
 from csm_jax.restore import classical  # noqa: E402
@@ -340,6 +346,15 @@ def run(args, overrides):
                      f"{', '.join(TASKS)}")
   if args.filter_chains < 1:
     raise SystemExit(f"--filter_chains must be >= 1, got {args.filter_chains}")
+  mass_sigma = args.filter_mass_sigma.strip().lower()
+  if mass_sigma not in ("none", "auto"):
+    try:
+      mass_sigma = float(mass_sigma)
+    except ValueError:
+      mass_sigma = -1.0
+    if not mass_sigma > 0:
+      raise SystemExit(f"--filter_mass_sigma must be 'none', 'auto' or a level > 0, got "
+                       f"{args.filter_mass_sigma!r}")
 
   path, data_overrides = BASE[args.dataset]
   base = config_base.load_config(os.path.join(_configs_dir(), path))
@@ -373,6 +388,28 @@ def run(args, overrides):
     r.save()
     r.log(f"[{name}] lattice bits/dim of the {n} clean test images: {bpd:.4f} "
           f"({time.perf_counter() - t0:.0f}s)")
+    if (filter_tasks & set(tasks) and mass_sigma != "none" and not model.normalized
+        and name not in MASS_PRIORS):
+      space = obs_lib.PixelSpace.from_preprocessor(prior_pre)
+      s_min = posterior.settings_from_config(cfg).sigma_min
+      info = {"requested": mass_sigma}
+      if mass_sigma == "auto":   # chosen on training images, never the test images
+        t0 = time.perf_counter()
+        chosen, table = filter_lib.select_mass_sigma(
+            model, params, arrays.train[:64].astype(np.float32) / 255.0, space, s_min,
+            noise_lib.sigmas_from_config(cfg.noise))
+        info.update(chosen=chosen, train_bits_per_dim=table)
+        r.log(f"[{name}] filter side masses from level {chosen} (lattice bits/dim of 64 "
+              f"training images: " + ", ".join(f"{k} {v:.3f}" for k, v in table.items())
+              + f"; {time.perf_counter() - t0:.0f}s)")
+      else:
+        info["chosen"] = mass_sigma
+      if info["chosen"] is not None:
+        info["test_bits_per_dim"] = filter_lib.lattice_bits_per_dim(
+            model, params, clean, space, s_min, mass_sigma=info["chosen"])
+      r.results["models"][name]["filter_mass_sigma"] = info
+      r.save()
+      cfg.restore.filter_mass_sigma = info["chosen"]
     if name in MASS_PRIORS and not filter_tasks & set(tasks):
       r.log(f"[{name}] a probability-mass prior has filter rows only, and no task of "
             f"--tasks is in --filter_tasks: it restores nothing")
@@ -421,6 +458,8 @@ def run(args, overrides):
         fcfg.restore.method, fcfg.restore.chains = "filter", int(args.filter_chains)
         for field in ("mh_sweeps", "gibbs_sweeps", "mala_steps", "map_steps"):
           fcfg.restore[field] = 0           # the filter alone: its Rao-Blackwellized mean
+        if name in MASS_PRIORS or model.normalized:
+          fcfg.restore.filter_mass_sigma = None   # one level only: nothing to reweight
         res = posterior.restore(model, params, fcfg, y, kind,
                                 jax.random.PRNGKey(args.seed + ti), preprocessor=prior_pre,
                                 observation=obs, log=r.log)

@@ -23,7 +23,7 @@ def test_restore_experiment_writes_every_row(tmp_path, mnist_data_dir):
          "--num_images", "2", "--steps", "3", "--classifier_steps", "2", "--num_show", "2",
          "--csm.model.hidden_sizes=(16,)", "--mle_gauss.model.hidden_sizes=(16,)",
          "--config.restore.num_levels=2", "--config.restore.steps_per_level=1",
-         "--mle_gauss.restore.gibbs_sweeps=1"]
+         "--mle_gauss.restore.gibbs_sweeps=1", "--filter_mass_sigma", "auto"]
   p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
   assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
   with open(out / "results.json") as f:
@@ -47,6 +47,28 @@ def test_restore_experiment_writes_every_row(tmp_path, mnist_data_dir):
     assert bottom[name]["settings"]["method"] == "filter"
     assert bottom[name]["settings"]["chains"] == 8
   assert "AR-CSM (per-dim), filter mean" not in res["tasks"]["gaussian_0.6"]["rows"]
+  # --filter_mass_sigma auto: the score head's level chosen on training images among
+  # its noise levels (or none), and used by its filter rows; the MLE prior has one level
+  ms = res["models"]["csm"]["filter_mass_sigma"]
+  table = ms["train_bits_per_dim"]
+  assert "none" in table and len(table) == 10, table     # sigma_min alone + 9 levels
+  best = min(table, key=table.get)
+  assert ms["chosen"] == (None if best == "none" else float(best))
+  assert bottom["AR-CSM (per-dim), filter mean"]["settings"]["filter_mass_sigma"] == ms["chosen"]
+  assert "filter_mass_sigma" not in res["models"]["mle_gauss"]
+  assert bottom["MLE Gaussian MADE, filter mean"]["settings"]["filter_mass_sigma"] is None
+
+
+def test_restore_experiment_refuses_a_bad_filter_mass_sigma(tmp_path):
+  """A bad --filter_mass_sigma is one line naming the flag, before any data or training."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+  for bad in ("-0.1", "often"):
+    p = subprocess.run([sys.executable, "-m", "experiments.restore", "--out",
+                        str(tmp_path / "out"), "--filter_mass_sigma", bad], cwd=REPO,
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode != 0
+    assert "--filter_mass_sigma must be 'none', 'auto' or a level > 0" in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr
 
 
 @pytest.mark.slow

@@ -85,33 +85,128 @@ def _node_log_density(model, params, ctx_d, xs, sigma):
   return out[:, 0] if shape[1] == 1 else out
 
 
+def reweight_split(log_p, log_p_ref, xs, split, s, lo, hi):
+  """log_p (..., K) with the masses of its two sides of `split` re-estimated from
+  log_p_ref, the same conditional at a larger noise level.
+
+  Why: at a small noise level a pixel's conditional is two narrow modes (background and
+  ink) far apart, and score matching fixes their relative weight only through the score
+  in the gap between them, where the perturbed data hardly reach; at a larger level
+  sigma_ref the modes overlap and the weight is fitted (the difficulty of NCSN's Sec. 3.2,
+  Song and Ermon 2019). A smoothed density is q_ref = q * N(0, s^2), s^2 = sigma_ref^2 -
+  sigma^2, so keeping the shape of log_p within each side (A: xs < split, B: the rest)
+  and choosing the side weights (w_A, w_B) so that, smoothed by N(0, s^2) and restricted
+  to the lattice's range [lo, hi], the mass above `split` equals log_p_ref's f:
+
+      w_B / w_A = (f m_AA - (1 - f) m_AB) / ((1 - f) m_BB - f m_BA),
+
+  m_XY the mass of side X's normalized shape that the smoothing moves into side Y of
+  [lo, hi]. Exact when log_p_ref is log_p's shape with other side weights, smoothed;
+  a negative ratio (log_p_ref inconsistent with this shape) is clipped to one side.
+  Written here (no library estimates mixture weights across noise levels).
+  All arguments in model space: xs (K,) lattice values; log_p and log_p_ref normalized
+  over the K values.
+  """
+  a = xs < split
+  ninf = jnp.asarray(-jnp.inf, log_p.dtype)
+
+  def side(mask):
+    lp = jnp.where(mask, log_p, ninf)
+    lse = jax.nn.logsumexp(lp, axis=-1, keepdims=True)
+    lse = jnp.where(jnp.isfinite(lse), lse, 0.0)
+    return lp - lse                                       # log shape on the side
+
+  la, lb = side(a), side(~a)
+  ndtr = jax.scipy.special.ndtr
+  below = ndtr((split - xs) / s) - ndtr((lo - xs) / s)     # (K,) lands in [lo, split)
+  above = ndtr((hi - xs) / s) - ndtr((split - xs) / s)     # lands in [split, hi]
+  m_aa, m_ab = jnp.exp(la) @ below, jnp.exp(la) @ above
+  m_ba, m_bb = jnp.exp(lb) @ below, jnp.exp(lb) @ above
+  f = jnp.sum(jnp.where(a, 0.0, jnp.exp(log_p_ref)), axis=-1)
+  tiny = jnp.asarray(1e-30, log_p.dtype)
+  w_b = jnp.maximum(f * m_aa - (1.0 - f) * m_ab, tiny)
+  w_a = jnp.maximum((1.0 - f) * m_bb - f * m_ba, tiny)
+  log_wa = jnp.log(w_a / (w_a + w_b))[..., None]
+  log_wb = jnp.log(w_b / (w_a + w_b))[..., None]
+  return jnp.where(a, la + log_wa, lb + log_wb)
+
+
+def _split_geometry(space: obs_lib.PixelSpace, xs64, logw64, sigma: float,
+                    mass_sigma: float):
+  """(split, s, lo, hi) of `reweight_split` on the pixel lattice: the split at half the
+  pixel range (image unit 0.5) in model space, the extra smoothing s, the lattice's
+  range (its end bins' outer edges)."""
+  if not mass_sigma > sigma:
+    raise ValueError(f"restore.filter_mass_sigma must be > the filter's level {sigma}, "
+                     f"got {mass_sigma}")
+  split = float(np.asarray(space.from_image(jnp.asarray(0.5, jnp.float32))))
+  w = np.exp(logw64)
+  lo, hi = float(xs64[0] - 0.5 * w[0]), float(xs64[-1] + 0.5 * w[-1])
+  return split, float(np.sqrt(mass_sigma ** 2 - sigma ** 2)), lo, hi
+
+
+def _check_mass_sigma(model, space: obs_lib.PixelSpace, mass_sigma):
+  if mass_sigma is None:
+    return
+  if model.normalized or getattr(model, "discrete", False):
+    raise ValueError("restore.filter_mass_sigma: only a score head (a noise-conditional "
+                     "AR-CSM) has a conditional at another noise level; set it to None")
+  if space.identity:
+    raise ValueError("restore.filter_mass_sigma: needs pixel data (its split is half "
+                     "the pixel range); set it to None")
+
+
+def _lattice_log_prior(model, params, x, d, xs, logw, sigma, mass_sigma, geometry):
+  """The filter's normalized log q(x_d = v_k | x_<d) on the lattice, (B, K) (d None:
+  every dimension, (B, D, K)); with mass_sigma, its two sides' masses from that level
+  (`reweight_split`)."""
+  def contexts(level):
+    ctx = _context(model, params, x, level)
+    return ctx if d is None else jax.lax.dynamic_index_in_dim(ctx, d, axis=1)
+  ctx_sigma = contexts(sigma)
+
+  def at(level):   # a per-dimension model's context does not depend on the level
+    ctx = (contexts(level) if getattr(model, "context_sigma", False) and level != sigma
+           else ctx_sigma)
+    lp = _node_log_density(model, params, ctx, xs, level) + logw
+    return lp - jax.nn.logsumexp(lp, axis=-1, keepdims=True)
+  lp = at(sigma)
+  if mass_sigma is None:
+    return lp
+  split, s, lo, hi = geometry
+  return reweight_split(lp, at(mass_sigma), xs, split, s, lo, hi)
+
+
 def make_lattice_log_probs(model, space: obs_lib.PixelSpace, sigma: float, box=None,
-                           num_values: int = 256):
+                           num_values: int = 256, mass_sigma=None):
   """jit (params, x (B, D) model space) -> log P(x_d = v_k | x_<d), (B, D, K).
 
   Each conditional of the prior on the lattice of pixel values, normalized over them,
   exactly as the filter draws from it (with the context of the clean x: one forward
   pass for every d). Its value at the true pixels is the prior's discrete
   log-likelihood on the lattice, comparable between score, density and mass heads:
-  how good a prior the filter sees.
+  how good a prior the filter sees. `mass_sigma`: as the filter's (`make_filter`).
   """
   xs64, _, logw64 = _prior_values(model, space, box, num_values)
+  _check_mass_sigma(model, space, mass_sigma)
+  geometry = (None if mass_sigma is None
+              else _split_geometry(space, xs64, logw64, sigma, mass_sigma))
 
   @jax.jit
   def run(params, x):
     xs = jnp.asarray(xs64, x.dtype)
-    ctx = _context(model, params, x, sigma)
-    lp = _node_log_density(model, params, ctx, xs, sigma) + jnp.asarray(logw64, x.dtype)
-    return lp - jax.nn.logsumexp(lp, axis=-1, keepdims=True)
+    logw = jnp.asarray(logw64, x.dtype)
+    return _lattice_log_prior(model, params, x, None, xs, logw, sigma, mass_sigma,
+                              geometry)
 
   return run
 
 
 def lattice_bits_per_dim(model, params, images, space: obs_lib.PixelSpace, sigma: float,
-                         batch: int = 4) -> float:
+                         batch: int = 4, mass_sigma=None) -> float:
   """The prior's discrete negative log-likelihood of 8-bit `images` (N, ...) in [0, 1]
   (u = pixel / 255) on the lattice (`make_lattice_log_probs`), bits per dimension."""
-  fn = make_lattice_log_probs(model, space, sigma)
+  fn = make_lattice_log_probs(model, space, sigma, mass_sigma=mass_sigma)
   u = np.asarray(images, np.float64).reshape(len(images), -1)
   k = np.rint(u * 255.0).astype(np.int64)
   total = 0.0
@@ -120,6 +215,23 @@ def lattice_bits_per_dim(model, params, images, space: obs_lib.PixelSpace, sigma
     lp = np.asarray(fn(params, x), np.float64)
     total += float(np.take_along_axis(lp, k[i:i + batch, :, None], axis=-1).sum())
   return -total / (u.size * np.log(2.0))
+
+
+def select_mass_sigma(model, params, images, space: obs_lib.PixelSpace, sigma: float,
+                      levels, batch: int = 8):
+  """(the best of `levels` for `make_filter`'s mass_sigma, or None, {level: bits/dim}).
+
+  Each candidate level (those above `sigma`) is scored by the lattice bits/dim of
+  `images` (N, ...) in [0, 1] with the side masses from that level; None (`sigma`
+  alone, key 'none') is a candidate too. Give images that the evaluation does not use
+  (training images), so that the choice is not tuned to the test set.
+  """
+  table = {"none": lattice_bits_per_dim(model, params, images, space, sigma, batch)}
+  for level in sorted({float(v) for v in levels if float(v) > sigma}):
+    table[repr(level)] = lattice_bits_per_dim(model, params, images, space, sigma, batch,
+                                              mass_sigma=level)
+  best = min(table, key=table.get)
+  return (None if best == "none" else float(best)), table
 
 
 def _context(model, params, x, sigma):
@@ -211,7 +323,7 @@ def _prior_values(model, space: obs_lib.PixelSpace, box, num_values: int):
 
 def make_filter(model, obs, space: obs_lib.PixelSpace, sigma: float, chains: int,
                 box=None, num_values: int = 256, resample: bool = False,
-                ess_fraction: float = 0.5):
+                ess_fraction: float = 0.5, mass_sigma=None):
   """(params, y (B, Dy), x0 (B, D), free (B, D), rng) -> (x (B, D), estimate (B, D)).
 
   B = images * chains, chains consecutive. Without `resample`, each chain draws from
@@ -227,9 +339,16 @@ def make_filter(model, obs, space: obs_lib.PixelSpace, sigma: float, chains: int
   conditional mean depends on its prefix, not on its drawn value, so resampling by later
   evidence does not correct it): with `resample`, average the particles instead.
 
+  `mass_sigma` (a score head, pixel data): each conditional's background and ink masses
+  (the two sides of half the pixel range) from the model's conditional at that larger
+  level, its shape within each side from `sigma` (`reweight_split`); None: `sigma` alone.
+
   Not jitted on its own: `posterior.make_sampler` runs it inside its jit.
   """
   xs64, us64, logw64 = _prior_values(model, space, box, num_values)
+  _check_mass_sigma(model, space, mass_sigma)
+  geometry = (None if mass_sigma is None
+              else _split_geometry(space, xs64, logw64, sigma, mass_sigma))
   order = np.asarray(model.order)
   completes = completion_steps(obs, order)
   completes = None if completes is None else jnp.asarray(completes)
@@ -244,9 +363,8 @@ def make_filter(model, obs, space: obs_lib.PixelSpace, sigma: float, chains: int
     groups = b // chains
 
     def draw(x, d, key):
-      ctx_d = jax.lax.dynamic_index_in_dim(_context(model, params, x, sigma), d, axis=1)   # (B, 1, C)
-      log_prior = _node_log_density(model, params, ctx_d, xs, sigma) + logw[None]
-      log_prior = log_prior - jax.nn.logsumexp(log_prior, axis=-1, keepdims=True)
+      log_prior = _lattice_log_prior(model, params, x, d, xs, logw[None], sigma,
+                                     mass_sigma, geometry)                  # (B, K)
       logits = log_prior + _factor_log_lik(obs, y, space.to_image(x), d, us, completes)
       k = jax.random.categorical(key, logits, axis=-1)
       mean_u = jax.nn.softmax(logits, axis=-1) @ us

@@ -64,6 +64,7 @@ class Settings:
   mala_steps: int = 0
   mala_step: Optional[float] = None   # None: step_lr
   mh_sweeps: int = 0            # Metropolized filter-proposal sweeps (filtering.py)
+  filter_mass_sigma: Optional[float] = None   # filter/smc: side masses from this level
   gibbs_sweeps: int = 0
   gibbs_values: int = 33
   chains: int = 4
@@ -85,6 +86,9 @@ class Settings:
         raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
     if not self.step_lr > 0:
       raise ValueError(f"step_lr must be > 0, got {self.step_lr!r}")
+    if self.filter_mass_sigma is not None and not self.filter_mass_sigma > self.sigma_min:
+      raise ValueError(f"filter_mass_sigma must be None or > the last level "
+                       f"{self.sigma_min}, got {self.filter_mass_sigma!r}")
 
   @property
   def sigma_min(self) -> float:
@@ -136,7 +140,8 @@ def make_sampler(model, joint: joint_lib.Joint, obs, space: obs_lib.PixelSpace,
   in_box = ((lambda x: jnp.ones(x.shape[0], bool)) if box is None else
             (lambda x: jnp.all((x >= box.lo) & (x <= box.hi), -1)))
   filt = (filter_lib.make_filter(model, obs, space, s_min, c, box,
-                                 resample=st.method == "smc")
+                                 resample=st.method == "smc",
+                                 mass_sigma=st.filter_mass_sigma)
           if st.method in ("filter", "smc") else None)
   mh = (filter_lib.make_mh_sweeps(model, joint.log_prob_fn, obs, space, s_min,
                                   st.mh_sweeps, box) if st.mh_sweeps else None)
@@ -278,6 +283,8 @@ def settings_from_config(config) -> Settings:
                   steps_per_level=int(rc.steps_per_level), step_lr=step_lr,
                   mala_steps=int(rc.mala_steps), mala_step=rc.mala_step,
                   mh_sweeps=int(rc.mh_sweeps),
+                  filter_mass_sigma=(None if rc.filter_mass_sigma is None
+                                     else float(rc.filter_mass_sigma)),
                   gibbs_sweeps=int(rc.gibbs_sweeps), gibbs_values=int(rc.gibbs_values),
                   chains=int(rc.chains), map_steps=int(rc.map_steps), map_lr=rc.map_lr)
 
