@@ -40,12 +40,16 @@ and its MLE baseline is a probability mass, which cannot be a prior here).
 
 Per prior: its lattice bits/dim, the discrete NLL of the clean test images on the 256
 pixel values at the sampler's last level, what the filter draws from
-(results.json: models.NAME.lattice_bits_per_dim).
+(results.json: models.NAME.lattice_bits_per_dim). --filter_mass_sigma auto|LEVEL: the
+AR-CSM priors' filter takes each conditional's background and ink masses from a larger
+noise level (auto: the level with the lowest lattice bits/dim on 64 training images;
+results.json: models.NAME.filter_mass_sigma, with the per-level table).
 
 Metrics per row: PSNR and SSIM (dm-pix) against the clean images, the accuracy of the
 project's MNIST classifier on the restored digits (MNIST only), seconds per image; mean with standard
 error over images, and each model row's paired PSNR difference to the task's best
-classical row. Writes OUT/results.json after every row, OUT/table.md and one picture per
+classical row (results.json keeps every image's PSNR, to pair runs). Writes
+OUT/results.json after every row, OUT/table.md and one picture per
 task (OUT/TASK.png: truth, corrupted, each method).
 
   python -m experiments.restore --out /tmp/restore
@@ -262,7 +266,8 @@ class Run:
            mean_se((clf.predict(np.clip(restored, 0, 1)) == labels).astype(np.float64)))
     entry = self.results["tasks"][task]["rows"]
     row = {"kind": kind, "psnr": mean_se(psnr), "ssim": mean_se(ssim),
-           "accuracy": acc, "seconds_per_image": seconds / len(clean)}
+           "accuracy": acc, "seconds_per_image": seconds / len(clean),
+           "psnr_per_image": [round(float(v), 4) for v in psnr]}   # pairs across runs
     row.update(extra or {})
     entry[name] = row
     self.per_image.setdefault(task, {})[name] = psnr
@@ -388,7 +393,9 @@ def run(args, overrides):
     r.save()
     r.log(f"[{name}] lattice bits/dim of the {n} clean test images: {bpd:.4f} "
           f"({time.perf_counter() - t0:.0f}s)")
-    if (filter_tasks & set(tasks) and mass_sigma != "none" and not model.normalized
+    uses_filter = (bool(filter_tasks & set(tasks))
+                   or cfg.restore.method in ("filter", "smc"))
+    if (uses_filter and mass_sigma != "none" and not model.normalized
         and name not in MASS_PRIORS):
       space = obs_lib.PixelSpace.from_preprocessor(prior_pre)
       s_min = posterior.settings_from_config(cfg).sigma_min
