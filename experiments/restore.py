@@ -42,8 +42,9 @@ Per prior: its lattice bits/dim, the discrete NLL of the clean test images on th
 pixel values at the sampler's last level, what the filter draws from
 (results.json: models.NAME.lattice_bits_per_dim). --filter_mass_sigma auto|LEVEL: the
 AR-CSM priors' filter takes each conditional's background and ink masses from a larger
-noise level (auto: the level with the lowest lattice bits/dim on 64 training images;
-results.json: models.NAME.filter_mass_sigma, with the per-level table).
+noise level (auto: the level with the lowest lattice bits/dim on the first
+--mass_sigma_images training images, 64; results.json: models.NAME.filter_mass_sigma,
+with the per-level table).
 
 Metrics per row: PSNR and SSIM (dm-pix) against the clean images, the accuracy of the
 project's MNIST classifier on the restored digits (MNIST only), seconds per image; mean with standard
@@ -112,7 +113,10 @@ def parse_args(argv=None):
                  help="the filter rows of the AR-CSM (score-head) priors: 'none' (each "
                       "conditional at the last level), a level, or 'auto' (the level whose "
                       "background and ink masses give the lowest lattice bits/dim on the "
-                      "first 64 training images; restore.filter_mass_sigma)")
+                      "first --mass_sigma_images training images; "
+                      "restore.filter_mass_sigma)")
+  p.add_argument("--mass_sigma_images", type=int, default=64,
+                 help="training images that --filter_mass_sigma auto scores the levels on")
   p.add_argument("--earlier", type=int, default=1,
                  help="1: also run the earlier AR-CSM restorations (Tweedie, Langevin)")
   p.add_argument("--sp_start_sigma", type=float, default=0.2,
@@ -360,6 +364,8 @@ def run(args, overrides):
     if not mass_sigma > 0:
       raise SystemExit(f"--filter_mass_sigma must be 'none', 'auto' or a level > 0, got "
                        f"{args.filter_mass_sigma!r}")
+  if args.mass_sigma_images < 1:
+    raise SystemExit(f"--mass_sigma_images must be >= 1, got {args.mass_sigma_images}")
 
   path, data_overrides = BASE[args.dataset]
   base = config_base.load_config(os.path.join(_configs_dir(), path))
@@ -403,11 +409,12 @@ def run(args, overrides):
       if mass_sigma == "auto":   # chosen on training images, never the test images
         t0 = time.perf_counter()
         chosen, table = filter_lib.select_mass_sigma(
-            model, params, arrays.train[:64].astype(np.float32) / 255.0, space, s_min,
+            model, params,
+            arrays.train[:args.mass_sigma_images].astype(np.float32) / 255.0, space, s_min,
             noise_lib.sigmas_from_config(cfg.noise))
         info.update(chosen=chosen, train_bits_per_dim=table)
-        r.log(f"[{name}] filter side masses from level {chosen} (lattice bits/dim of 64 "
-              f"training images: " + ", ".join(f"{k} {v:.3f}" for k, v in table.items())
+        r.log(f"[{name}] filter side masses from level {chosen} (lattice bits/dim of "
+              f"{args.mass_sigma_images} training images: " + ", ".join(f"{k} {v:.3f}" for k, v in table.items())
               + f"; {time.perf_counter() - t0:.0f}s)")
       else:
         info["chosen"] = mass_sigma

@@ -23,7 +23,8 @@ def test_restore_experiment_writes_every_row(tmp_path, mnist_data_dir):
          "--num_images", "2", "--steps", "3", "--classifier_steps", "2", "--num_show", "2",
          "--csm.model.hidden_sizes=(16,)", "--mle_gauss.model.hidden_sizes=(16,)",
          "--config.restore.num_levels=2", "--config.restore.steps_per_level=1",
-         "--mle_gauss.restore.gibbs_sweeps=1", "--filter_mass_sigma", "auto"]
+         "--mle_gauss.restore.gibbs_sweeps=1", "--filter_mass_sigma", "auto",
+         "--mass_sigma_images", "2"]
   p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
   assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
   with open(out / "results.json") as f:
