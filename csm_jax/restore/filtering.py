@@ -131,11 +131,20 @@ def reweight_split(log_p, log_p_ref, xs, split, s, lo, hi):
   return jnp.where(a, la + log_wa, lb + log_wb)
 
 
-def _split_geometry(space: obs_lib.PixelSpace, xs64, logw64, sigma: float,
-                    mass_sigma: float):
+def _split_geometry(model, space: obs_lib.PixelSpace, xs64, logw64, sigma: float,
+                    mass_sigma):
   """(split, s, lo, hi) of `reweight_split` on the pixel lattice: the split at half the
   pixel range (image unit 0.5) in model space, the extra smoothing s, the lattice's
-  range (its end bins' outer edges)."""
+  range (its end bins' outer edges); None without mass_sigma. One-line errors where
+  side masses from another level do not apply."""
+  if mass_sigma is None:
+    return None
+  if model.normalized or getattr(model, "discrete", False):
+    raise ValueError("restore.filter_mass_sigma: only a score head (a noise-conditional "
+                     "AR-CSM) has a conditional at another noise level; set it to None")
+  if space.identity:
+    raise ValueError("restore.filter_mass_sigma: needs pixel data (its split is half "
+                     "the pixel range); set it to None")
   if not mass_sigma > sigma:
     raise ValueError(f"restore.filter_mass_sigma must be > the filter's level {sigma}, "
                      f"got {mass_sigma}")
@@ -143,17 +152,6 @@ def _split_geometry(space: obs_lib.PixelSpace, xs64, logw64, sigma: float,
   w = np.exp(logw64)
   lo, hi = float(xs64[0] - 0.5 * w[0]), float(xs64[-1] + 0.5 * w[-1])
   return split, float(np.sqrt(mass_sigma ** 2 - sigma ** 2)), lo, hi
-
-
-def _check_mass_sigma(model, space: obs_lib.PixelSpace, mass_sigma):
-  if mass_sigma is None:
-    return
-  if model.normalized or getattr(model, "discrete", False):
-    raise ValueError("restore.filter_mass_sigma: only a score head (a noise-conditional "
-                     "AR-CSM) has a conditional at another noise level; set it to None")
-  if space.identity:
-    raise ValueError("restore.filter_mass_sigma: needs pixel data (its split is half "
-                     "the pixel range); set it to None")
 
 
 def _lattice_log_prior(model, params, x, d, xs, logw, sigma, mass_sigma, geometry):
@@ -188,9 +186,7 @@ def make_lattice_log_probs(model, space: obs_lib.PixelSpace, sigma: float, box=N
   how good a prior the filter sees. `mass_sigma`: as the filter's (`make_filter`).
   """
   xs64, _, logw64 = _prior_values(model, space, box, num_values)
-  _check_mass_sigma(model, space, mass_sigma)
-  geometry = (None if mass_sigma is None
-              else _split_geometry(space, xs64, logw64, sigma, mass_sigma))
+  geometry = _split_geometry(model, space, xs64, logw64, sigma, mass_sigma)
 
   @jax.jit
   def run(params, x):
@@ -346,9 +342,7 @@ def make_filter(model, obs, space: obs_lib.PixelSpace, sigma: float, chains: int
   Not jitted on its own: `posterior.make_sampler` runs it inside its jit.
   """
   xs64, us64, logw64 = _prior_values(model, space, box, num_values)
-  _check_mass_sigma(model, space, mass_sigma)
-  geometry = (None if mass_sigma is None
-              else _split_geometry(space, xs64, logw64, sigma, mass_sigma))
+  geometry = _split_geometry(model, space, xs64, logw64, sigma, mass_sigma)
   order = np.asarray(model.order)
   completes = completion_steps(obs, order)
   completes = None if completes is None else jnp.asarray(completes)
