@@ -40,11 +40,11 @@ and its MLE baseline is a probability mass, which cannot be a prior here).
 
 Per prior: its lattice bits/dim, the discrete NLL of the clean test images on the 256
 pixel values at the sampler's last level, what the filter draws from
-(results.json: models.NAME.lattice_bits_per_dim). --filter_mass_sigma auto|LEVEL: the
-AR-CSM priors' filter takes each conditional's background and ink masses from a larger
-noise level (auto: the level with the lowest lattice bits/dim on the first
---mass_sigma_images training images, 64; results.json: models.NAME.filter_mass_sigma,
-with the per-level table).
+(results.json: models.NAME.lattice_bits_per_dim). --filter_mass_sigma auto|LEVEL (MNIST
+default auto; CIFAR-10 none, where it was not measured): the AR-CSM priors' filter takes
+each conditional's background and ink masses from a larger noise level (auto: the level
+with the lowest lattice bits/dim on the first --mass_sigma_images training images, 64;
+results.json: models.NAME.filter_mass_sigma, with the per-level table).
 
 Metrics per row: PSNR and SSIM (dm-pix) against the clean images, the accuracy of the
 project's MNIST classifier on the restored digits (MNIST only), seconds per image; mean with standard
@@ -70,9 +70,11 @@ PRIORS = ("csm", "joint", "mle_gauss", "mle_mol", "pcnn", "pcnn_mle")
 DEFAULTS = {
     "mnist": {"tasks": ",".join(TASKS), "priors": "csm,joint,mle_gauss", "num_images": 100,
               "steps": 1500, "available": PRIORS,
-              "filter_tasks": "sp_0.1,sp_0.3,inpaint_bottom", "filter_chains": 8},
+              "filter_tasks": "sp_0.1,sp_0.3,inpaint_bottom", "filter_chains": 8,
+              "filter_mass_sigma": "auto"},
     "cifar10": {"tasks": "sp_0.1", "priors": "csm", "num_images": 16, "steps": 1000,
-                "available": ("csm",), "filter_tasks": "sp_0.1", "filter_chains": 4},
+                "available": ("csm",), "filter_tasks": "sp_0.1", "filter_chains": 4,
+                "filter_mass_sigma": "none"},
 }
 
 
@@ -109,12 +111,13 @@ def parse_args(argv=None):
   p.add_argument("--filter_chains", type=int, default=None,
                  help="chains of the sequential-filter rows (default: "
                       + _defaults_help("filter_chains") + ")")
-  p.add_argument("--filter_mass_sigma", default="none",
+  p.add_argument("--filter_mass_sigma", default=None,
                  help="the filter rows of the AR-CSM (score-head) priors: 'none' (each "
                       "conditional at the last level), a level, or 'auto' (the level whose "
                       "background and ink masses give the lowest lattice bits/dim on the "
                       "first --mass_sigma_images training images; "
-                      "restore.filter_mass_sigma)")
+                      "restore.filter_mass_sigma; default: "
+                      + _defaults_help("filter_mass_sigma") + ")")
   p.add_argument("--mass_sigma_images", type=int, default=64,
                  help="training images that --filter_mass_sigma auto scores the levels on")
   p.add_argument("--earlier", type=int, default=1,
@@ -126,7 +129,8 @@ def parse_args(argv=None):
   p.add_argument("--num_show", type=int, default=8, help="images per row of the pictures")
   p.add_argument("--seed", type=int, default=0, help="random seed")
   args, overrides = common.parse(p, argv, prefixes=("config",) + PRIORS)
-  for field in ("tasks", "priors", "num_images", "steps", "filter_tasks", "filter_chains"):
+  for field in ("tasks", "priors", "num_images", "steps", "filter_tasks", "filter_chains",
+                "filter_mass_sigma"):
     if getattr(args, field) is None:
       setattr(args, field, DEFAULTS[args.dataset][field])
   return args, overrides

@@ -85,7 +85,8 @@ def test_restore_experiment_mnist_pixelcnnpp_priors(tmp_path, mnist_data_dir):
          "--tasks", "inpaint_bottom", "--priors", "pcnn,pcnn_mle", "--num_images", "2",
          "--steps", "2", "--classifier_steps", "2", "--num_show", "2", "--filter_chains", "2",
          "--pcnn.model.nr_filters=4", "--pcnn_mle.model.nr_filters=4",
-         "--config.restore.num_levels=2", "--config.restore.steps_per_level=1"]
+         "--config.restore.num_levels=2", "--config.restore.steps_per_level=1",
+         "--filter_mass_sigma", "none"]
   p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
   assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
   with open(out / "results.json") as f:
