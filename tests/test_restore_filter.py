@@ -330,3 +330,42 @@ def test_filter_mass_sigma_refuses_what_it_cannot_do():
     filtering.make_lattice_log_probs(m, IDENTITY, 0.1, box=BOX, mass_sigma=0.5)
   with pytest.raises(ValueError, match="filter_mass_sigma must be None or > the last"):
     posterior.Settings(sigmas=(1.0, 0.1), method="filter", filter_mass_sigma=0.1)
+
+
+def test_metropolized_sweeps_reach_the_enumerated_lattice_posterior():
+  """Pixel 0 missing, pixel 1 observed (not a suffix: the filter draws x_0 from its prior
+  alone). The sweeps target the filter's lattice posterior, side masses from
+  filter_mass_sigma included: pi(x_0 = v) proportional to P(v) P(y_1 | v), enumerated
+  on the 256 values with the lattice conditionals themselves."""
+  sig, ms = 0.01, 0.2
+  m = known.GaussianAR(w=np.array([[0.0, 0.0], [0.9, 0.0]]), b=np.array([0.45, -0.05]),
+                       v=np.array([0.04, 0.005]))
+  space = obs_lib.PixelSpace(False, 256.0, 0.5, "unit", 0.0)
+  xs, us, _ = filtering.pixel_values(space)
+  y = np.array([0.0, us[100]], np.float32)                 # pixel 1 observed at 100/255
+  lp = filtering.make_lattice_log_probs(m, space, sig, mass_sigma=ms)
+  grid = jnp.asarray(np.stack([xs, np.full(256, xs[100])], 1), jnp.float32)
+  tab = np.asarray(lp(None, grid), np.float64)             # (256 states, 2, 256)
+  log_pi = tab[:, 0, :].diagonal() + tab[:, 1, 100]
+  pi = np.exp(log_pi - log_pi.max())
+  pi /= pi.sum()
+  mean_true = pi @ us
+  obs = obs_lib.Missing(np.array([False, True]), (2,))
+  chains = 2000
+
+  def run(sweeps):
+    st = posterior.Settings(sigmas=(sig,), method="filter", chains=chains,
+                            mh_sweeps=sweeps, filter_mass_sigma=ms)
+    sampler = posterior.make_sampler(m, joint_lib.make_joint(m, None), obs, space, st)
+    return sampler(None, jnp.asarray(y[None]), jax.random.PRNGKey(4))
+
+  sd = np.sqrt(pi @ us ** 2 - mean_true ** 2)
+  se = sd / np.sqrt(chains)
+  x0 = np.asarray(run(0)["chains"][0, :, 0], np.float64)
+  assert abs(x0.mean() - mean_true) > 10 * se               # no look-ahead: far off
+  out = run(6)
+  x0 = np.asarray(out["chains"][0, :, 0], np.float64)
+  assert abs(x0.mean() - mean_true) < 5 * se, (x0.mean(), mean_true)
+  assert abs(x0.std() - sd) < 0.1 * sd, (x0.std(), sd)
+  assert np.all(np.asarray(out["chains"][0, :, 1]) == y[1])  # the observed pixel kept
+  assert 0.2 < float(out["mh_accept"]) <= 1.0

@@ -413,55 +413,60 @@ def _local_log_lik(obs, y, u, d, values):
   return _factor_log_lik(obs, y, u, d, values, None)
 
 
-def make_mh_sweeps(model, joint_log_prob, obs, space: obs_lib.PixelSpace, sigma: float,
-                   sweeps: int, box=None, num_values: int = 256):
+def make_mh_sweeps(model, obs, space: obs_lib.PixelSpace, sigma: float, sweeps: int,
+                   box=None, num_values: int = 256, mass_sigma=None):
   """Metropolized sweeps over the free pixels on the pixel lattice, with look-ahead.
 
-  Target: the posterior on the lattice of pixel values, pi(x) proportional to
-  prod_d q(x_d | x_<d) w(x_d) * p(y | x) (q: `joint_log_prob`, the joint of
-  restore/joint.py; w: each value's bin width). Each free pixel d in the model's order
-  proposes x_d' from pi_d(v) proportional to q_grid(v | x_<d) w(v) p(y_loc | v, x_-d)
-  (its conditional on the 256 values, as the filter draws, times every likelihood
-  factor it enters); the acceptance probability is then
-      min(1, [q(x') / q(x)] * [q_grid(x_d | x_<d) / q_grid(x_d' | x_<d)]),
-  the bin widths and the likelihood cancelling: it is the later conditionals'
-  verdict on the new value (what the filter cannot see). A proposal equal to the
-  current value is accepted without evaluating the joint; a pixel where every chain
-  proposes its current value costs no joint evaluation. States are first moved to the
-  nearest lattice value.
+  Target: the filter's own posterior on the lattice of pixel values,
+  pi(x) proportional to prod_d P(x_d | x_<d) p(y | x), P each conditional normalized
+  over the K values (`make_lattice_log_probs`, with `mass_sigma` as the filter's), so
+  that the sweeps keep what the filter (and SMC, as its particles grow) samples. Each
+  free pixel d in the model's order proposes x_d' from
+  pi_d(v) proportional to P(v | x_<d) p(y_loc | v, x_-d) (the filter's draw, with every
+  likelihood factor the pixel enters); the acceptance probability is then
+      min(1, prod_{j > d} P(x_j | x'_<j) / P(x_j | x_<j)),
+  the pixel's own conditional and the likelihood cancelling: it is the later
+  conditionals' verdict on the new value (what the filter cannot see). A proposal
+  equal to the current value is accepted without evaluating the joint; a pixel where
+  every chain proposes its current value costs no joint evaluation. States are first
+  moved to the nearest lattice value.
 
   Returns run(params, y (B, Dy), x (B, D), free (B, D), rng) -> (x, acceptance rate of
   the proposals that moved, per chain (B,)).
   """
-  xs64, us64, logw64 = pixel_values(space, box, num_values)
+  xs64, us64, logw64 = _prior_values(model, space, box, num_values)
+  geometry = _split_geometry(model, space, xs64, logw64, sigma, mass_sigma)
   order = np.asarray(model.order)
   dim = model.dim
 
   def run(params, y, x, free, rng):
     xs = jnp.asarray(xs64, x.dtype)
     us = jnp.asarray(us64, x.dtype)
+    logw = jnp.asarray(logw64, x.dtype)
     ordr = jnp.asarray(order, jnp.int32)
     b = x.shape[0]
-    snap = jnp.argmin(jnp.abs(x[..., None] - xs), axis=-1)
-    x = jnp.where(free, xs[snap], x)
-    lq = joint_log_prob(params, x, sigma)
+    nearest = lambda v: jnp.argmin(jnp.abs(v[..., None] - xs), axis=-1)
+    x = jnp.where(free, xs[nearest(x)], x)
+    take = lambda a, i: jnp.take_along_axis(a, i[..., None], axis=-1)[..., 0]
+
+    def joint(x):   # log pi's prior part: every conditional at x's lattice values, (B,)
+      lp = _lattice_log_prior(model, params, x, None, xs, logw, sigma, mass_sigma,
+                              geometry)                                     # (B, D, K)
+      return take(lp, nearest(x)).sum(-1)
 
     def update(carry, d, key):
       x, lq, moved, acc = carry
       k_prop, k_acc = jax.random.split(key)
-      ctx_d = jax.lax.dynamic_index_in_dim(_context(model, params, x, sigma), d, axis=1)
-      log_prior = _node_log_density(model, params, ctx_d, xs, sigma)    # + const (B)
-      logits = (log_prior + jnp.asarray(logw64, x.dtype)[None]
-                + _local_log_lik(obs, y, space.to_image(x), d, us))
+      log_prior = _lattice_log_prior(model, params, x, d, xs, logw[None], sigma,
+                                     mass_sigma, geometry)                  # (B, K)
+      logits = log_prior + _local_log_lik(obs, y, space.to_image(x), d, us)
       k = jax.random.categorical(k_prop, logits, axis=-1)
-      cur = jnp.argmin(jnp.abs(x[:, d][:, None] - xs[None, :]), axis=-1)
-      fr = free[:, d]
-      change = fr & (k != cur)
+      cur = nearest(x[:, d])
+      change = free[:, d] & (k != cur)
 
       def evaluate(_):
         x_new = x.at[:, d].set(jnp.where(change, xs[k], x[:, d]))
-        lq_new = joint_log_prob(params, x_new, sigma)
-        take = lambda a, i: jnp.take_along_axis(a, i[:, None], axis=-1)[:, 0]
+        lq_new = joint(x_new)
         log_a = lq_new - lq + take(log_prior, cur) - take(log_prior, k)
         ok = change & (jnp.log(jax.random.uniform(k_acc, (b,))) < log_a)
         return (jnp.where(ok[:, None], x_new, x), jnp.where(ok, lq_new, lq),
@@ -476,7 +481,7 @@ def make_mh_sweeps(model, joint_log_prob, obs, space: obs_lib.PixelSpace, sigma:
                           lambda c: c, carry), None
 
     zeros = jnp.zeros(b, jnp.float32)
-    (x, _, moved, acc), _ = jax.lax.scan(step, (x, lq, zeros, zeros),
+    (x, _, moved, acc), _ = jax.lax.scan(step, (x, joint(x), zeros, zeros),
                                          jnp.arange(sweeps * dim))
     return x, acc / jnp.maximum(moved, 1.0)
 

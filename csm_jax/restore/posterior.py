@@ -20,9 +20,9 @@ Stages (each optional, run in this order; `Settings.method` picks them):
                      image as particles (exact as chains grow). The filter's mean is
                      Rao-Blackwellized (each chain's conditional means).
   MH sweeps          mh_sweeps Metropolized sweeps on the pixel values: each free pixel
-                     re-proposed from its filter conditional, accepted by the joint's
-                     ratio (the later conditionals' verdict): exact for the posterior on
-                     the pixel lattice, with look-ahead.
+                     re-proposed from its filter conditional, accepted by the later
+                     conditionals' verdict: keeps the filter's lattice posterior (its
+                     masses from filter_mass_sigma too) and adds the look-ahead.
   MALA               mala_steps Metropolis-adjusted Langevin steps at sigma_L on the exact
                      log q_{sigma_L}(x) + log p(y | x): leaves that posterior invariant.
   Gibbs              gibbs_sweeps sweeps over the free pixels in the model's order; each
@@ -143,8 +143,9 @@ def make_sampler(model, joint: joint_lib.Joint, obs, space: obs_lib.PixelSpace,
                                  resample=st.method == "smc",
                                  mass_sigma=st.filter_mass_sigma)
           if st.method in ("filter", "smc") else None)
-  mh = (filter_lib.make_mh_sweeps(model, joint.log_prob_fn, obs, space, s_min,
-                                  st.mh_sweeps, box) if st.mh_sweeps else None)
+  mh = (filter_lib.make_mh_sweeps(model, obs, space, s_min, st.mh_sweeps, box,
+                                  mass_sigma=st.filter_mass_sigma)
+        if st.mh_sweeps else None)
 
   def run(params, y, rng, x_init=None):
     n = y.shape[0]
