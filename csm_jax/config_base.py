@@ -295,6 +295,8 @@ def default_config() -> ml_collections.ConfigDict:
   r.sr_factor = 2              # superres: average-pool factor >= 1
   r.sr_sigma = 0.02            # superres: noise std of the low-resolution image, > 0
   r.method = "annealed"        # annealed | filter (+ MALA / Gibbs finish) | mala | gibbs
+                               # | tweedie (gaussian task, smoothed-joint model: the
+                               # posterior mean in one gradient of the joint)
   r.sigmas = _ref(tuple)       # annealing levels (None: the noise schedule)
   r.num_levels = _ref(int)     # >= 1: only the last num_levels of them
   r.steps_per_level = 10       # >= 1
@@ -704,8 +706,8 @@ def validate(config) -> ml_collections.ConfigDict:
   r = config.restore
   need(r.task in ("gaussian", "salt_pepper", "inpaint", "superres"), "restore.task", r.task,
        "one of gaussian, salt_pepper, inpaint, superres")
-  need(r.method in ("annealed", "filter", "smc", "mala", "gibbs"), "restore.method",
-       r.method, "'annealed', 'filter', 'smc', 'mala' or 'gibbs'")
+  need(r.method in ("annealed", "filter", "smc", "mala", "gibbs", "tweedie"),
+       "restore.method", r.method, "'annealed', 'filter', 'smc', 'mala', 'gibbs' or 'tweedie'")
   need(r.mask in ("random50", "random80", "centre", "bottom"), "restore.mask", r.mask,
        "one of random50, random80, centre, bottom")
   need(0 <= r.p <= 1, "restore.p", r.p, "in [0, 1]")

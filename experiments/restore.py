@@ -11,7 +11,8 @@ Tasks (--tasks, comma-separated; the number is the task's parameter):
 
 Rows per task: each prior's posterior (csm_jax.restore: annealed Langevin over the noise
 levels with the observation annealed alongside, posterior mean over chains and one
-sample); on --filter_tasks also each prior's sequential filter (restore.method=filter:
+sample); on Gaussian noise also the smoothed-joint prior's Tweedie posterior mean
+(restore.method=tweedie: y + s^2 grad log q_s(y), one gradient of its joint); on --filter_tasks also each prior's sequential filter (restore.method=filter:
 the pixels drawn in the model's order, each on its 256 values from its conditional times
 its likelihood; exact for the bottom half, no look-ahead otherwise), the
 earlier AR-CSM restorations where they apply (Tweedie autoregressive and all
@@ -470,6 +471,19 @@ def run(args, overrides):
           r.record(task, f"{label}, posterior {part}", "posterior", clean, labels, out, clf,
                    res["seconds"], extra)
           show[f"{name} {part}"] = out[:args.num_show]
+        if kind == "gaussian" and getattr(model, "context_sigma", False):
+          # a smoothed-joint prior: Tweedie's posterior mean, one gradient of its joint
+          tcfg = copy.deepcopy(cfg)
+          tcfg.restore.method = "tweedie"
+          for field in ("mh_sweeps", "gibbs_sweeps", "mala_steps", "map_steps"):
+            tcfg.restore[field] = 0
+          res = posterior.restore(model, params, tcfg, y, kind,
+                                  jax.random.PRNGKey(args.seed + ti), preprocessor=prior_pre,
+                                  observation=obs, log=r.log)
+          out = res["mean"].reshape(clean.shape)
+          r.record(task, f"{label}, Tweedie posterior mean", "posterior", clean, labels, out,
+                   clf, res["seconds"], {"settings": res["settings"]})
+          show[f"{name} Tweedie"] = out[:args.num_show]
 
       if task in filter_tasks:
         fcfg = copy.deepcopy(cfg)

@@ -10,6 +10,8 @@ q_sigma(x_d | x_<d) = p(. | x_<d) * N(0, sigma^2). `exact_sample` draws from p i
   GaussianAR   x_d | x_<d ~ N(b_d + w_d . x_<d, v_d)            (joint Gaussian, known)
   MixtureAR    x_d | x_<d ~ pi_d N(m_d - delta_d, v_d) + (1 - pi_d) N(m_d + delta_d, v_d),
                m_d = b_d + w_d . x_<d                             (bimodal conditionals)
+  SmoothedGaussian  N(mu, cov + sigma^2 I) at level sigma: a known smoothed joint (its
+               context takes the level, as noise.mode='joint' models')
 
 Convolving a component N(mu, v) with N(0, sigma^2) gives N(mu, v + sigma^2): the scores
 are analytic at every level.
@@ -111,6 +113,36 @@ class MixtureAR(_KnownAR):
       x[:, d] = m + np.where(upper, self.delta[d], -self.delta[d]) + np.sqrt(self.v[d]) * \
           gen.standard_normal(n)
     return x
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SmoothedGaussian(_KnownAR):
+  """The smoothed joint of x ~ N(mu, cov) as an AR model with a level-aware context: at
+  level sigma, q_sigma = N(mu, cov + sigma^2 I) = p * N(0, sigma^2 I) factorized in the
+  natural order (what a smoothed-joint AR-CSM, noise.mode='joint', learns; the per-dim
+  models above noise x_d alone). With C = L L^T (Cholesky), x_d | x_<d has mean
+  mu_d + [(I - diag(L) L^-1)(x - mu)]_d (strictly lower triangular) and variance L_dd^2.
+  The level is a scalar (one for the whole batch)."""
+  mu: np.ndarray
+  cov: np.ndarray
+  context_sigma = True    # the context takes the level (as models.ar's smoothed joint)
+
+  @property
+  def b(self):
+    return self.mu
+
+  def context(self, params, x, train=False, rng=None, sigma=None):
+    s2 = 0.0 if sigma is None else jnp.asarray(sigma, x.dtype) ** 2
+    eye = jnp.eye(self.dim, dtype=x.dtype)
+    chol = jnp.linalg.cholesky(jnp.asarray(self.cov, x.dtype) + s2 * eye)
+    diag = jnp.diagonal(chol)
+    w = eye - diag[:, None] * jax.scipy.linalg.solve_triangular(chol, eye, lower=True)
+    mu = jnp.asarray(self.mu, x.dtype)
+    m = mu + (x - mu) @ w.T
+    return jnp.stack([m, jnp.broadcast_to(diag * diag, m.shape)], -1)
+
+  def score(self, params, ctx, x, sigma):   # the level is in the context
+    return -(x - ctx[..., 0]) / ctx[..., 1]
 
 
 def random_gaussian_ar(dim: int, seed: int = 0, std_range=(0.05, 1.0)) -> GaussianAR:

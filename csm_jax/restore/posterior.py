@@ -31,6 +31,8 @@ Stages (each optional, run in this order; `Settings.method` picks them):
                      later conditionals and the likelihood re-evaluated for every value
                      in one batched pass). No step size; costs K joint evaluations per
                      pixel, so it is meant for small models or few sweeps.
+  tweedie            (Gaussian noise, smoothed-joint prior; no sampling) the posterior
+                     mean in one gradient, y + s^2 grad log q_s(y) (`tweedie.py`).
 Outputs: the posterior mean over chains in image units (the MMSE estimate, what PSNR
 rewards), one sample (chain 0), and with map_steps > 0 a MAP estimate (gradient ascent
 on the exact log posterior at sigma_L from the starting image).
@@ -49,8 +51,9 @@ from csm_jax import noise as noise_lib
 from csm_jax.restore import filtering as filter_lib
 from csm_jax.restore import joint as joint_lib
 from csm_jax.restore import observations as obs_lib
+from csm_jax.restore import tweedie as tweedie_lib
 
-METHODS = ("annealed", "mala", "gibbs", "filter", "smc")
+METHODS = ("annealed", "mala", "gibbs", "filter", "smc", "tweedie")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +61,7 @@ class Settings:
   """Sampler settings (config.restore holds the same fields with their ranges)."""
   sigmas: tuple                 # annealing levels, descending; the last is the prior's
   method: str = "annealed"      # annealed | filter | smc (+ MH/MALA/Gibbs finish) | mala
-                                # | gibbs
+                                # | gibbs | tweedie (Gaussian noise: no sampling)
   steps_per_level: int = 10
   step_lr: float = 5e-3         # Langevin step alpha at the last level
   mala_steps: int = 0
@@ -86,6 +89,11 @@ class Settings:
         raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
     if not self.step_lr > 0:
       raise ValueError(f"step_lr must be > 0, got {self.step_lr!r}")
+    if self.method == "tweedie":
+      for name in ("mala_steps", "mh_sweeps", "gibbs_sweeps", "map_steps"):
+        if int(getattr(self, name)):
+          raise ValueError(f"{name}: method 'tweedie' computes the posterior mean in one "
+                           f"gradient and has no sampler stages; set it to 0")
     if self.filter_mass_sigma is not None and not self.filter_mass_sigma > self.sigma_min:
       raise ValueError(f"filter_mass_sigma must be None or > the last level "
                        f"{self.sigma_min}, got {self.filter_mass_sigma!r}")
@@ -125,6 +133,9 @@ def make_sampler(model, joint: joint_lib.Joint, obs, space: obs_lib.PixelSpace,
   rate, NaN without MALA), x (N, chains, D) model space.
   """
   st = settings
+  if st.method == "tweedie":
+    raise ValueError("method 'tweedie' is not a sampler: use tweedie.make_tweedie "
+                     "(or restore(), which dispatches)")
   sig = jnp.asarray(np.asarray(st.sigmas, np.float32))
   s_min = st.sigma_min
   scale2 = space.image_per_model ** 2
@@ -332,7 +343,8 @@ def restore(model, params, config, y, task: Optional[str] = None, rng=None, *,
   jax PRNGKey or int seed.
 
   Returns numpy images in [0, 1] of the data shape: 'mean' (posterior mean over the
-  chains: the MMSE estimate), 'sample', and 'map' if restore.map_steps > 0; plus
+  chains: the MMSE estimate; Tweedie's for restore.method='tweedie'), 'sample' (not
+  for 'tweedie'), and 'map' if restore.map_steps > 0; plus
   'accept' (MALA acceptance rate or None), 'seconds', 'settings' (a dict).
   """
   rc = config.restore
@@ -349,8 +361,15 @@ def restore(model, params, config, y, task: Optional[str] = None, rng=None, *,
   y = obs_lib.check_observation(observation, y)
   settings = settings_from_config(config)
   box = box_from_config(config, model, preprocessor)
-  joint = joint_lib.make_joint(model, box, batch_chunk=rc.batch_chunk)
-  sampler = make_sampler(model, joint, observation, space, settings)
+  if settings.method == "tweedie":   # the posterior mean in one gradient: no chains
+    level = tweedie_lib.check(model, observation, space, settings.sigmas)
+    box = None if box is None else tweedie_lib.widened_box(box, level)
+    mean_fn = tweedie_lib.make_tweedie(
+        joint_lib.make_joint(model, box, batch_chunk=rc.batch_chunk), space, level)
+    sampler = lambda params, yb, key: {"mean": mean_fn(params, yb)}
+  else:
+    joint = joint_lib.make_joint(model, box, batch_chunk=rc.batch_chunk)
+    sampler = make_sampler(model, joint, observation, space, settings)
   if rng is None:
     rng = jax.random.PRNGKey(config.seed)
   elif isinstance(rng, (int, np.integer)):
@@ -370,13 +389,15 @@ def restore(model, params, config, y, task: Optional[str] = None, rng=None, *,
     if log is not None:
       log(f"  restore {min(n, i + bs)}/{n} images, {time.perf_counter() - start:.0f}s")
   cat = lambda k: np.concatenate([p[k] for p in parts]).reshape((n,) + shape)
-  res = {"mean": cat("mean"), "sample": cat("sample"),
+  res = {"mean": cat("mean"),
          "accept": (None if not settings.mala_steps
                     else float(np.mean([p["accept"] for p in parts]))),
          "mh_accept": (None if not settings.mh_sweeps
                        else float(np.mean([p["mh_accept"] for p in parts]))),
          "seconds": time.perf_counter() - start,
          "settings": dataclasses.asdict(settings)}
+  if "sample" in parts[0]:   # not for 'tweedie'
+    res["sample"] = cat("sample")
   if settings.map_steps:
     res["map"] = cat("map")
   return res
