@@ -304,6 +304,9 @@ def default_config() -> ml_collections.ConfigDict:
                                # step_lr sigma_i^2 / sigma_L^2 (None: sigma_L^2 / 2, the
                                # better of /2 and /10 on MNIST, docs/restoration.md;
                                # NCSN's 2e-5 at sigma_L = 0.01 is sigma_L^2 / 5)
+  r.noise_pins = False         # annealed: pinned (observed) pixels carry each level's
+                               # extra noise, tied to their value by N(y, s^2 - s_L^2),
+                               # so a smoothed-joint context sees a whole noisy image
   r.mala_steps = 0             # >= 0: MALA steps at sigma_min (exact log q)
   r.mala_step = _ref(float)    # > 0 (None: step_lr)
   r.mh_sweeps = 0              # >= 0: Metropolized sweeps on the pixel values, each pixel

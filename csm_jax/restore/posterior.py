@@ -74,6 +74,7 @@ class Settings:
   map_steps: int = 0
   map_lr: Optional[float] = None      # None: step_lr / 2
   init_noise: bool = True       # annealed: start from the init image + sigma_1 noise
+  noise_pins: bool = False      # annealed: pinned pixels carry the level's extra noise
 
   def __post_init__(self):
     if self.method not in METHODS:
@@ -108,12 +109,15 @@ def _target(joint, obs, space, y, fixed_mask, fixed_x):
   def lik(x, extra_var):
     return obs.log_likelihood(y, space.to_image(x), extra_var)
 
-  def value_and_grad(params, x, sigma, extra_var):
-    x = jnp.where(fixed_mask, fixed_x, x)
+  def value_and_grad(params, x, sigma, extra_var, pin=True):
+    """pin=False: the pinned coordinates are read from x as they are (their gradient
+    returned too), for the annealed stage's noised pins."""
+    if pin:
+      x = jnp.where(fixed_mask, fixed_x, x)
     lp, g = joint.value_and_grad_fn(params, x, sigma)
     ll, pull = jax.vjp(lambda z: lik(z, extra_var), x)
     gl = pull(jnp.ones_like(ll))[0]
-    return lp + ll, jnp.where(fixed_mask, 0.0, g + gl)
+    return lp + ll, (jnp.where(fixed_mask, 0.0, g + gl) if pin else g + gl)
 
   def value(params, x, sigma):
     x = jnp.where(fixed_mask, fixed_x, x)
@@ -173,20 +177,33 @@ def make_sampler(model, joint: joint_lib.Joint, obs, space: obs_lib.PixelSpace,
     x = rep(init1) if x_init is None else jnp.where(fmask, fx, x_init.reshape(n * c, dim))
     out = {}
     if st.method == "annealed":
+      # noise_pins: at level s the pinned pixels are free coordinates tied to their value
+      # by N(fx, s^2 - s_L^2) (what a Gaussian observation's annealing does), so a
+      # smoothed-joint context sees the whole image at the level it was trained on;
+      # pinned exactly at the last level (and at the end)
+      moving = jnp.ones_like(free) if st.noise_pins else free
       if st.init_noise and x_init is None:
-        x = into_box(x + free * sig[0] * jax.random.normal(k_init, x.shape, x.dtype))
+        x = into_box(x + moving * sig[0] * jax.random.normal(k_init, x.shape, x.dtype))
 
       def level(carry, inp):
         x, key = carry
         s, a = inp
         extra = (s ** 2 - s_min ** 2) * scale2
+        pin_var = jnp.maximum(s ** 2 - s_min ** 2, 1e-12)   # model units
+        soft = st.noise_pins & (s > s_min)
 
         def step(t, xk):
           x, key = xk
           key, kz = jax.random.split(key)
-          _, g = vg(params, x, s, extra)
+          if st.noise_pins:
+            _, g = vg(params, jnp.where(soft, x, jnp.where(fmask, fx, x)), s, extra, pin=False)
+            g = jnp.where(fmask, jnp.where(soft, g + (fx - x) / pin_var, 0.0), g)
+            mv = jnp.where(soft, moving, free)
+          else:
+            _, g = vg(params, x, s, extra)
+            mv = free
           z = jax.random.normal(kz, x.shape, x.dtype)
-          return into_box(x + free * (0.5 * a * g + jnp.sqrt(a) * z)), key
+          return into_box(x + mv * (0.5 * a * g + jnp.sqrt(a) * z)), key
         return jax.lax.fori_loop(0, st.steps_per_level, step, (x, key)), None
       (x, _), _ = jax.lax.scan(level, (x, k_run), (sig, alphas))
 
@@ -298,7 +315,8 @@ def settings_from_config(config) -> Settings:
                   filter_mass_sigma=(None if rc.filter_mass_sigma is None
                                      else float(rc.filter_mass_sigma)),
                   gibbs_sweeps=int(rc.gibbs_sweeps), gibbs_values=int(rc.gibbs_values),
-                  chains=int(rc.chains), map_steps=int(rc.map_steps), map_lr=rc.map_lr)
+                  chains=int(rc.chains), map_steps=int(rc.map_steps), map_lr=rc.map_lr,
+                  noise_pins=bool(rc.get("noise_pins", False)))
 
 
 def check_mass_settings(model, rc) -> None:
