@@ -581,7 +581,13 @@ def override(config: ml_collections.ConfigDict, overrides: Sequence[str]):
       value = (value,)
     if isinstance(node[last], str) and not isinstance(value, str):
       value = text
-    node[last] = value
+    if isinstance(node[last], bool) and isinstance(value, str):   # as absl: true/false
+      value = {"true": True, "false": False}.get(value.strip().lower(), value)
+    try:
+      node[last] = value
+    except TypeError:
+      raise TypeError(f"config field {path}: {text!r} is not of type "
+                      f"{type(node[last]).__name__}") from None
   return config
 
 

@@ -100,9 +100,13 @@ def helper_module(module_name: str, name: str):
 
 
 def apply(config, overrides: Sequence[str]):
-  """The config with 'a.b=value' overrides applied (unknown fields fail loudly)."""
+  """The config with 'a.b=value' overrides applied; an unknown field or a value of the
+  wrong type is one line naming it (SystemExit)."""
   from csm_jax import config_base  # pylint: disable=g-import-not-at-top
-  return config_base.override(config, overrides)
+  try:
+    return config_base.override(config, overrides)
+  except (AttributeError, TypeError, ValueError) as e:
+    raise SystemExit(f"config override: {e}") from None
 
 
 def block(tree):

@@ -81,5 +81,9 @@ def test_workdir_config_round_trip(tmp_path):
   assert back.to_dict() == config.to_dict()
   with pytest.raises(AttributeError):
     back.training.num_stepz = 1
-  with pytest.raises(TypeError):
+  with pytest.raises(TypeError, match="training.num_steps: 'many' is not of type int"):
     config_base.override(back, ["training.num_steps=many"])
+  config_base.override(back, ["restore.noise_pins=true"])     # absl's spelling of bools
+  assert back.restore.noise_pins is True
+  config_base.override(back, ["restore.noise_pins=False"])
+  assert back.restore.noise_pins is False
