@@ -19,9 +19,10 @@ def test_restore_experiment_writes_every_row(tmp_path, mnist_data_dir):
              XLA_FLAGS="--xla_backend_optimization_level=0", PYTHONPATH=str(REPO))
   out = tmp_path / "out"
   cmd = [sys.executable, "-m", "experiments.restore", "--out", str(out),
-         "--tasks", "gaussian_0.6,inpaint_bottom", "--priors", "csm,mle_gauss",
+         "--tasks", "gaussian_0.6,inpaint_bottom", "--priors", "csm,joint,mle_gauss",
          "--num_images", "2", "--steps", "3", "--classifier_steps", "2", "--num_show", "2",
          "--csm.model.hidden_sizes=(16,)", "--mle_gauss.model.hidden_sizes=(16,)",
+         "--joint.model.hidden_sizes=(16,)",
          "--config.restore.num_levels=2", "--config.restore.steps_per_level=1",
          "--mle_gauss.restore.gibbs_sweeps=1", "--filter_mass_sigma", "auto",
          "--mass_sigma_images", "2"]
@@ -40,6 +41,10 @@ def test_restore_experiment_writes_every_row(tmp_path, mnist_data_dir):
     assert res["tasks"][task]["best_classical"] in rows
     assert (out / f"{task}.png").stat().st_size > 0
   assert "AR-CSM Tweedie autoregressive" in res["tasks"]["gaussian_0.6"]["rows"]
+  # the smoothed joint's Tweedie posterior mean: on Gaussian noise only
+  tw = "AR-CSM (smoothed joint), Tweedie posterior mean"
+  assert res["tasks"]["gaussian_0.6"]["rows"][tw]["settings"]["method"] == "tweedie"
+  assert tw not in res["tasks"]["inpaint_bottom"]["rows"]
   assert "gaussian_0.6" in (out / "table.md").read_text()
   # the sequential filter's rows: on the default --filter_tasks (the bottom half), not
   # on Gaussian noise

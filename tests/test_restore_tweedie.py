@@ -85,6 +85,7 @@ def test_restore_library_call_with_tweedie_on_a_smoothed_joint_made():
                                 logit_lambda=0.0)
   config.noise.sigma_max, config.noise.sigma_min, config.noise.num_levels = 0.5, 0.05, 3
   config.restore.method, config.restore.sigma = "tweedie", 0.2
+  config.restore.num_levels = 1    # annealing levels only: the check reads the trained ones
   config_base.validate(config)     # 'tweedie' is a valid restore.method
   images = np.random.default_rng(0).integers(0, 256, (3,) + shape) / 255.0
   y = obs_lib.GaussianNoise(0.2, shape).corrupt(0, images)

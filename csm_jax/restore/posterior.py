@@ -380,7 +380,9 @@ def restore(model, params, config, y, task: Optional[str] = None, rng=None, *,
   settings = settings_from_config(config)
   box = box_from_config(config, model, preprocessor)
   if settings.method == "tweedie":   # the posterior mean in one gradient: no chains
-    level = tweedie_lib.check(model, observation, space, settings.sigmas)
+    trained = noise_lib.sigmas_from_config(config.noise)   # the levels it learned
+    level = tweedie_lib.check(model, observation, space,
+                              settings.sigmas if trained is None else trained)
     box = None if box is None else tweedie_lib.widened_box(box, level)
     mean_fn = tweedie_lib.make_tweedie(
         joint_lib.make_joint(model, box, batch_chunk=rc.batch_chunk), space, level)
