@@ -12,7 +12,8 @@ Tasks (--tasks, comma-separated; the number is the task's parameter):
 Rows per task: each prior's posterior (csm_jax.restore: annealed Langevin over the noise
 levels with the observation annealed alongside, posterior mean over chains and one
 sample); on Gaussian noise also the smoothed-joint prior's Tweedie posterior mean
-(restore.method=tweedie: y + s^2 grad log q_s(y), one gradient of its joint); on --filter_tasks also each prior's sequential filter (restore.method=filter:
+(restore.method=tweedie: y + s^2 grad log q_s(y), one gradient of its joint); on
+--filter_tasks also each prior's sequential filter (restore.method=filter:
 the pixels drawn in the model's order, each on its 256 values from its conditional times
 its likelihood; exact for the bottom half, no look-ahead otherwise), the
 earlier AR-CSM restorations where they apply (Tweedie autoregressive and all
@@ -233,6 +234,16 @@ def observation_for(kind, kw, shape, seed):
   if kind == "inpaint":
     return obs_lib.Missing(obs_lib.make_mask(kw["mask"], shape, seed), shape)
   return obs_lib.Downsample(kw["sr_factor"], kw["sr_sigma"], shape)
+
+
+def method_alone(cfg, method):
+  """A copy of a prior's config whose restore.method is `method`, with no finishing
+  stages (MALA, MH sweeps, Gibbs, MAP)."""
+  out = copy.deepcopy(cfg)
+  out.restore.method = method
+  for field in posterior.FINISH_STAGES:
+    out.restore[field] = 0
+  return out
 
 
 def per_image_metrics(clean, restored):
@@ -473,11 +484,7 @@ def run(args, overrides):
           show[f"{name} {part}"] = out[:args.num_show]
         if kind == "gaussian" and getattr(model, "context_sigma", False):
           # a smoothed-joint prior: Tweedie's posterior mean, one gradient of its joint
-          tcfg = copy.deepcopy(cfg)
-          tcfg.restore.method = "tweedie"
-          for field in ("mh_sweeps", "gibbs_sweeps", "mala_steps", "map_steps"):
-            tcfg.restore[field] = 0
-          res = posterior.restore(model, params, tcfg, y, kind,
+          res = posterior.restore(model, params, method_alone(cfg, "tweedie"), y, kind,
                                   jax.random.PRNGKey(args.seed + ti), preprocessor=prior_pre,
                                   observation=obs, log=r.log)
           out = res["mean"].reshape(clean.shape)
@@ -486,10 +493,8 @@ def run(args, overrides):
           show[f"{name} Tweedie"] = out[:args.num_show]
 
       if task in filter_tasks:
-        fcfg = copy.deepcopy(cfg)
-        fcfg.restore.method, fcfg.restore.chains = "filter", int(args.filter_chains)
-        for field in ("mh_sweeps", "gibbs_sweeps", "mala_steps", "map_steps"):
-          fcfg.restore[field] = 0           # the filter alone: its Rao-Blackwellized mean
+        fcfg = method_alone(cfg, "filter")   # the filter alone: its Rao-Blackwellized mean
+        fcfg.restore.chains = int(args.filter_chains)
         if name in MASS_PRIORS or model.normalized:
           fcfg.restore.filter_mass_sigma = None   # one level only: nothing to reweight
         res = posterior.restore(model, params, fcfg, y, kind,

@@ -54,6 +54,8 @@ from csm_jax.restore import observations as obs_lib
 from csm_jax.restore import tweedie as tweedie_lib
 
 METHODS = ("annealed", "mala", "gibbs", "filter", "smc", "tweedie")
+# the stages that follow a method (restore.FIELD counts; 0: skipped)
+FINISH_STAGES = ("mala_steps", "mh_sweeps", "gibbs_sweeps", "map_steps")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,13 +87,13 @@ class Settings:
     for name in ("steps_per_level", "chains", "gibbs_values"):
       if int(getattr(self, name)) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-    for name in ("mala_steps", "mh_sweeps", "gibbs_sweeps", "map_steps"):
+    for name in FINISH_STAGES:
       if int(getattr(self, name)) < 0:
         raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
     if not self.step_lr > 0:
       raise ValueError(f"step_lr must be > 0, got {self.step_lr!r}")
     if self.method == "tweedie":
-      for name in ("mala_steps", "mh_sweeps", "gibbs_sweeps", "map_steps"):
+      for name in FINISH_STAGES:
         if int(getattr(self, name)):
           raise ValueError(f"{name}: method 'tweedie' computes the posterior mean in one "
                            f"gradient and has no sampler stages; set it to 0")
@@ -328,7 +330,7 @@ def check_mass_settings(model, rc) -> None:
   if rc.method not in ("filter", "smc"):
     raise ValueError(f"restore.method: a discrete (probability mass) head is a prior only "
                      f"for 'filter' or 'smc' (no density in x), got {rc.method!r}")
-  for field in ("mala_steps", "mh_sweeps", "gibbs_sweeps", "map_steps"):
+  for field in FINISH_STAGES:
     if int(rc[field]):
       raise ValueError(f"restore.{field}: a discrete (probability mass) head has no "
                        f"density in x for this stage; set it to 0")
