@@ -98,6 +98,7 @@ def _ref(field_type):
 
 
 NOISE_MODES = ("per_dim", "joint")
+NOISE_LEVELS = ("discrete", "continuous")
 SAMPLING_METHODS = ("sequential", "fixed_point", "level_sweeps")
 
 
@@ -188,6 +189,10 @@ def default_config() -> ml_collections.ConfigDict:
   # (model.context_sigma_embedding > 0): the model learns the smoothed joint
   # p * N(0, sigma^2 I) at every level (docs/smoothed_joint.md)
   n.mode = "per_dim"
+  # where a training level comes from: 'discrete' (the L schedule levels, uniformly) or
+  # 'continuous' (log sigma uniform on [sigma_min, sigma_max]: also the levels between
+  # the schedule's, e.g. a restoration's noise level); samplers anneal over the schedule
+  n.levels = "discrete"
   _declare("noise", sigma_max="> 0", sigma_min="> 0", num_levels="int >= 1")
 
   c.optim = o = ml_collections.ConfigDict()
@@ -680,6 +685,8 @@ def validate(config) -> ml_collections.ConfigDict:
   need(o.grad_clip >= 0, "optim.grad_clip", o.grad_clip, ">= 0 (0: no clipping)")
   n = config.noise
   need(n.mode in NOISE_MODES, "noise.mode", n.mode, "one of " + ", ".join(map(repr, NOISE_MODES)))
+  need(n.get("levels", "discrete") in NOISE_LEVELS, "noise.levels", n.get("levels"),
+       "one of " + ", ".join(map(repr, NOISE_LEVELS)))
   if n.mode == "joint":
     need(n.enabled, "noise.enabled", n.enabled, "True with noise.mode='joint'")
     need(config.loss.name == "csm", "loss.name", config.loss.name,

@@ -25,23 +25,24 @@ def composite_score_matching(s, ds, weight=None):
   return per_dim.sum(axis=-1)
 
 
-def csm_loss(model, sigmas, params, x, rng, train=True):
+def csm_loss(model, sigmas, params, x, rng, train=True, continuous=False):
   """CSM on an AR model with per-dimension noise annealing and sigma^2 weights.
 
-  x~_d = x_d + sigma_d eps_d, contexts from the clean x; with sigmas=None no noise.
+  x~_d = x_d + sigma_d eps_d, contexts from the clean x; with sigmas=None no noise;
+  `continuous`: levels log-uniform over the schedule's range (noise.levels).
   """
   k_sig, k_eps, k_drop = jax.random.split(rng, 3)
   ctx = model.context(params, x, train, k_drop)
-  return _csm_given_context(model, sigmas, params, ctx, x, k_sig, k_eps)
+  return _csm_given_context(model, sigmas, params, ctx, x, k_sig, k_eps, continuous)
 
 
-def _csm_given_context(model, sigmas, params, ctx, x, k_sig, k_eps):
+def _csm_given_context(model, sigmas, params, ctx, x, k_sig, k_eps, continuous=False):
   """(loss, metrics) of paper Eq. 5 at fixed clean-data contexts: per-dimension noise
   levels from `sigmas` (None: no noise), x~ = x + sigma eps, sigma^2 weights."""
   if sigmas is None:
     sigma, xt, weight = jnp.ones_like(x), x, None
   else:
-    sigma = noise_lib.sample_sigmas(k_sig, x.shape, sigmas)
+    sigma = noise_lib.sample_sigmas(k_sig, x.shape, sigmas, continuous)
     xt, _ = noise_lib.perturb(k_eps, x, sigma)
     weight = sigma ** 2
   s, ds = model.score_and_diag(params, ctx, xt, sigma)
@@ -49,7 +50,7 @@ def _csm_given_context(model, sigmas, params, ctx, x, k_sig, k_eps):
   return loss, {"loss": loss, "score_sq": (0.5 * s ** 2).sum(-1).mean()}
 
 
-def joint_csm_loss(model, sigmas, params, x, rng, train=True):
+def joint_csm_loss(model, sigmas, params, x, rng, train=True, continuous=False):
   """CSM (paper Eq. 5) on the smoothed joint p_sigma = p * N(0, sigma^2 I) (noise.mode
   'joint'): one level per example, x~ = x + sigma eps on every dimension, contexts from
   the noisy x~ and given sigma, sigma^2 weights.
@@ -58,7 +59,7 @@ def joint_csm_loss(model, sigmas, params, x, rng, train=True):
   sigma) are the conditional scores of an AR model of it.
   """
   k_noise, k_drop = jax.random.split(rng)
-  xt, sigma = noise_lib.perturb_joint(k_noise, x, sigmas)
+  xt, sigma = noise_lib.perturb_joint(k_noise, x, sigmas, continuous)
   ctx = model.context(params, xt, train, k_drop, sigma=sigma)
   sig = jnp.broadcast_to(sigma[:, None], xt.shape)
   s, ds = model.score_and_diag(params, ctx, xt, sig)
@@ -198,6 +199,10 @@ def get_loss_fn(config, model):
   if name != "mle" and lc.mle_target_sigma:
     raise config_base.ConfigError(f"loss.mle_target_sigma applies to loss.name='mle', not {name!r}")
   mode = noise_lib.mode_from_config(config.noise)
+  continuous = noise_lib.levels_from_config(config.noise) == "continuous"
+  if continuous and (name != "csm" or not config.noise.enabled):
+    raise config_base.ConfigError(f"noise.levels='continuous' applies to loss.name='csm' with "
+                                  f"noise.enabled=True, not loss.name={name!r}")
   if mode == "joint":
     if name != "csm" or not config.noise.enabled:
       raise config_base.ConfigError(f"noise.mode='joint' trains with loss.name='csm' and "
@@ -205,9 +210,11 @@ def get_loss_fn(config, model):
     if not getattr(model, "context_sigma", False):
       raise config_base.ConfigError("noise.mode='joint' needs a context that takes the noise "
                                     "level: set model.context_sigma_embedding > 0")
-    return functools.partial(joint_csm_loss, model, noise_lib.sigmas_from_config(config.noise))
+    return functools.partial(joint_csm_loss, model, noise_lib.sigmas_from_config(config.noise),
+                             continuous=continuous)
   if name == "csm":
-    return functools.partial(csm_loss, model, noise_lib.sigmas_from_config(config.noise))
+    return functools.partial(csm_loss, model, noise_lib.sigmas_from_config(config.noise),
+                             continuous=continuous)
   if name == "mle":
     if model.kind == "score":
       raise config_base.ConfigError("loss.name='mle' needs a normalized head (gaussian, logistic_mixture, "

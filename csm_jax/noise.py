@@ -6,6 +6,11 @@ context stays computed from the clean x_<d: the model learns q_sigma(x~_d | x_<d
 'joint' (the smoothed joint): one sigma per example, the whole x perturbed, x~ = x +
 sigma eps; contexts see x~_<d and sigma, so the AR model is one of p_sigma = p * N(0,
 sigma^2 I) at every level (docs/smoothed_joint.md).
+
+noise.levels says where a training level comes from: 'discrete' (the L levels of the
+geometric schedule, uniformly; NCSN's choice) or 'continuous' (log sigma uniform on
+[sigma_min, sigma_max], so a noise-conditional model also learns the levels between the
+schedule's; the samplers still anneal over the schedule).
 """
 
 import jax
@@ -22,6 +27,7 @@ def geometric_sigmas(sigma_max: float, sigma_min: float, num_levels: int) -> np.
 
 
 MODES = ("per_dim", "joint")
+LEVELS = ("discrete", "continuous")
 
 
 def mode_from_config(noise_config) -> str:
@@ -34,6 +40,16 @@ def mode_from_config(noise_config) -> str:
   return mode
 
 
+def levels_from_config(noise_config) -> str:
+  """config.noise.levels ('discrete' when absent: configs older than the field)."""
+  from csm_jax import config_base  # pylint: disable=g-import-not-at-top
+  levels = noise_config.get("levels", "discrete")
+  if levels not in LEVELS:
+    raise config_base.ConfigError(f"config field noise.levels must be one of "
+                                  f"{', '.join(map(repr, LEVELS))}, got {levels!r}")
+  return levels
+
+
 def sigmas_from_config(noise_config):
   """The schedule of config.noise, or None when training without noise."""
   if not noise_config.enabled:
@@ -42,8 +58,12 @@ def sigmas_from_config(noise_config):
                           noise_config.num_levels)
 
 
-def sample_sigmas(rng, shape, sigmas):
-  """A level drawn uniformly from `sigmas` for every entry of `shape`."""
+def sample_sigmas(rng, shape, sigmas, continuous=False):
+  """A level for every entry of `shape`: uniformly one of `sigmas`, or with
+  `continuous` log-uniform between their smallest and largest."""
+  if continuous:
+    lo, hi = np.log(np.min(sigmas)), np.log(np.max(sigmas))
+    return jnp.exp(jax.random.uniform(rng, shape, minval=lo, maxval=hi))
   idx = jax.random.randint(rng, shape, 0, len(sigmas))
   return jnp.asarray(sigmas)[idx]
 
@@ -54,10 +74,10 @@ def perturb(rng, x, sigma):
   return x + sigma * eps, eps
 
 
-def perturb_joint(rng, x, sigmas):
-  """The smoothed joint's perturbation: one level per example from `sigmas`, the whole
-  example perturbed; returns (x~ = x + sigma eps, sigma (B,))."""
+def perturb_joint(rng, x, sigmas, continuous=False):
+  """The smoothed joint's perturbation: one level per example (`sample_sigmas`), the
+  whole example perturbed; returns (x~ = x + sigma eps, sigma (B,))."""
   k_sig, k_eps = jax.random.split(rng)
-  sigma = sample_sigmas(k_sig, x.shape[:1], sigmas).astype(x.dtype)
+  sigma = sample_sigmas(k_sig, x.shape[:1], sigmas, continuous).astype(x.dtype)
   xt, _ = perturb(k_eps, x, sigma.reshape((-1,) + (1,) * (x.ndim - 1)))
   return xt, sigma

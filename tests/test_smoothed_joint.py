@@ -127,6 +127,65 @@ def test_level_sweeps_needs_a_joint_model():
     sampling.level_sweeps_sample(model, params, jax.random.PRNGKey(1), 2, SIGMAS)
 
 
+def test_continuous_levels_are_log_uniform_over_the_schedules_range():
+  """noise.levels='continuous': log sigma ~ U[log sigma_min, log sigma_max] (KS test on
+  20000 draws against the uniform law), the per-example level of the joint perturbation
+  included; 'discrete' draws only the schedule's levels."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  sig = np.asarray(noise_lib.sample_sigmas(jax.random.PRNGKey(0), (20000,), SIGMAS, True))
+  assert sig.min() >= 0.1 * (1 - 1e-6) and sig.max() <= 0.8 * (1 + 1e-6)
+  u = (np.log(sig) - np.log(0.1)) / (np.log(0.8) - np.log(0.1))
+  assert stats.kstest(u, "uniform").pvalue > 1e-3
+  assert len(np.unique(sig)) > 19000                      # not the 3 schedule levels
+  disc = np.asarray(noise_lib.sample_sigmas(jax.random.PRNGKey(0), (2000,), SIGMAS))
+  assert set(np.unique(disc)) == set(SIGMAS)
+  x = jnp.zeros((20000, 2))
+  xt, s = noise_lib.perturb_joint(jax.random.PRNGKey(1), x, SIGMAS, continuous=True)
+  u = (np.log(np.asarray(s)) - np.log(0.1)) / (np.log(0.8) - np.log(0.1))
+  assert stats.kstest(u, "uniform").pvalue > 1e-3
+  # x~ - x = sigma eps with that example's sigma: standardized, a unit Gaussian
+  z = np.asarray(xt / s[:, None]).ravel()
+  assert stats.kstest(z, "norm").pvalue > 1e-3
+
+
+def test_the_loss_factory_passes_continuous_levels_to_both_modes():
+  model = _model()
+  params = model.init(jax.random.PRNGKey(0))
+  x = jax.random.uniform(jax.random.PRNGKey(1), (4, model.dim))
+  for mode, fn in (("joint", losses.joint_csm_loss), ("per_dim", losses.csm_loss)):
+    c = _joint_config() if mode == "joint" else config_base.default_config()
+    if mode == "per_dim":
+      c.model = helpers.tiny_model_config()
+      c.data.dim = model.dim
+      m = helpers.tiny_model(model.dim)
+      p = m.init(jax.random.PRNGKey(0))
+    else:
+      m, p = model, params
+    c.noise.levels = "continuous"
+    config_base.validate(c)
+    got = losses.get_loss_fn(c, m)(p, x, jax.random.PRNGKey(3))[0]
+    sch = noise_lib.sigmas_from_config(c.noise)
+    want = fn(m, sch, p, x, jax.random.PRNGKey(3), continuous=True)[0]
+    other = fn(m, sch, p, x, jax.random.PRNGKey(3))[0]
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
+    assert abs(float(got) - float(other)) > 1e-6 * abs(float(other))
+
+
+def test_bad_noise_levels_are_one_line_config_errors():
+  c = _joint_config()
+  c.noise.levels = "uniform"
+  with pytest.raises(config_base.ConfigError, match="noise.levels") as e:
+    config_base.validate(c)
+  assert "\n" not in str(e.value)
+  c = config_base.default_config()
+  c.model = helpers.tiny_model_config(head="gaussian")
+  c.loss.name = "mle"
+  c.noise.enabled = False
+  c.noise.levels = "continuous"
+  with pytest.raises(config_base.ConfigError, match="noise.levels"):
+    losses.get_loss_fn(c, helpers.tiny_model(6, head="gaussian"))
+
+
 def test_unknown_mode_and_inconsistent_fields_are_config_errors_naming_the_field():
   c = _joint_config()
   c.noise.mode = "per_pixel"
