@@ -213,6 +213,7 @@ def test_mnist_joint_config_trains_in_joint_mode():
   config_base.validate(c)
   assert c.noise.mode == "joint" and c.model.context_sigma_embedding > 0
   assert c.sampling.method == "level_sweeps"
+  assert c.noise.levels == "continuous"    # trained between the schedule's levels too
   base = config_base.load_config("configs/mnist_denoise.py")
   assert base.noise.mode == "per_dim"
   assert (c.noise.sigma_max, c.noise.sigma_min, c.noise.num_levels) == (
