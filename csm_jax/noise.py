@@ -30,24 +30,25 @@ MODES = ("per_dim", "joint")
 LEVELS = ("discrete", "continuous")
 
 
-def mode_from_config(noise_config) -> str:
-  """config.noise.mode ('per_dim' when absent: configs older than the field)."""
+def _choice(noise_config, name: str, choices, default: str) -> str:
+  """config.noise.NAME, one of `choices` (`default` when absent: configs older than the
+  field); ConfigError naming the field otherwise."""
   from csm_jax import config_base  # pylint: disable=g-import-not-at-top
-  mode = noise_config.get("mode", "per_dim")
-  if mode not in MODES:
-    raise config_base.ConfigError(f"config field noise.mode must be one of "
-                                  f"{', '.join(map(repr, MODES))}, got {mode!r}")
-  return mode
+  value = noise_config.get(name, default)
+  if value not in choices:
+    raise config_base.ConfigError(f"config field noise.{name} must be one of "
+                                  f"{', '.join(map(repr, choices))}, got {value!r}")
+  return value
+
+
+def mode_from_config(noise_config) -> str:
+  """config.noise.mode ('per_dim' when absent)."""
+  return _choice(noise_config, "mode", MODES, "per_dim")
 
 
 def levels_from_config(noise_config) -> str:
-  """config.noise.levels ('discrete' when absent: configs older than the field)."""
-  from csm_jax import config_base  # pylint: disable=g-import-not-at-top
-  levels = noise_config.get("levels", "discrete")
-  if levels not in LEVELS:
-    raise config_base.ConfigError(f"config field noise.levels must be one of "
-                                  f"{', '.join(map(repr, LEVELS))}, got {levels!r}")
-  return levels
+  """config.noise.levels ('discrete' when absent)."""
+  return _choice(noise_config, "levels", LEVELS, "discrete")
 
 
 def sigmas_from_config(noise_config):
