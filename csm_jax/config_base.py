@@ -302,6 +302,8 @@ def default_config() -> ml_collections.ConfigDict:
   r.method = "annealed"        # annealed | filter (+ MALA / Gibbs finish) | mala | gibbs
                                # | tweedie (gaussian task, smoothed-joint model: the
                                # posterior mean in one gradient of the joint)
+                               # | project (inpaint, superres, salt_pepper; smoothed-
+                               # joint model: denoise-and-project from a classical start)
   r.sigmas = _ref(tuple)       # annealing levels (None: the noise schedule)
   r.num_levels = _ref(int)     # >= 1: only the last num_levels of them
   r.steps_per_level = 10       # >= 1
@@ -312,6 +314,9 @@ def default_config() -> ml_collections.ConfigDict:
   r.noise_pins = False         # annealed: pinned (observed) pixels carry each level's
                                # extra noise, tied to their value by N(y, s^2 - s_L^2),
                                # so a smoothed-joint context sees a whole noisy image
+  r.project_start = 0.1        # project: first denoiser level (image units), > 0
+  r.project_end = 0.02         # project: last level, > 0 and <= project_start
+  r.project_levels = 5         # project: levels, log-spaced, int >= 1
   r.mala_steps = 0             # >= 0: MALA steps at sigma_min (exact log q)
   r.mala_step = _ref(float)    # > 0 (None: step_lr)
   r.mh_sweeps = 0              # >= 0: Metropolized sweeps on the pixel values, each pixel
@@ -342,7 +347,8 @@ def default_config() -> ml_collections.ConfigDict:
            step_lr="None (sigma_L^2 / 2) or > 0", mala_steps="int >= 0",
            mala_step="None (step_lr) or > 0", mh_sweeps="int >= 0",
            filter_mass_sigma="None (off) or > the last level",
-           gibbs_sweeps="int >= 0", gibbs_values="int >= 2",
+           project_start="> 0", project_end="> 0",
+           project_levels="int >= 1", gibbs_sweeps="int >= 0", gibbs_values="int >= 2",
            chains="int >= 1", map_steps="int >= 0", map_lr="None (step_lr / 2) or > 0",
            grid_points="int >= 3", box_min="None (the data's box) or any number",
            box_max="None (the data's box) or any number",
@@ -722,8 +728,12 @@ def validate(config) -> ml_collections.ConfigDict:
   r = config.restore
   need(r.task in ("gaussian", "salt_pepper", "inpaint", "superres"), "restore.task", r.task,
        "one of gaussian, salt_pepper, inpaint, superres")
-  need(r.method in ("annealed", "filter", "smc", "mala", "gibbs", "tweedie"),
-       "restore.method", r.method, "'annealed', 'filter', 'smc', 'mala', 'gibbs' or 'tweedie'")
+  need(r.method in ("annealed", "filter", "smc", "mala", "gibbs", "tweedie", "project"),
+       "restore.method", r.method,
+       "'annealed', 'filter', 'smc', 'mala', 'gibbs', 'tweedie' or 'project'")
+  need(r.project_start > 0, "restore.project_start", r.project_start, "> 0")
+  need(0 < r.project_end <= r.project_start, "restore.project_end", r.project_end,
+       f"> 0 and <= restore.project_start ({r.project_start})")
   need(r.mask in ("random50", "random80", "centre", "bottom"), "restore.mask", r.mask,
        "one of random50, random80, centre, bottom")
   need(0 <= r.p <= 1, "restore.p", r.p, "in [0, 1]")
@@ -732,6 +742,7 @@ def validate(config) -> ml_collections.ConfigDict:
     need(r[field] is None or r[field] > 0, f"restore.{field}", r[field], "> 0")
   for field, low in (("steps_per_level", 1), ("chains", 1), ("sr_factor", 1),
                      ("gibbs_values", 2), ("grid_points", 3), ("mala_steps", 0),
+                     ("project_levels", 1),
                      ("mh_sweeps", 0), ("gibbs_sweeps", 0), ("map_steps", 0),
                      ("batch_size", 0),
                      ("num_images", 1)):

@@ -13,6 +13,11 @@ Rows per task: each prior's posterior (csm_jax.restore: annealed Langevin over t
 levels with the observation annealed alongside, posterior mean over chains and one
 sample); on Gaussian noise also the smoothed-joint prior's Tweedie posterior mean
 (restore.method=tweedie: y + s^2 grad log q_s(y), one gradient of its joint); on
+salt-and-pepper, inpainting and super-resolution the smoothed-joint prior's
+denoise-and-project estimate (restore.method=project: from the classical start, its
+Tweedie denoiser and the projection onto the observation in turn over decreasing levels;
+a plug-and-play point estimate, not a posterior mean) and, as its control, the same loop
+with a classical denoiser (--project_control); on
 --filter_tasks also each prior's sequential filter (restore.method=filter:
 the pixels drawn in the model's order, each on its 256 values from its conditional times
 its likelihood; exact for the bottom half, no look-ahead otherwise), the
@@ -122,6 +127,10 @@ def parse_args(argv=None):
                       + _defaults_help("filter_mass_sigma") + ")")
   p.add_argument("--mass_sigma_images", type=int, default=64,
                  help="training images that --filter_mass_sigma auto scores the levels on")
+  p.add_argument("--project_control", default="nl_means", choices=("nl_means", "bm3d", "none"),
+                 help="the classical denoiser of the denoise-and-project control row (the "
+                      "same loop, levels and start as restore.method=project; bm3d costs "
+                      "about 0.35 s per image per level here)")
   p.add_argument("--earlier", type=int, default=1,
                  help="1: also run the earlier AR-CSM restorations (Tweedie, Langevin)")
   p.add_argument("--sp_start_sigma", type=float, default=0.2,
@@ -155,6 +164,7 @@ from csm_jax.restore import classical  # noqa: E402
 from csm_jax.restore import filtering as filter_lib  # noqa: E402
 from csm_jax.restore import observations as obs_lib  # noqa: E402
 from csm_jax.restore import posterior  # noqa: E402
+from csm_jax.restore import project as project_lib  # noqa: E402
 
 # MNIST PixelCNN++ priors at a CPU size (32 filters, 1 ResNet per block, batch 16).
 PCNN_CPU = ("model.nr_filters=32", "model.nr_resnet=1", "model.dropout_rate=0.0",
@@ -246,6 +256,20 @@ def method_alone(cfg, method):
   return out
 
 
+PROJECT_TASKS = ("salt_pepper", "inpaint", "superres")
+
+
+def classical_project(denoiser, obs, y, rc):
+  """The denoise-and-project loop of restore.method=project (its start, levels and
+  projection: config.restore's project_* fields `rc`) with a classical denoiser."""
+  fn = {"nl_means": classical.nl_means, "bm3d": classical.bm3d_denoise}[denoiser]
+  shape = (len(y),) + tuple(obs.shape)
+  levels = project_lib.levels(rc.project_start, rc.project_end, rc.project_levels)
+  return project_lib.denoise_and_project(
+      lambda u, s: np.asarray(fn(np.asarray(u).reshape(shape), s)).reshape(len(y), -1),
+      obs, y.reshape(len(y), -1), project_lib.start_image(obs, y), levels)
+
+
 def per_image_metrics(clean, restored):
   """Per-image PSNR and SSIM (dm-pix, max 1) of (N, H, W, C) images in [0, 1]."""
   import dm_pix  # pylint: disable=g-import-not-at-top
@@ -306,7 +330,7 @@ class Run:
     best = max(cl, key=lambda n: rows[n]["psnr"][0])
     self.results["tasks"][task]["best_classical"] = best
     for n, r in rows.items():
-      if r["kind"] in ("posterior", "earlier"):
+      if r["kind"] in ("posterior", "point", "earlier"):
         r["psnr_minus_best_classical"] = mean_se(self.per_image[task][n]
                                                  - self.per_image[task][best])
     self.save()
@@ -465,6 +489,14 @@ def run(args, overrides):
       out = np.asarray(fn(y), np.float32).reshape(clean.shape)
       r.record(task, cname, "classical", clean, labels, out, clf, time.perf_counter() - t0)
       show[cname] = out[:args.num_show]
+    projects = kind in PROJECT_TASKS and args.dataset == "mnist"
+    if projects and args.project_control != "none":
+      # the control of the denoise-and-project rows: the same loop, a classical denoiser
+      t0 = time.perf_counter()
+      out = classical_project(args.project_control, obs, y, base.restore).reshape(clean.shape)
+      cname = f"{args.project_control} denoise-and-project"
+      r.record(task, cname, "classical", clean, labels, out, clf, time.perf_counter() - t0)
+      show[cname] = out[:args.num_show]
 
     for name, (model, params, cfg, label, prior_pre) in models.items():
       prior_obs = obs   # the task fixes the corruption; restore.sp_tau only the likelihood
@@ -491,6 +523,17 @@ def run(args, overrides):
           r.record(task, f"{label}, Tweedie posterior mean", "posterior", clean, labels, out,
                    clf, res["seconds"], {"settings": res["settings"]})
           show[f"{name} Tweedie"] = out[:args.num_show]
+
+      if projects and getattr(model, "context_sigma", False):
+        # a smoothed-joint prior: its Tweedie denoiser in the denoise-and-project loop
+        res = posterior.restore(model, params, method_alone(cfg, "project"), y, kind,
+                                jax.random.PRNGKey(args.seed + ti), preprocessor=prior_pre,
+                                observation=obs, log=r.log)
+        out = res["mean"].reshape(clean.shape)
+        start = project_lib.START[type(obs).__name__]
+        r.record(task, f"{label}, denoise-and-project from {start}", "point", clean, labels,
+                 out, clf, res["seconds"], {"settings": res["settings"]})
+        show[f"{name} project"] = out[:args.num_show]
 
       if task in filter_tasks:
         fcfg = method_alone(cfg, "filter")   # the filter alone: its Rao-Blackwellized mean

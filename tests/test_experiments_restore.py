@@ -45,6 +45,14 @@ def test_restore_experiment_writes_every_row(tmp_path, mnist_data_dir):
   tw = "AR-CSM (smoothed joint), Tweedie posterior mean"
   assert res["tasks"]["gaussian_0.6"]["rows"][tw]["settings"]["method"] == "tweedie"
   assert tw not in res["tasks"]["inpaint_bottom"]["rows"]
+  # denoise-and-project: the smoothed joint's row and its classical control, not on
+  # Gaussian noise
+  dp = "AR-CSM (smoothed joint), denoise-and-project from biharmonic"
+  bottom_rows = res["tasks"]["inpaint_bottom"]["rows"]
+  assert bottom_rows[dp]["kind"] == "point" and "psnr_minus_best_classical" in bottom_rows[dp]
+  assert bottom_rows[dp]["settings"]["method"] == "project"
+  assert bottom_rows["nl_means denoise-and-project"]["kind"] == "classical"
+  assert not any("denoise-and-project" in k for k in res["tasks"]["gaussian_0.6"]["rows"])
   assert "gaussian_0.6" in (out / "table.md").read_text()
   # the sequential filter's rows: on the default --filter_tasks (the bottom half), not
   # on Gaussian noise

@@ -33,6 +33,11 @@ Stages (each optional, run in this order; `Settings.method` picks them):
                      pixel, so it is meant for small models or few sweeps.
   tweedie            (Gaussian noise, smoothed-joint prior; no sampling) the posterior
                      mean in one gradient, y + s^2 grad log q_s(y) (`tweedie.py`).
+  project            (inpainting, super-resolution, salt-and-pepper; smoothed-joint
+                     prior; no sampling) from a classical restoration, the model's Tweedie
+                     denoiser and the projection onto the observation in turn over
+                     decreasing levels (`project.py`): a plug-and-play point estimate,
+                     not a posterior mean.
 Outputs: the posterior mean over chains in image units (the MMSE estimate, what PSNR
 rewards), one sample (chain 0), and with map_steps > 0 a MAP estimate (gradient ascent
 on the exact log posterior at sigma_L from the starting image).
@@ -51,9 +56,11 @@ from csm_jax import noise as noise_lib
 from csm_jax.restore import filtering as filter_lib
 from csm_jax.restore import joint as joint_lib
 from csm_jax.restore import observations as obs_lib
+from csm_jax.restore import project as project_lib
 from csm_jax.restore import tweedie as tweedie_lib
 
-METHODS = ("annealed", "mala", "gibbs", "filter", "smc", "tweedie")
+METHODS = ("annealed", "mala", "gibbs", "filter", "smc", "tweedie", "project")
+POINT_METHODS = ("tweedie", "project")   # one estimate, no chains or sampler stages
 # the stages that follow a method (restore.FIELD counts; 0: skipped)
 FINISH_STAGES = ("mala_steps", "mh_sweeps", "gibbs_sweeps", "map_steps")
 
@@ -64,6 +71,7 @@ class Settings:
   sigmas: tuple                 # annealing levels, descending; the last is the prior's
   method: str = "annealed"      # annealed | filter | smc (+ MH/MALA/Gibbs finish) | mala
                                 # | gibbs | tweedie (Gaussian noise: no sampling)
+                                # | project (denoise-and-project: no sampling)
   steps_per_level: int = 10
   step_lr: float = 5e-3         # Langevin step alpha at the last level
   mala_steps: int = 0
@@ -77,6 +85,9 @@ class Settings:
   map_lr: Optional[float] = None      # None: step_lr / 2
   init_noise: bool = True       # annealed: start from the init image + sigma_1 noise
   noise_pins: bool = False      # annealed: pinned pixels carry the level's extra noise
+  project_start: float = 0.1    # project: the first denoiser level, image units
+  project_end: float = 0.02     # project: the last one
+  project_levels: int = 5       # project: levels, log-spaced from start to end
 
   def __post_init__(self):
     if self.method not in METHODS:
@@ -92,11 +103,12 @@ class Settings:
         raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
     if not self.step_lr > 0:
       raise ValueError(f"step_lr must be > 0, got {self.step_lr!r}")
-    if self.method == "tweedie":
+    if self.method in POINT_METHODS:
       for name in FINISH_STAGES:
         if int(getattr(self, name)):
-          raise ValueError(f"{name}: method 'tweedie' computes the posterior mean in one "
-                           f"gradient and has no sampler stages; set it to 0")
+          raise ValueError(f"{name}: method {self.method!r} computes one estimate "
+                           f"without sampling and has no sampler stages; set it to 0")
+    project_lib.levels(self.project_start, self.project_end, self.project_levels)
     if self.filter_mass_sigma is not None and not self.filter_mass_sigma > self.sigma_min:
       raise ValueError(f"filter_mass_sigma must be None or > the last level "
                        f"{self.sigma_min}, got {self.filter_mass_sigma!r}")
@@ -139,9 +151,9 @@ def make_sampler(model, joint: joint_lib.Joint, obs, space: obs_lib.PixelSpace,
   rate, NaN without MALA), x (N, chains, D) model space.
   """
   st = settings
-  if st.method == "tweedie":
-    raise ValueError("method 'tweedie' is not a sampler: use tweedie.make_tweedie "
-                     "(or restore(), which dispatches)")
+  if st.method in POINT_METHODS:
+    raise ValueError(f"method {st.method!r} is not a sampler: use tweedie.make_tweedie or "
+                     f"project.make_project (or restore(), which dispatches)")
   sig = jnp.asarray(np.asarray(st.sigmas, np.float32))
   s_min = st.sigma_min
   scale2 = space.image_per_model ** 2
@@ -318,7 +330,10 @@ def settings_from_config(config) -> Settings:
                                      else float(rc.filter_mass_sigma)),
                   gibbs_sweeps=int(rc.gibbs_sweeps), gibbs_values=int(rc.gibbs_values),
                   chains=int(rc.chains), map_steps=int(rc.map_steps), map_lr=rc.map_lr,
-                  noise_pins=bool(rc.get("noise_pins", False)))
+                  noise_pins=bool(rc.get("noise_pins", False)),
+                  project_start=float(rc.get("project_start", 0.1)),
+                  project_end=float(rc.get("project_end", 0.02)),
+                  project_levels=int(rc.get("project_levels", 5)))
 
 
 def check_mass_settings(model, rc) -> None:
@@ -389,6 +404,16 @@ def restore(model, params, config, y, task: Optional[str] = None, rng=None, *,
     mean_fn = tweedie_lib.make_tweedie(
         joint_lib.make_joint(model, box, batch_chunk=rc.batch_chunk), space, level)
     sampler = lambda params, yb, key: {"mean": mean_fn(params, yb)}
+  elif settings.method == "project":   # denoise-and-project from a classical start
+    trained = noise_lib.sigmas_from_config(config.noise)
+    lv = project_lib.levels(settings.project_start, settings.project_end,
+                            settings.project_levels)
+    project_lib.check(model, observation, space, lv,
+                      settings.sigmas if trained is None else trained)
+    if box is None:
+      raise ValueError("restore.method: 'project' needs a score-head smoothed-joint model")
+    point_fn = project_lib.make_project(model, box, observation, space, lv, rc.batch_chunk)
+    sampler = lambda params, yb, key: {"mean": point_fn(params, yb)}
   else:
     joint = joint_lib.make_joint(model, box, batch_chunk=rc.batch_chunk)
     sampler = make_sampler(model, joint, observation, space, settings)
@@ -418,7 +443,7 @@ def restore(model, params, config, y, task: Optional[str] = None, rng=None, *,
                        else float(np.mean([p["mh_accept"] for p in parts]))),
          "seconds": time.perf_counter() - start,
          "settings": dataclasses.asdict(settings)}
-  if "sample" in parts[0]:   # not for 'tweedie'
+  if "sample" in parts[0]:   # not for 'tweedie' or 'project'
     res["sample"] = cat("sample")
   if settings.map_steps:
     res["map"] = cat("map")
