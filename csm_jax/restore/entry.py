@@ -85,7 +85,9 @@ def restore_workdir(config, workdir: str, log: Callable[[str], None] = logging.i
     if key in res:
       if truth is not None:
         metrics[f"psnr_{key}"] = _stats(psnr(res[key], truth))
-      rows[f"posterior {key}" if key != "map" else "MAP"] = res[key]
+      label = {"map": "MAP", "mean": ("denoise-and-project" if rc.method == "project"
+                                      else "posterior mean")}.get(key, f"posterior {key}")
+      rows[label] = res[key]
   name = f"restore_{rc.task}" + ("_input" if tag == "input" else "") + f"_{step:08d}"
   base = os.path.join(out_dir, name)
   os.makedirs(out_dir, exist_ok=True)
