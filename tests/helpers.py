@@ -4,8 +4,10 @@ import contextlib
 
 import jax
 import ml_collections
+import numpy as np
 
 from csm_jax import models
+from csm_jax.models import known
 from csm_jax.config_base import default_config
 
 
@@ -22,6 +24,13 @@ def tiny_model_config(head="score", hidden=(16, 16), order="natural", context_si
   for k, v in extra.items():
     c[k] = v
   return c
+
+
+def smoothed_gaussian(dim=4, seed=0):
+  """A random known smoothed joint N(mu, cov + sigma^2 I) (models.known.SmoothedGaussian)."""
+  gen = np.random.default_rng(seed)
+  a = gen.normal(0, 0.4, (dim, dim))
+  return known.SmoothedGaussian(gen.normal(0, 0.5, dim), a @ a.T + 0.05 * np.eye(dim))
 
 
 def tiny_model(dim, **kw):

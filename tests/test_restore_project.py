@@ -14,15 +14,10 @@ from csm_jax.restore import joint as joint_lib
 from csm_jax.restore import observations as obs_lib
 from csm_jax.restore import posterior
 from csm_jax.restore import project
+from tests.helpers import smoothed_gaussian as _smoothed_gaussian
 from tests.helpers import tiny_model
 
 SPACE = obs_lib.PixelSpace()          # identity: model space is image space
-
-
-def _smoothed_gaussian(dim=4, seed=0):
-  gen = np.random.default_rng(seed)
-  a = gen.normal(0, 0.4, (dim, dim))
-  return known.SmoothedGaussian(gen.normal(0, 0.5, dim), a @ a.T + 0.05 * np.eye(dim))
 
 
 def test_downsample_projection_is_the_closest_consistent_image():
