@@ -37,6 +37,25 @@ def tiny_model(dim, **kw):
   return models.get_model(tiny_model_config(**kw), (dim,))
 
 
+def tiny_smoothed_joint_image_model(shape=(4, 4, 1)):
+  """A small untrained smoothed-joint MADE on images of `shape` in [0, 1].
+
+  Returns (config, model, params, preprocessor): the config has the level embedding
+  (`context_sigma_embedding=8`) and `noise.mode='joint'`, unlocked for the caller's
+  restore settings; the preprocessor dequantizes 8-bit pixels onto the unit scale.
+  """
+  from csm_jax.data import preprocess   # pylint: disable=import-outside-toplevel
+  config = default_config()
+  config.unlock()
+  config.model.context_sigma_embedding, config.noise.mode = 8, "joint"
+  model = tiny_model(int(np.prod(shape)), context_sigma_embedding=8)
+  model = model.__class__(**{**model.__dict__, "data_shape": shape})
+  params = model.init(jax.random.PRNGKey(0))
+  pre = preprocess.Preprocessor(shape=shape, discrete=True, dequantize=True, scale="unit",
+                                logit_lambda=0.0)
+  return config, model, params, pre
+
+
 @contextlib.contextmanager
 def float64():
   """Enables x64 for the block and restores the previous setting."""

@@ -2,20 +2,18 @@
 projections against their definitions, the loop against the same loop with the analytic
 Gaussian denoiser, one-line refusals, the library call."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from csm_jax import config_base
-from csm_jax.data import preprocess
 from csm_jax.models import known
 from csm_jax.restore import joint as joint_lib
 from csm_jax.restore import observations as obs_lib
 from csm_jax.restore import posterior
 from csm_jax.restore import project
 from tests.helpers import smoothed_gaussian as _smoothed_gaussian
-from tests.helpers import tiny_model
+from tests.helpers import tiny_smoothed_joint_image_model
 
 SPACE = obs_lib.PixelSpace()          # identity: model space is image space
 
@@ -116,14 +114,7 @@ def test_restore_library_call_with_project_on_a_smoothed_joint_made():
   """restore.method='project': from the biharmonic start, the observed pixels exact, the
   same as make_project called by hand."""
   shape = (4, 4, 1)
-  config = config_base.default_config()
-  config.unlock()
-  config.model.context_sigma_embedding, config.noise.mode = 8, "joint"
-  model = tiny_model(16, context_sigma_embedding=8)
-  model = model.__class__(**{**model.__dict__, "data_shape": shape})
-  params = model.init(jax.random.PRNGKey(0))
-  pre = preprocess.Preprocessor(shape=shape, discrete=True, dequantize=True, scale="unit",
-                                logit_lambda=0.0)
+  config, model, params, pre = tiny_smoothed_joint_image_model(shape)
   config.noise.sigma_max, config.noise.sigma_min, config.noise.num_levels = 0.5, 0.01, 3
   config.restore.method, config.restore.mask = "project", "centre"
   config.restore.project_levels = 2

@@ -6,14 +6,13 @@ import numpy as np
 import pytest
 
 from csm_jax import config_base
-from csm_jax.data import preprocess
 from csm_jax.models import known
 from csm_jax.restore import joint as joint_lib
 from csm_jax.restore import observations as obs_lib
 from csm_jax.restore import posterior
 from csm_jax.restore import tweedie
 from tests.helpers import smoothed_gaussian as _smoothed_gaussian
-from tests.helpers import tiny_model
+from tests.helpers import tiny_smoothed_joint_image_model
 
 SPACE = obs_lib.PixelSpace()          # identity: model space is image space
 
@@ -69,15 +68,8 @@ def test_tweedie_rejects_what_its_formula_does_not_cover():
 
 def test_restore_library_call_with_tweedie_on_a_smoothed_joint_made():
   shape = (4, 4, 1)
-  config = config_base.default_config()
-  config.unlock()
-  config.model.context_sigma_embedding, config.noise.mode = 8, "joint"
-  model = tiny_model(16, context_sigma_embedding=8)
-  model = model.__class__(**{**model.__dict__, "data_shape": shape})
+  config, model, params, pre = tiny_smoothed_joint_image_model(shape)
   assert model.context_sigma
-  params = model.init(jax.random.PRNGKey(0))
-  pre = preprocess.Preprocessor(shape=shape, discrete=True, dequantize=True, scale="unit",
-                                logit_lambda=0.0)
   config.noise.sigma_max, config.noise.sigma_min, config.noise.num_levels = 0.5, 0.05, 3
   config.restore.method, config.restore.sigma = "tweedie", 0.2
   config.restore.num_levels = 1    # annealing levels only: the check reads the trained ones
