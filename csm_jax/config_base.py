@@ -314,6 +314,11 @@ def default_config() -> ml_collections.ConfigDict:
   r.noise_pins = False         # annealed: pinned (observed) pixels carry each level's
                                # extra noise, tied to their value by N(y, s^2 - s_L^2),
                                # so a smoothed-joint context sees a whole noisy image
+  r.init = "observation"       # annealed / mala / gibbs: the chains' start before the
+                               # first level's noise: 'observation' (its own fill-in),
+                               # 'classical' (the classical restoration project starts
+                               # from) or 'project' (the denoise-and-project estimate;
+                               # smoothed-joint model): inpaint, superres, salt_pepper
   r.project_start = 0.1        # project: first denoiser level (image units), > 0
   r.project_end = 0.02         # project: last level, > 0 and <= project_start
   r.project_levels = 5         # project: levels, log-spaced, int >= 1
@@ -731,6 +736,11 @@ def validate(config) -> ml_collections.ConfigDict:
   need(r.method in ("annealed", "filter", "smc", "mala", "gibbs", "tweedie", "project"),
        "restore.method", r.method,
        "'annealed', 'filter', 'smc', 'mala', 'gibbs', 'tweedie' or 'project'")
+  need(r.init in ("observation", "classical", "project"), "restore.init", r.init,
+       "'observation', 'classical' or 'project'")
+  need(r.init == "observation" or r.method in ("annealed", "mala", "gibbs"), "restore.init",
+       r.init, f"'observation' for restore.method {r.method!r} (a start applies to "
+       "'annealed', 'mala' and 'gibbs')")
   need(r.project_start > 0, "restore.project_start", r.project_start, "> 0")
   need(0 < r.project_end <= r.project_start, "restore.project_end", r.project_end,
        f"> 0 and <= restore.project_start ({r.project_start})")

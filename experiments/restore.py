@@ -16,8 +16,10 @@ sample); on Gaussian noise also the smoothed-joint prior's Tweedie posterior mea
 salt-and-pepper, inpainting and super-resolution the smoothed-joint prior's
 denoise-and-project estimate (restore.method=project: from the classical start, its
 Tweedie denoiser and the projection onto the observation in turn over decreasing levels;
-a plug-and-play point estimate, not a posterior mean) and, as its control, the same loop
-with a classical denoiser (--project_control); on
+a plug-and-play point estimate, not a posterior mean), the same prior's annealed posterior
+started from that estimate plus noise at its first level (restore.init=project; mean and
+sample over --warm_chains chains) and, as the loop's control, the same loop with a
+classical denoiser (--project_control); on
 --filter_tasks also each prior's sequential filter (restore.method=filter:
 the pixels drawn in the model's order, each on its 256 values from its conditional times
 its likelihood; exact for the bottom half, no look-ahead otherwise), the
@@ -131,6 +133,10 @@ def parse_args(argv=None):
                  help="the classical denoiser of the denoise-and-project control row (the "
                       "same loop, levels and start as restore.method=project; bm3d costs "
                       "about 0.35 s per image per level here)")
+  p.add_argument("--warm_chains", type=int, default=4,
+                 help="chains of the smoothed-joint prior's annealed posterior started from "
+                      "its denoise-and-project estimate (restore.init=project) on the tasks "
+                      "of the denoise-and-project rows; 0: no such row")
   p.add_argument("--earlier", type=int, default=1,
                  help="1: also run the earlier AR-CSM restorations (Tweedie, Langevin)")
   p.add_argument("--sp_start_sigma", type=float, default=0.2,
@@ -257,6 +263,22 @@ def method_alone(cfg, method):
 
 
 PROJECT_TASKS = ("salt_pepper", "inpaint", "superres")
+# The annealed posterior from the denoise-and-project estimate (restore.init=project):
+# WARM_LEVELS levels log-spaced from the loop's first level (restore.project_start) down
+# to the prior's last one, the CPU default's 4 Langevin steps per level.
+WARM_LEVELS = 5
+
+
+def warm_config(cfg, image_per_model, chains):
+  """A copy of a smoothed-joint prior's config for the annealed posterior started from
+  its denoise-and-project estimate plus noise at restore.project_start (posterior.py)."""
+  out = method_alone(cfg, "annealed")
+  rc = out.restore
+  s_min = posterior.settings_from_config(cfg).sigma_min
+  rc.init, rc.num_levels, rc.chains = "project", None, int(chains)
+  rc.sigmas = tuple(float(s) for s in np.geomspace(rc.project_start / image_per_model, s_min,
+                                                   WARM_LEVELS))
+  return out
 
 
 def classical_project(denoiser, obs, y, rc):
@@ -393,6 +415,8 @@ def run(args, overrides):
   if unknown:
     raise SystemExit(f"--filter_tasks: unknown {', '.join(sorted(unknown))}; tasks: "
                      f"{', '.join(TASKS)}")
+  if args.warm_chains < 0:
+    raise SystemExit(f"--warm_chains must be >= 0, got {args.warm_chains}")
   if args.filter_chains < 1:
     raise SystemExit(f"--filter_chains must be >= 1, got {args.filter_chains}")
   mass_sigma = args.filter_mass_sigma.strip().lower()
@@ -534,6 +558,17 @@ def run(args, overrides):
         r.record(task, f"{label}, denoise-and-project from {start}", "point", clean, labels,
                  out, clf, res["seconds"], {"settings": res["settings"]})
         show[f"{name} project"] = out[:args.num_show]
+        if args.warm_chains:
+          ipm = obs_lib.PixelSpace.from_preprocessor(prior_pre).image_per_model
+          res = posterior.restore(model, params, warm_config(cfg, ipm, args.warm_chains), y,
+                                  kind, jax.random.PRNGKey(args.seed + ti),
+                                  preprocessor=prior_pre, observation=obs, log=r.log)
+          for part in ("mean", "sample"):
+            out = res[part].reshape(clean.shape)
+            r.record(task, f"{label}, posterior {part}, annealed from denoise-and-project",
+                     "posterior", clean, labels, out, clf, res["seconds"],
+                     {"settings": res["settings"]})
+            show[f"{name} warm {part}"] = out[:args.num_show]
 
       if task in filter_tasks:
         fcfg = method_alone(cfg, "filter")   # the filter alone: its Rao-Blackwellized mean

@@ -8,6 +8,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -53,6 +54,14 @@ def test_restore_experiment_writes_every_row(tmp_path, mnist_data_dir):
   assert bottom_rows[dp]["settings"]["method"] == "project"
   assert bottom_rows["nl_means denoise-and-project"]["kind"] == "classical"
   assert not any("denoise-and-project" in k for k in res["tasks"]["gaussian_0.6"]["rows"])
+  # the annealed posterior from that estimate: 5 levels from project_start to sigma_min
+  warm = bottom_rows["AR-CSM (smoothed joint), posterior mean, annealed from denoise-and-project"]
+  assert warm["kind"] == "posterior" and warm["settings"]["init"] == "project"
+  assert warm["settings"]["chains"] == 4 and len(warm["settings"]["sigmas"]) == 5
+  # project_start 0.1 is in pixel units: 0.1 * 255 / 256 in the dequantized model's units
+  np.testing.assert_allclose(warm["settings"]["sigmas"][::4], [0.1 * 255 / 256, 0.01],
+                             rtol=1e-6)
+  assert "AR-CSM (smoothed joint), posterior sample, annealed from denoise-and-project" in bottom_rows
   assert "gaussian_0.6" in (out / "table.md").read_text()
   # the sequential filter's rows: on the default --filter_tasks (the bottom half), not
   # on Gaussian noise

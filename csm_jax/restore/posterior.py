@@ -38,6 +38,13 @@ Stages (each optional, run in this order; `Settings.method` picks them):
                      denoiser and the projection onto the observation in turn over
                      decreasing levels (`project.py`): a plug-and-play point estimate,
                      not a posterior mean.
+The start (`Settings.init`, annealed / MALA / Gibbs): the observation's own fill-in,
+or for the tasks denoise-and-project covers the classical restoration or the
+denoise-and-project estimate, from which annealing at levels below sigma_1 need not
+travel as far (the warm start of Chung, Sim and Ye 2022, "Come-Closer-Diffuse-Faster":
+a good estimate plus sigma_1 noise stands in for a draw at level sigma_1). The chains
+still end in the posterior at sigma_L to the extent they mix; with few steps the start
+leaves its mark, which `experiments.restore` measures against the start itself.
 Outputs: the posterior mean over chains in image units (the MMSE estimate, what PSNR
 rewards), one sample (chain 0), and with map_steps > 0 a MAP estimate (gradient ascent
 on the exact log posterior at sigma_L from the starting image).
@@ -61,6 +68,8 @@ from csm_jax.restore import tweedie as tweedie_lib
 
 METHODS = ("annealed", "mala", "gibbs", "filter", "smc", "tweedie", "project")
 POINT_METHODS = ("tweedie", "project")   # one estimate, no chains or sampler stages
+INITS = ("observation", "classical", "project")   # the chains' start (Settings.init)
+INIT_METHODS = ("annealed", "mala", "gibbs")       # the methods that start from an image
 # the stages that follow a method (restore.FIELD counts; 0: skipped)
 FINISH_STAGES = ("mala_steps", "mh_sweeps", "gibbs_sweeps", "map_steps")
 
@@ -88,6 +97,9 @@ class Settings:
   project_start: float = 0.1    # project: the first denoiser level, image units
   project_end: float = 0.02     # project: the last one
   project_levels: int = 5       # project: levels, log-spaced from start to end
+  init: str = "observation"     # annealed / mala / gibbs: start from the observation's
+                                # fill-in, the classical restoration or the
+                                # denoise-and-project estimate (INITS)
 
   def __post_init__(self):
     if self.method not in METHODS:
@@ -109,6 +121,11 @@ class Settings:
           raise ValueError(f"{name}: method {self.method!r} computes one estimate "
                            f"without sampling and has no sampler stages; set it to 0")
     project_lib.levels(self.project_start, self.project_end, self.project_levels)
+    if self.init not in INITS:
+      raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
+    if self.init != "observation" and self.method not in INIT_METHODS:
+      raise ValueError(f"init {self.init!r}: a start applies to methods "
+                       f"{', '.join(INIT_METHODS)}, not {self.method!r}")
     if self.filter_mass_sigma is not None and not self.filter_mass_sigma > self.sigma_min:
       raise ValueError(f"filter_mass_sigma must be None or > the last level "
                        f"{self.sigma_min}, got {self.filter_mass_sigma!r}")
@@ -141,10 +158,11 @@ def _target(joint, obs, space, y, fixed_mask, fixed_x):
 
 def make_sampler(model, joint: joint_lib.Joint, obs, space: obs_lib.PixelSpace,
                  settings: Settings):
-  """jit (params, y (N, Dy) image units, rng[, x_init]) -> dict of outputs.
+  """jit (params, y (N, Dy) image units, rng[, x_init, start]) -> dict of outputs.
 
-  x_init: optional (N, chains, D) model-space starting states (else the observation's
-  init image, plus sigma_1 noise for 'annealed').
+  x_init: optional (N, chains, D) model-space starting states, used as they are. start:
+  optional (N, D) image-unit start image in place of the observation's init image (the
+  pinned pixels keep their values), plus sigma_1 noise for 'annealed' as that one gets.
 
   Keys: mean (N, D) image units (posterior mean over chains), sample (N, D), chains
   (N, chains, D) image units, map (N, D) when map_steps > 0, accept (MALA acceptance
@@ -176,12 +194,13 @@ def make_sampler(model, joint: joint_lib.Joint, obs, space: obs_lib.PixelSpace,
                                   mass_sigma=st.filter_mass_sigma)
         if st.mh_sweeps else None)
 
-  def run(params, y, rng, x_init=None):
+  def run(params, y, rng, x_init=None, start=None):
     n = y.shape[0]
     fixed_img_mask, fixed_img = obs.fixed(y)
     fixed_x1 = space.from_image(fixed_img.astype(jnp.float32))
+    start = obs.init_image(y) if start is None else start
     init1 = jnp.where(fixed_img_mask, fixed_x1,
-                      space.from_image(obs.init_image(y).astype(jnp.float32)))
+                      space.from_image(jnp.asarray(start).astype(jnp.float32)))
     rep = lambda a: jnp.repeat(a, c, axis=0)
     yc, fmask, fx = rep(y), rep(fixed_img_mask), rep(fixed_x1)
     vg, val = _target(joint, obs, space, yc, fmask, fx)
@@ -287,6 +306,8 @@ def make_sampler(model, joint: joint_lib.Joint, obs, space: obs_lib.PixelSpace,
       rb = jnp.clip(rb, 0.0, 1.0) if space.bounded else rb
       rb = jnp.where(fmask, rep(fixed_img).astype(rb.dtype), rb)
       mean = rb.reshape(n, c, dim).mean(1)
+    # the mean of c equal float32 values can miss them by an ulp: pinned means are y too
+    mean = jnp.where(fixed_img_mask, fixed_img.astype(mean.dtype), mean)
     out.update(mean=mean, sample=img[:, 0], chains=img, accept=accept, mh_accept=mh_accept,
                x=x.reshape(n, c, dim))
     if st.map_steps:
@@ -333,7 +354,8 @@ def settings_from_config(config) -> Settings:
                   noise_pins=bool(rc.get("noise_pins", False)),
                   project_start=float(rc.get("project_start", 0.1)),
                   project_end=float(rc.get("project_end", 0.02)),
-                  project_levels=int(rc.get("project_levels", 5)))
+                  project_levels=int(rc.get("project_levels", 5)),
+                  init=str(rc.get("init", "observation")))
 
 
 def check_mass_settings(model, rc) -> None:
@@ -363,6 +385,21 @@ def box_from_config(config, model, preprocessor=None) -> Optional[joint_lib.Box]
   if model.normalized and not rc.gibbs_sweeps:
     return None
   raise ValueError("restore.box_min/box_max: real-valued data has no pixel box; set them")
+
+
+def _project_fn(model, config, settings: Settings, observation, space, box):
+  """(params, y) -> the denoise-and-project estimate (restore.project_* levels), after the
+  checks that the model and the observation allow it (one line naming the field)."""
+  trained = noise_lib.sigmas_from_config(config.noise)   # the levels it learned
+  lv = project_lib.levels(settings.project_start, settings.project_end,
+                          settings.project_levels)
+  what = ("restore.method: 'project'" if settings.method == "project"
+          else "restore.init: 'project'")
+  project_lib.check(model, observation, space, lv,
+                    settings.sigmas if trained is None else trained, what)
+  if box is None:
+    raise ValueError(f"{what} needs a score-head smoothed-joint model")
+  return project_lib.make_project(model, box, observation, space, lv, config.restore.batch_chunk)
 
 
 def restore(model, params, config, y, task: Optional[str] = None, rng=None, *,
@@ -405,18 +442,22 @@ def restore(model, params, config, y, task: Optional[str] = None, rng=None, *,
         joint_lib.make_joint(model, box, batch_chunk=rc.batch_chunk), space, level)
     sampler = lambda params, yb, key: {"mean": mean_fn(params, yb)}
   elif settings.method == "project":   # denoise-and-project from a classical start
-    trained = noise_lib.sigmas_from_config(config.noise)
-    lv = project_lib.levels(settings.project_start, settings.project_end,
-                            settings.project_levels)
-    project_lib.check(model, observation, space, lv,
-                      settings.sigmas if trained is None else trained)
-    if box is None:
-      raise ValueError("restore.method: 'project' needs a score-head smoothed-joint model")
-    point_fn = project_lib.make_project(model, box, observation, space, lv, rc.batch_chunk)
+    point_fn = _project_fn(model, config, settings, observation, space, box)
     sampler = lambda params, yb, key: {"mean": point_fn(params, yb)}
   else:
     joint = joint_lib.make_joint(model, box, batch_chunk=rc.batch_chunk)
     sampler = make_sampler(model, joint, observation, space, settings)
+    if settings.init != "observation":   # start from a restoration (the module docstring)
+      if type(observation).__name__ not in project_lib.START:
+        raise ValueError(f"restore.init: {settings.init!r} needs an observation that pins "
+                         f"part of the image (inpaint, superres, salt_pepper), got "
+                         f"{type(observation).__name__}")
+      start_fn = (_project_fn(model, config, settings, observation, space, box)
+                  if settings.init == "project"
+                  else lambda params, yb: project_lib.start_image(observation, yb))
+      run = sampler
+      sampler = lambda params, yb, key: run(params, yb, key,
+                                            start=jnp.asarray(start_fn(params, yb)))
   if rng is None:
     rng = jax.random.PRNGKey(config.seed)
   elif isinstance(rng, (int, np.integer)):

@@ -52,18 +52,20 @@ def levels(start: float, end: float, num: int) -> np.ndarray:
   return np.geomspace(float(start), float(end), int(num))
 
 
-def check(model, obs, space: obs_lib.PixelSpace, image_levels, trained) -> None:
+def check(model, obs, space: obs_lib.PixelSpace, image_levels, trained,
+          what: str = "restore.method: 'project'") -> None:
   """ValueError (one line naming the field) unless the loop applies: an observation with
-  a projection, a smoothed-joint model, an affine pixel space, levels it was trained on."""
+  a projection, a smoothed-joint model, an affine pixel space, levels it was trained on.
+  `what` names the field in the message (restore.init: 'project' starts from the loop)."""
   if type(obs).__name__ not in START:
-    raise ValueError(f"restore.method: 'project' needs an observation that pins part of "
+    raise ValueError(f"{what} needs an observation that pins part of "
                      f"the image (inpaint, superres, salt_pepper), got {type(obs).__name__}"
                      f" (Gaussian noise: use restore.method='tweedie')")
   if not getattr(model, "context_sigma", False):
-    raise ValueError("restore.method: 'project' needs a smoothed-joint model (noise.mode="
+    raise ValueError(f"{what} needs a smoothed-joint model (noise.mode="
                      "'joint', model.context_sigma_embedding > 0) for its denoiser")
   if space.logit_lambda:
-    raise ValueError("restore.method: 'project' needs an affine pixel space (unit or "
+    raise ValueError(f"{what} needs an affine pixel space (unit or "
                      "symmetric scale)")
   lo, hi = min(trained), max(trained)
   for s in (max(image_levels), min(image_levels)):

@@ -1,0 +1,141 @@
+"""restore.init: the posterior samplers started from a restoration instead of the
+observation's own fill-in (posterior.py, the module docstring)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from csm_jax import config_base
+from csm_jax.restore import joint as joint_lib
+from csm_jax.restore import observations as obs_lib
+from csm_jax.restore import posterior
+from csm_jax.restore import project
+from tests.helpers import smoothed_gaussian as _smoothed_gaussian
+from tests.helpers import tiny_model
+from tests.helpers import tiny_smoothed_joint_image_model
+
+SPACE = obs_lib.PixelSpace()          # identity: model space is image space
+
+
+def _inpainting_posterior(m, s_min, keep, y):
+  """The analytic conditional Gaussian of the free coordinates under N(mu, cov + s^2 I)."""
+  c = m.cov + s_min ** 2 * np.eye(len(keep))
+  o, f = keep, ~keep
+  mean = m.mu[f] + c[np.ix_(f, o)] @ np.linalg.solve(c[np.ix_(o, o)], y[o] - m.mu[o])
+  cov = c[np.ix_(f, f)] - c[np.ix_(f, o)] @ np.linalg.solve(c[np.ix_(o, o)], c[np.ix_(o, f)])
+  return mean, cov
+
+
+def test_the_start_image_replaces_the_fill_in_and_gets_the_first_level_noise():
+  """With one tiny step the chains sit at start + sigma_1 noise on the free pixels: the
+  start is used, noised at sigma_1, and the pinned pixels keep their values."""
+  m = _smoothed_gaussian(4, seed=3)
+  keep = np.array([True, False, True, False])
+  obs = obs_lib.Missing(keep, (4,), bounded=False)
+  y = np.array([0.3, 0.0, -0.2, 0.0], np.float32)
+  start = np.array([9.0, 2.0, 9.0, -1.5], np.float32)   # pinned entries must be ignored
+  joint = joint_lib.make_joint(m, joint_lib.Box(-8.0, 8.0, 97, True))
+  st = posterior.Settings(sigmas=(0.5,), steps_per_level=1, step_lr=1e-10, chains=4000)
+  run = posterior.make_sampler(m, joint, obs, SPACE, st)
+  out = run(None, jnp.asarray(y[None]), jax.random.PRNGKey(0), start=jnp.asarray(start[None]))
+  ch = np.asarray(out["chains"][0], np.float64)
+  np.testing.assert_array_equal(ch[:, keep], np.broadcast_to(y[keep], (4000, 2)))
+  free = ch[:, ~keep]
+  se = 0.5 / np.sqrt(4000)
+  assert np.all(np.abs(free.mean(0) - start[~keep]) < 5 * se), free.mean(0)
+  assert np.all(np.abs(free.std(0) - 0.5) < 0.03), free.std(0)
+  # without a start: the observation's fill-in (the mean of the observed pixels)
+  out0 = run(None, jnp.asarray(y[None]), jax.random.PRNGKey(0))
+  fill = np.asarray(obs.init_image(jnp.asarray(y[None])))[0]
+  assert np.all(np.abs(np.asarray(out0["chains"][0])[:, ~keep].mean(0) - fill[~keep]) < 5 * se)
+
+
+@pytest.mark.slow
+def test_annealing_from_a_far_start_ends_in_the_exact_inpainting_posterior():
+  """A start far from the posterior (over 4 standard deviations) is forgotten: annealed
+  Langevin ends in the analytic conditional Gaussian of a known smoothed joint."""
+  m = _smoothed_gaussian(4, seed=3)
+  s_min = 0.3
+  keep = np.array([True, False, True, False])
+  obs = obs_lib.Missing(keep, (4,), bounded=False)
+  x_true = np.random.default_rng(4).multivariate_normal(m.mu, m.cov)
+  y = np.where(keep, x_true, 0.0).astype(np.float32)
+  mean, cov = _inpainting_posterior(m, s_min, keep, y)
+  start = np.where(keep, 0.0, 5.0).astype(np.float32)
+  assert np.all(np.abs(start[~keep] - mean) > 4 * np.sqrt(np.diag(cov)))
+  joint = joint_lib.make_joint(m, joint_lib.Box(-8.0, 8.0, 97, True))
+  st = posterior.Settings(sigmas=(0.6, 0.45, s_min), steps_per_level=200, step_lr=0.05,
+                          chains=1000)
+  out = posterior.make_sampler(m, joint, obs, SPACE, st)(
+      None, jnp.asarray(y[None]), jax.random.PRNGKey(5), start=jnp.asarray(start[None]))
+  ch = np.asarray(out["chains"][0], np.float64)
+  np.testing.assert_array_equal(ch[:, keep], np.broadcast_to(y[keep], (1000, 2)))
+  se = np.sqrt(np.diag(cov) / 1000)
+  assert np.all(np.abs(ch[:, ~keep].mean(0) - mean) < 5 * se + 1e-3), (ch[:, ~keep].mean(0), mean)
+  emp = np.cov(ch[:, ~keep].T)
+  assert np.abs(emp - cov).max() < 0.12 * np.diag(cov).max(), (emp, cov)
+
+
+def _image_setup(init, method="annealed"):
+  shape = (4, 4, 1)
+  config, model, params, pre = tiny_smoothed_joint_image_model(shape)
+  config.noise.sigma_max, config.noise.sigma_min, config.noise.num_levels = 0.5, 0.01, 3
+  config.restore.method, config.restore.mask, config.restore.init = method, "centre", init
+  config.restore.project_levels, config.restore.steps_per_level = 2, 2
+  config.restore.chains = 3
+  config_base.validate(config)
+  images = np.random.default_rng(0).integers(0, 256, (2,) + shape) / 255.0
+  obs = obs_lib.Missing(obs_lib.make_mask("centre", shape, 0), shape)
+  return config, model, params, pre, obs, obs.corrupt(0, images)
+
+
+@pytest.mark.parametrize("init", ["classical", "project"])
+def test_restore_library_call_starts_from_the_restoration(init):
+  """restore.init: the same as the sampler run by hand from the classical start or the
+  denoise-and-project estimate; the observed pixels exact."""
+  config, model, params, pre, obs, y = _image_setup(init)
+  res = posterior.restore(model, params, config, y, task="inpaint", rng=0, preprocessor=pre)
+  m = np.asarray(obs.mask)
+  np.testing.assert_array_equal(res["mean"][:, m], y[:, m])
+  np.testing.assert_array_equal(res["sample"][:, m], y[:, m])
+  space = obs_lib.PixelSpace.from_preprocessor(pre)
+  box = joint_lib.default_box(pre, config.restore.grid_points)
+  yf = jnp.asarray(y.reshape(2, -1))
+  start = (project.start_image(obs, y) if init == "classical" else
+           project.make_project(model, box, obs, space, project.levels(0.1, 0.02, 2))(params, yf))
+  settings = posterior.settings_from_config(config)
+  assert settings.init == init
+  run = posterior.make_sampler(model, joint_lib.make_joint(model, box), obs, space, settings)
+  ref = run(params, yf, jax.random.fold_in(jax.random.PRNGKey(0), 0), start=jnp.asarray(start))
+  np.testing.assert_allclose(res["mean"].reshape(2, -1), ref["mean"], atol=1e-6)
+  other = run(params, yf, jax.random.fold_in(jax.random.PRNGKey(0), 0))
+  assert not np.allclose(other["mean"], ref["mean"])     # the start mattered
+
+
+def test_init_refusals_name_the_field():
+  with pytest.raises(ValueError, match="init must be one of"):
+    posterior.Settings(sigmas=(0.1,), init="bicubic")
+  with pytest.raises(ValueError, match="a start applies to methods"):
+    posterior.Settings(sigmas=(0.1,), method="filter", init="project")
+  config = config_base.default_config()
+  config.unlock()
+  config.restore.init = "median"
+  with pytest.raises(config_base.ConfigError, match="restore.init"):
+    config_base.validate(config)
+  config.restore.init, config.restore.method = "project", "tweedie"
+  with pytest.raises(config_base.ConfigError, match="restore.init"):
+    config_base.validate(config)
+  # Gaussian noise pins nothing: no classical start or loop to begin from
+  config, model, params, pre, _, y = _image_setup("classical")
+  with pytest.raises(ValueError, match="restore.init: 'classical' needs an observation"):
+    posterior.restore(model, params, config, np.clip(y, 0, 1), task="gaussian", rng=0,
+                      preprocessor=pre)
+  # 'project' needs a smoothed-joint model: the per-dimension one has no denoiser
+  config, model, params, pre, _, y = _image_setup("project")
+  plain = tiny_model(16)
+  plain = plain.__class__(**{**plain.__dict__, "data_shape": (4, 4, 1)})
+  assert not plain.context_sigma
+  with pytest.raises(ValueError, match="restore.init: 'project' needs a smoothed-joint"):
+    posterior.restore(plain, plain.init(jax.random.PRNGKey(0)), config, y, task="inpaint",
+                      rng=0, preprocessor=pre)
