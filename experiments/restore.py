@@ -254,9 +254,12 @@ def observation_for(kind, kw, shape, seed):
 
 def method_alone(cfg, method):
   """A copy of a prior's config whose restore.method is `method`, with no finishing
-  stages (MALA, MH sweeps, Gibbs, MAP)."""
+  stages (MALA, MH sweeps, Gibbs, MAP), and the observation's start for a method that
+  takes no start (restore.init set by flag applies to the sampler rows only)."""
   out = copy.deepcopy(cfg)
   out.restore.method = method
+  if method not in posterior.INIT_METHODS:
+    out.restore.init = "observation"
   for field in posterior.FINISH_STAGES:
     out.restore[field] = 0
   return out

@@ -187,3 +187,19 @@ def test_restore_experiment_cifar10_pixelcnnpp(tmp_path):
   assert bad.returncode != 0 and "Traceback" not in bad.stderr, bad.stderr[-2000:]
   last = bad.stderr.strip().splitlines()[-1]
   assert str(empty) in last and "config.json not found" in last, last
+
+
+def test_restore_init_by_flag_reaches_the_sampler_rows_only():
+  """--config.restore.init=classical starts the priors' sampler rows from the classical
+  restoration; the point estimates and the filter take no start, so their copies of the
+  config keep the observation's own (otherwise their Settings would refuse the run)."""
+  from csm_jax import config_base   # pylint: disable=import-outside-toplevel
+  from experiments import restore as experiment   # pylint: disable=import-outside-toplevel
+  cfg = config_base.default_config()
+  cfg.restore.init = "classical"
+  for method in ("project", "tweedie", "filter", "smc"):
+    assert experiment.method_alone(cfg, method).restore.init == "observation"
+  assert experiment.method_alone(cfg, "annealed").restore.init == "classical"
+  warm = experiment.warm_config(cfg, 1.0, chains=4)
+  assert warm.restore.init == "project" and warm.restore.method == "annealed"
+  assert cfg.restore.init == "classical" and cfg.restore.method == "annealed"  # a copy
