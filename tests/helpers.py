@@ -33,6 +33,40 @@ def smoothed_gaussian(dim=4, seed=0):
   return known.SmoothedGaussian(gen.normal(0, 0.5, dim), a @ a.T + 0.05 * np.eye(dim))
 
 
+def smoothed_gaussian_inpainting(s_min=0.3, seed=3):
+  """A known smoothed joint (`smoothed_gaussian(4, seed)`) with pixels 0 and 2 observed
+  and the analytic posterior of the free pixels 1 and 3 at level s_min.
+
+  Returns (model, observation, keep, y, mean, cov): the observation a
+  `restore.observations.Missing` on unbounded values, y (4,) float32 with zeros at the
+  free pixels, mean and cov the conditional Gaussian under N(mu, cov + s_min^2 I).
+  """
+  from csm_jax.restore import observations   # pylint: disable=import-outside-toplevel
+  m = smoothed_gaussian(4, seed=seed)
+  keep = np.array([True, False, True, False])
+  obs = observations.Missing(keep, (4,), bounded=False)
+  x_true = np.random.default_rng(4).multivariate_normal(m.mu, m.cov)
+  y = np.where(keep, x_true, 0.0).astype(np.float32)
+  c = m.cov + s_min ** 2 * np.eye(4)          # the prior at the last level
+  o, f = keep, ~keep
+  mean = m.mu[f] + c[np.ix_(f, o)] @ np.linalg.solve(c[np.ix_(o, o)], y[o] - m.mu[o])
+  cov = c[np.ix_(f, f)] - c[np.ix_(f, o)] @ np.linalg.solve(c[np.ix_(o, o)], c[np.ix_(o, f)])
+  return m, obs, keep, y, mean, cov
+
+
+def check_inpainting_chains(chains, keep, y, mean, cov):
+  """Chains (C, 4): observed pixels exactly y; the free ones' mean within 5 standard
+  errors and covariance within 12% (of the largest variance) of the analytic posterior."""
+  chains = np.asarray(chains, np.float64)
+  n = len(chains)
+  np.testing.assert_array_equal(chains[:, keep], np.broadcast_to(y[keep], (n, keep.sum())))
+  free = chains[:, ~keep]
+  se = np.sqrt(np.diag(cov) / n)
+  assert np.all(np.abs(free.mean(0) - mean) < 5 * se + 1e-3), (free.mean(0), mean)
+  emp = np.cov(free.T)
+  assert np.abs(emp - cov).max() < 0.12 * np.diag(cov).max(), (emp, cov)
+
+
 def tiny_model(dim, **kw):
   return models.get_model(tiny_model_config(**kw), (dim,))
 

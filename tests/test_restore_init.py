@@ -11,20 +11,13 @@ from csm_jax.restore import joint as joint_lib
 from csm_jax.restore import observations as obs_lib
 from csm_jax.restore import posterior
 from csm_jax.restore import project
+from tests.helpers import check_inpainting_chains
 from tests.helpers import smoothed_gaussian as _smoothed_gaussian
+from tests.helpers import smoothed_gaussian_inpainting
 from tests.helpers import tiny_model
 from tests.helpers import tiny_smoothed_joint_image_model
 
 SPACE = obs_lib.PixelSpace()          # identity: model space is image space
-
-
-def _inpainting_posterior(m, s_min, keep, y):
-  """The analytic conditional Gaussian of the free coordinates under N(mu, cov + s^2 I)."""
-  c = m.cov + s_min ** 2 * np.eye(len(keep))
-  o, f = keep, ~keep
-  mean = m.mu[f] + c[np.ix_(f, o)] @ np.linalg.solve(c[np.ix_(o, o)], y[o] - m.mu[o])
-  cov = c[np.ix_(f, f)] - c[np.ix_(f, o)] @ np.linalg.solve(c[np.ix_(o, o)], c[np.ix_(o, f)])
-  return mean, cov
 
 
 def test_the_start_image_replaces_the_fill_in_and_gets_the_first_level_noise():
@@ -55,13 +48,8 @@ def test_the_start_image_replaces_the_fill_in_and_gets_the_first_level_noise():
 def test_annealing_from_a_far_start_ends_in_the_exact_inpainting_posterior():
   """A start far from the posterior (over 4 standard deviations) is forgotten: annealed
   Langevin ends in the analytic conditional Gaussian of a known smoothed joint."""
-  m = _smoothed_gaussian(4, seed=3)
   s_min = 0.3
-  keep = np.array([True, False, True, False])
-  obs = obs_lib.Missing(keep, (4,), bounded=False)
-  x_true = np.random.default_rng(4).multivariate_normal(m.mu, m.cov)
-  y = np.where(keep, x_true, 0.0).astype(np.float32)
-  mean, cov = _inpainting_posterior(m, s_min, keep, y)
+  m, obs, keep, y, mean, cov = smoothed_gaussian_inpainting(s_min)
   start = np.where(keep, 0.0, 5.0).astype(np.float32)
   assert np.all(np.abs(start[~keep] - mean) > 4 * np.sqrt(np.diag(cov)))
   joint = joint_lib.make_joint(m, joint_lib.Box(-8.0, 8.0, 97, True))
@@ -69,12 +57,7 @@ def test_annealing_from_a_far_start_ends_in_the_exact_inpainting_posterior():
                           chains=1000)
   out = posterior.make_sampler(m, joint, obs, SPACE, st)(
       None, jnp.asarray(y[None]), jax.random.PRNGKey(5), start=jnp.asarray(start[None]))
-  ch = np.asarray(out["chains"][0], np.float64)
-  np.testing.assert_array_equal(ch[:, keep], np.broadcast_to(y[keep], (1000, 2)))
-  se = np.sqrt(np.diag(cov) / 1000)
-  assert np.all(np.abs(ch[:, ~keep].mean(0) - mean) < 5 * se + 1e-3), (ch[:, ~keep].mean(0), mean)
-  emp = np.cov(ch[:, ~keep].T)
-  assert np.abs(emp - cov).max() < 0.12 * np.diag(cov).max(), (emp, cov)
+  check_inpainting_chains(out["chains"][0], keep, y, mean, cov)
 
 
 def _image_setup(init, method="annealed"):

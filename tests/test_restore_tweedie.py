@@ -11,7 +11,9 @@ from csm_jax.restore import joint as joint_lib
 from csm_jax.restore import observations as obs_lib
 from csm_jax.restore import posterior
 from csm_jax.restore import tweedie
+from tests.helpers import check_inpainting_chains
 from tests.helpers import smoothed_gaussian as _smoothed_gaussian
+from tests.helpers import smoothed_gaussian_inpainting
 from tests.helpers import tiny_smoothed_joint_image_model
 
 SPACE = obs_lib.PixelSpace()          # identity: model space is image space
@@ -96,24 +98,11 @@ def test_restore_library_call_with_tweedie_on_a_smoothed_joint_made():
 def test_annealing_with_noised_pins_ends_in_the_exact_inpainting_posterior():
   """restore.noise_pins: the observed pixels carry each level's extra noise and are
   pinned at the last one; the free pixels end in the analytic conditional Gaussian."""
-  m = _smoothed_gaussian(4, seed=3)
   s_min = 0.3
-  keep = np.array([True, False, True, False])
-  obs = obs_lib.Missing(keep, (4,), bounded=False)
-  x_true = np.random.default_rng(4).multivariate_normal(m.mu, m.cov)
-  y = np.where(keep, x_true, 0.0).astype(np.float32)
-  c = m.cov + s_min ** 2 * np.eye(4)          # the prior at the last level
-  o, f = keep, ~keep
-  mean = m.mu[f] + c[np.ix_(f, o)] @ np.linalg.solve(c[np.ix_(o, o)], y[o] - m.mu[o])
-  cov = c[np.ix_(f, f)] - c[np.ix_(f, o)] @ np.linalg.solve(c[np.ix_(o, o)], c[np.ix_(o, f)])
+  m, obs, keep, y, mean, cov = smoothed_gaussian_inpainting(s_min)
   joint = joint_lib.make_joint(m, joint_lib.Box(-8.0, 8.0, 97, True))
   st = posterior.Settings(sigmas=(1.0, 0.6, s_min), steps_per_level=200, step_lr=0.05,
                           chains=1000, noise_pins=True)
   out = posterior.make_sampler(m, joint, obs, SPACE, st)(None, jnp.asarray(y[None]),
                                                          jax.random.PRNGKey(5))
-  chains = np.asarray(out["chains"][0], np.float64)
-  np.testing.assert_array_equal(chains[:, o], np.broadcast_to(y[o], (1000, 2)))
-  se = np.sqrt(np.diag(cov) / 1000)
-  assert np.all(np.abs(chains[:, f].mean(0) - mean) < 5 * se + 1e-3), (chains[:, f].mean(0), mean)
-  emp = np.cov(chains[:, f].T)
-  assert np.abs(emp - cov).max() < 0.12 * np.diag(cov).max(), (emp, cov)
+  check_inpainting_chains(out["chains"][0], keep, y, mean, cov)
