@@ -57,7 +57,9 @@ def test_restore_experiment_writes_every_row(tmp_path, mnist_data_dir):
   # the annealed posterior from that estimate: 5 levels from project_start to sigma_min
   warm = bottom_rows["AR-CSM (smoothed joint), posterior mean, annealed from denoise-and-project"]
   assert warm["kind"] == "posterior" and warm["settings"]["init"] == "project"
-  assert warm["settings"]["chains"] == 4 and len(warm["settings"]["sigmas"]) == 5
+  assert warm["settings"]["chains"] == 8 and len(warm["settings"]["sigmas"]) == 5   # default
+  # it starts from the estimate of the row before it, and its time includes that one's
+  assert warm["seconds_per_image"] > bottom_rows[dp]["seconds_per_image"]
   # project_start 0.1 is in pixel units: 0.1 * 255 / 256 in the dequantized model's units
   np.testing.assert_allclose(warm["settings"]["sigmas"][::4], [0.1 * 255 / 256, 0.01],
                              rtol=1e-6)

@@ -1,6 +1,8 @@
 """restore.init: the posterior samplers started from a restoration instead of the
 observation's own fill-in (posterior.py, the module docstring)."""
 
+import copy
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -122,3 +124,35 @@ def test_init_refusals_name_the_field():
   with pytest.raises(ValueError, match="restore.init: 'project' needs a smoothed-joint"):
     posterior.restore(plain, plain.init(jax.random.PRNGKey(0)), config, y, task="inpaint",
                       rng=0, preprocessor=pre)
+
+
+def test_a_start_passed_in_replaces_the_one_restore_init_computes():
+  """start=: the denoise-and-project estimate computed once (restore.method=project) and
+  passed in gives what restore.init='project' computes itself, in batches with padding;
+  and the refusals name `start`."""
+  config, model, params, pre, obs, y = _image_setup("project")
+  y = np.concatenate([y, y[:1]])                     # 3 images in batches of 2: one pad
+  config.restore.batch_size = 2
+  own = posterior.restore(model, params, config, y, task="inpaint", rng=0, preprocessor=pre)
+  pcfg = copy.deepcopy(config)
+  pcfg.restore.method, pcfg.restore.init = "project", "observation"
+  dnp = posterior.restore(model, params, pcfg, y, task="inpaint", rng=0, preprocessor=pre)
+  config.restore.init = "observation"                # start= alone decides the start
+  given = posterior.restore(model, params, config, y, task="inpaint", rng=0,
+                            preprocessor=pre, start=dnp["mean"])
+  np.testing.assert_allclose(given["mean"], own["mean"], atol=1e-6)
+  np.testing.assert_allclose(given["sample"], own["sample"], atol=1e-6)
+  plain = posterior.restore(model, params, config, y, task="inpaint", rng=0, preprocessor=pre)
+  assert not np.allclose(plain["mean"], own["mean"])
+  with pytest.raises(ValueError, match=r"start must have shape \(N, 4, 4, 1\)"):
+    posterior.restore(model, params, config, y, task="inpaint", rng=0, preprocessor=pre,
+                      start=dnp["mean"][:, :2])
+  with pytest.raises(ValueError, match="start: 2 images for 3 observations"):
+    posterior.restore(model, params, config, y, task="inpaint", rng=0, preprocessor=pre,
+                      start=dnp["mean"][:2])
+  with pytest.raises(ValueError, match="start must lie in"):
+    posterior.restore(model, params, config, y, task="inpaint", rng=0, preprocessor=pre,
+                      start=dnp["mean"] + 2.0)
+  with pytest.raises(ValueError, match="start: restore.method 'project' takes no start"):
+    posterior.restore(model, params, pcfg, y, task="inpaint", rng=0, preprocessor=pre,
+                      start=dnp["mean"])

@@ -403,7 +403,7 @@ def _project_fn(model, config, settings: Settings, observation, space, box):
 
 
 def restore(model, params, config, y, task: Optional[str] = None, rng=None, *,
-            preprocessor=None, observation=None, log=None) -> dict:
+            preprocessor=None, observation=None, start=None, log=None) -> dict:
   """Restores corrupted images y with the model as prior: the library call.
 
   model, params: a trained AR model (score head: box quadrature; normalized head:
@@ -412,7 +412,10 @@ def restore(model, params, config, y, task: Optional[str] = None, rng=None, *,
   (N, *y_shape) (noisy or masked images in [0, 1] of the data shape; for 'superres'
   the low-resolution images). observation: an `observations` model to use instead of
   the one config.restore describes (e.g. `Missing(your_mask, shape)`). rng: a
-  jax PRNGKey or int seed.
+  jax PRNGKey or int seed. start: optional images in [0, 1], (N, *data shape), for the
+  chains to start from (annealed / MALA / Gibbs) in place of the one restore.init would
+  compute: e.g. a denoise-and-project estimate already at hand, or any restoration
+  (the pinned pixels keep their observed values; 'annealed' adds sigma_1 noise).
 
   Returns numpy images in [0, 1] of the data shape: 'mean' (posterior mean over the
   chains: the MMSE estimate; Tweedie's for restore.method='tweedie'), 'sample' (not
@@ -432,6 +435,13 @@ def restore(model, params, config, y, task: Optional[str] = None, rng=None, *,
                                       rc.mask_seed)
   y = obs_lib.check_observation(observation, y)
   settings = settings_from_config(config)
+  if start is not None:
+    if settings.method not in INIT_METHODS:
+      raise ValueError(f"start: restore.method {settings.method!r} takes no start; one of "
+                       f"{', '.join(INIT_METHODS)} does")
+    start = obs_lib.check_images(start, shape, "start").astype(np.float32)
+    if len(start) != len(y):
+      raise ValueError(f"start: {len(start)} images for {len(y)} observations")
   box = box_from_config(config, model, preprocessor)
   if settings.method == "tweedie":   # the posterior mean in one gradient: no chains
     trained = noise_lib.sigmas_from_config(config.noise)   # the levels it learned
@@ -447,7 +457,8 @@ def restore(model, params, config, y, task: Optional[str] = None, rng=None, *,
   else:
     joint = joint_lib.make_joint(model, box, batch_chunk=rc.batch_chunk)
     sampler = make_sampler(model, joint, observation, space, settings)
-    if settings.init != "observation":   # start from a restoration (the module docstring)
+    if start is None and settings.init != "observation":
+      # start from a restoration (the module docstring); a caller's start= goes in below
       if type(observation).__name__ not in project_lib.START:
         raise ValueError(f"restore.init: {settings.init!r} needs an observation that pins "
                          f"part of the image (inpaint, superres, salt_pepper), got "
@@ -464,25 +475,30 @@ def restore(model, params, config, y, task: Optional[str] = None, rng=None, *,
     rng = jax.random.PRNGKey(int(rng))
   n = len(y)
   bs = int(rc.batch_size) if rc.batch_size else n
-  start = time.perf_counter()
+  t0 = time.perf_counter()
   parts = []
   for i in range(0, n, bs):
     yb = y[i:i + bs]
     pad = bs - len(yb) if n > bs else 0
+    sb = None if start is None else start[i:i + bs]
     if pad:
       yb = np.concatenate([yb, np.repeat(yb[-1:], pad, 0)])
-    out = sampler(params, jnp.asarray(yb.reshape(len(yb), -1)), jax.random.fold_in(rng, i))
+      sb = None if sb is None else np.concatenate([sb, np.repeat(sb[-1:], pad, 0)])
+    key = jax.random.fold_in(rng, i)
+    out = (sampler(params, jnp.asarray(yb.reshape(len(yb), -1)), key) if sb is None else
+           sampler(params, jnp.asarray(yb.reshape(len(yb), -1)), key,
+                   start=jnp.asarray(sb.reshape(len(sb), -1))))
     out = jax.tree.map(lambda a: np.asarray(a), out)
     parts.append(jax.tree.map(lambda a, m=len(yb) - pad: a[:m] if a.ndim else a, out))
     if log is not None:
-      log(f"  restore {min(n, i + bs)}/{n} images, {time.perf_counter() - start:.0f}s")
+      log(f"  restore {min(n, i + bs)}/{n} images, {time.perf_counter() - t0:.0f}s")
   cat = lambda k: np.concatenate([p[k] for p in parts]).reshape((n,) + shape)
   res = {"mean": cat("mean"),
          "accept": (None if not settings.mala_steps
                     else float(np.mean([p["accept"] for p in parts]))),
          "mh_accept": (None if not settings.mh_sweeps
                        else float(np.mean([p["mh_accept"] for p in parts]))),
-         "seconds": time.perf_counter() - start,
+         "seconds": time.perf_counter() - t0,
          "settings": dataclasses.asdict(settings)}
   if "sample" in parts[0]:   # not for 'tweedie' or 'project'
     res["sample"] = cat("sample")
