@@ -46,6 +46,14 @@ def test_restore_experiment_writes_every_row(tmp_path, mnist_data_dir):
   tw = "AR-CSM (smoothed joint), Tweedie posterior mean"
   assert res["tasks"]["gaussian_0.6"]["rows"][tw]["settings"]["method"] == "tweedie"
   assert tw not in res["tasks"]["inpaint_bottom"]["rows"]
+  # and its annealed posterior from the BM3D estimate, from GAUSS_WARM_START
+  g_rows = res["tasks"]["gaussian_0.6"]["rows"]
+  gw = g_rows["AR-CSM (smoothed joint), posterior mean, annealed from bm3d"]
+  assert gw["kind"] == "posterior" and gw["settings"]["init"] == "classical"
+  np.testing.assert_allclose(gw["settings"]["sigmas"][::4], [0.02 * 255 / 256, 0.01], rtol=1e-6)
+  assert gw["seconds_per_image"] > g_rows["bm3d"]["seconds_per_image"]   # BM3D's included
+  assert "AR-CSM (smoothed joint), posterior sample, annealed from bm3d" in g_rows
+  assert not any("annealed from bm3d" in k for k in res["tasks"]["inpaint_bottom"]["rows"])
   # denoise-and-project: the smoothed joint's row and its classical control, not on
   # Gaussian noise
   dp = "AR-CSM (smoothed joint), denoise-and-project from biharmonic"
@@ -57,7 +65,7 @@ def test_restore_experiment_writes_every_row(tmp_path, mnist_data_dir):
   # the annealed posterior from that estimate: 5 levels from project_start to sigma_min
   warm = bottom_rows["AR-CSM (smoothed joint), posterior mean, annealed from denoise-and-project"]
   assert warm["kind"] == "posterior" and warm["settings"]["init"] == "project"
-  assert warm["settings"]["chains"] == 8 and len(warm["settings"]["sigmas"]) == 5   # default
+  assert warm["settings"]["chains"] == 4 and len(warm["settings"]["sigmas"]) == 5   # default
   # it starts from the estimate of the row before it, and its time includes that one's
   assert warm["seconds_per_image"] > bottom_rows[dp]["seconds_per_image"]
   # project_start 0.1 is in pixel units: 0.1 * 255 / 256 in the dequantized model's units
@@ -196,6 +204,7 @@ def test_restore_init_by_flag_reaches_the_sampler_rows_only():
   restoration; the point estimates and the filter take no start, so their copies of the
   config keep the observation's own (otherwise their Settings would refuse the run)."""
   from csm_jax import config_base   # pylint: disable=import-outside-toplevel
+  from csm_jax.restore import posterior   # pylint: disable=import-outside-toplevel
   from experiments import restore as experiment   # pylint: disable=import-outside-toplevel
   cfg = config_base.default_config()
   cfg.restore.init = "classical"
@@ -204,4 +213,8 @@ def test_restore_init_by_flag_reaches_the_sampler_rows_only():
   assert experiment.method_alone(cfg, "annealed").restore.init == "classical"
   warm = experiment.warm_config(cfg, 1.0, chains=4)
   assert warm.restore.init == "project" and warm.restore.method == "annealed"
+  gw = experiment.warm_config(cfg, 0.5, 4, start_level=0.05, init="classical")
+  assert gw.restore.init == "classical" and gw.restore.chains == 4
+  s_min = posterior.settings_from_config(cfg).sigma_min
+  np.testing.assert_allclose(gw.restore.sigmas, np.geomspace(0.1, s_min, 5), rtol=1e-6)
   assert cfg.restore.init == "classical" and cfg.restore.method == "annealed"  # a copy
