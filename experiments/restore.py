@@ -540,6 +540,7 @@ def run(args, overrides):
       show[cname] = out[:args.num_show]
 
     for name, (model, params, cfg, label, prior_pre) in models.items():
+      ipm = obs_lib.PixelSpace.from_preprocessor(prior_pre).image_per_model   # warm rows
       prior_obs = obs   # the task fixes the corruption; restore.sp_tau only the likelihood
       if kind == "salt_pepper" and cfg.restore.sp_tau is not None:
         prior_obs = dataclasses.replace(obs, tau=float(cfg.restore.sp_tau))
@@ -567,7 +568,6 @@ def run(args, overrides):
           if args.warm_chains and "bm3d" in classical_out:
             # its annealed posterior from the BM3D estimate (start=), from GAUSS_WARM_START
             bm3d_out, bm3d_s = classical_out["bm3d"]
-            ipm = obs_lib.PixelSpace.from_preprocessor(prior_pre).image_per_model
             wcfg = warm_config(cfg, ipm, args.warm_chains, GAUSS_WARM_START, "classical")
             res = posterior.restore(model, params, wcfg, y, kind,
                                     jax.random.PRNGKey(args.seed + ti), preprocessor=prior_pre,
@@ -591,7 +591,6 @@ def run(args, overrides):
                  out, clf, res["seconds"], {"settings": res["settings"]})
         show[f"{name} project"] = out[:args.num_show]
         if args.warm_chains:   # from the estimate just computed (restore.init=project)
-          ipm = obs_lib.PixelSpace.from_preprocessor(prior_pre).image_per_model
           res = posterior.restore(model, params, warm_config(cfg, ipm, args.warm_chains), y,
                                   kind, jax.random.PRNGKey(args.seed + ti),
                                   preprocessor=prior_pre, observation=obs, start=out,
