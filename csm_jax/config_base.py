@@ -317,8 +317,9 @@ def default_config() -> ml_collections.ConfigDict:
   r.init = "observation"       # annealed / mala / gibbs: the chains' start before the
                                # first level's noise: 'observation' (its own fill-in),
                                # 'classical' (the classical restoration project starts
-                               # from) or 'project' (the denoise-and-project estimate;
-                               # smoothed-joint model): inpaint, superres, salt_pepper
+                               # from; gaussian: BM3D at restore.sigma) or 'project'
+                               # (the denoise-and-project estimate; smoothed-joint
+                               # model; inpaint, superres, salt_pepper)
   r.project_start = 0.1        # project: first denoiser level (image units), > 0
   r.project_end = 0.02         # project: last level, > 0 and <= project_start
   r.project_levels = 5         # project: levels, log-spaced, int >= 1

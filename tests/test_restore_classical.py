@@ -125,3 +125,6 @@ def test_bad_arguments_are_one_line_naming_them():
     classical.restorers_for("deblur")
   with pytest.raises(ValueError, match="shape"):
     classical.median3x3(np.zeros((4, 4)))
+  # the bm3d package crashes the process on an 8x8 image: refused before it is called
+  with pytest.raises(ValueError, match="8x8 blocks, got 8x8"):
+    classical.bm3d_denoise(np.zeros((1, 8, 8, 1), np.float32), 0.1)

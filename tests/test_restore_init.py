@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from csm_jax import config_base
+from csm_jax.restore import classical
 from csm_jax.restore import joint as joint_lib
 from csm_jax.restore import observations as obs_lib
 from csm_jax.restore import posterior
@@ -98,6 +99,33 @@ def test_restore_library_call_starts_from_the_restoration(init):
   assert not np.allclose(other["mean"], ref["mean"])     # the start mattered
 
 
+def test_the_classical_start_on_gaussian_noise_is_bm3d_at_the_known_sigma():
+  """restore.init='classical' on Gaussian noise: the sampler run by hand from BM3D's
+  estimate (the `bm3d` package at the observation's sigma), clipped to [0, 1]."""
+  shape, sigma = (12, 12, 1), 0.3                    # BM3D's blocks are 8x8
+  config, model, params, pre = tiny_smoothed_joint_image_model(shape)
+  config.noise.sigma_max, config.noise.sigma_min, config.noise.num_levels = 0.5, 0.01, 3
+  config.restore.method, config.restore.init, config.restore.sigma = "annealed", "classical", sigma
+  config.restore.steps_per_level, config.restore.chains = 2, 3
+  config_base.validate(config)
+  images = np.random.default_rng(1).integers(0, 256, (2,) + shape) / 255.0
+  obs = obs_lib.GaussianNoise(sigma, shape)
+  y = obs.corrupt(0, images)
+  res = posterior.restore(model, params, config, y, task="gaussian", rng=0, preprocessor=pre)
+  start = np.clip(classical.bm3d_denoise(y, sigma), 0.0, 1.0).reshape(2, -1)
+  np.testing.assert_allclose(project.classical_start(obs, y), start, atol=1e-6)
+  assert np.abs(start - np.clip(y, 0, 1).reshape(2, -1)).max() > 0.1   # not the fill-in
+  space = obs_lib.PixelSpace.from_preprocessor(pre)
+  box = joint_lib.default_box(pre, config.restore.grid_points)
+  run = posterior.make_sampler(model, joint_lib.make_joint(model, box), obs, space,
+                               posterior.settings_from_config(config))
+  yf = jnp.asarray(y.reshape(2, -1))
+  key = jax.random.fold_in(jax.random.PRNGKey(0), 0)
+  ref = run(params, yf, key, start=jnp.asarray(start))
+  np.testing.assert_allclose(res["mean"].reshape(2, -1), ref["mean"], atol=1e-6)
+  assert not np.allclose(run(params, yf, key)["mean"], ref["mean"])   # the start mattered
+
+
 def test_init_refusals_name_the_field():
   with pytest.raises(ValueError, match="init must be one of"):
     posterior.Settings(sigmas=(0.1,), init="bicubic")
@@ -111,9 +139,9 @@ def test_init_refusals_name_the_field():
   config.restore.init, config.restore.method = "project", "tweedie"
   with pytest.raises(config_base.ConfigError, match="restore.init"):
     config_base.validate(config)
-  # Gaussian noise pins nothing: no classical start or loop to begin from
-  config, model, params, pre, _, y = _image_setup("classical")
-  with pytest.raises(ValueError, match="restore.init: 'classical' needs an observation"):
+  # Gaussian noise pins nothing: no denoise-and-project loop to begin from
+  config, model, params, pre, _, y = _image_setup("project")
+  with pytest.raises(ValueError, match="restore.init: 'project' needs an observation"):
     posterior.restore(model, params, config, np.clip(y, 0, 1), task="gaussian", rng=0,
                       preprocessor=pre)
   # 'project' needs a smoothed-joint model: the per-dimension one has no denoiser

@@ -39,8 +39,9 @@ Stages (each optional, run in this order; `Settings.method` picks them):
                      decreasing levels (`project.py`): a plug-and-play point estimate,
                      not a posterior mean.
 The start (`Settings.init`, annealed / MALA / Gibbs): the observation's own fill-in,
-or for the tasks denoise-and-project covers the classical restoration or the
-denoise-and-project estimate, from which annealing at levels below sigma_1 need not
+the classical restoration (`project.INIT_START`: the loop's start on the tasks that pin
+pixels, BM3D on Gaussian noise) or, for the tasks denoise-and-project covers, its
+estimate, from which annealing at levels below sigma_1 need not
 travel as far (the warm start of Chung, Sim and Ye 2022, "Come-Closer-Diffuse-Faster":
 a good estimate plus sigma_1 noise stands in for a draw at level sigma_1). The chains
 still end in the posterior at sigma_L to the extent they mix; with few steps the start
@@ -459,13 +460,16 @@ def restore(model, params, config, y, task: Optional[str] = None, rng=None, *,
     sampler = make_sampler(model, joint, observation, space, settings)
     if start is None and settings.init != "observation":
       # start from a restoration (the module docstring); a caller's start= goes in below
-      if type(observation).__name__ not in project_lib.START:
-        raise ValueError(f"restore.init: {settings.init!r} needs an observation that pins "
-                         f"part of the image (inpaint, superres, salt_pepper), got "
+      if settings.init == "project" and type(observation).__name__ not in project_lib.START:
+        raise ValueError(f"restore.init: 'project' needs an observation that pins part of "
+                         f"the image (inpaint, superres, salt_pepper), got "
+                         f"{type(observation).__name__} (Gaussian noise: 'classical')")
+      if type(observation).__name__ not in project_lib.INIT_START:
+        raise ValueError(f"restore.init: {settings.init!r} has no classical start for "
                          f"{type(observation).__name__}")
       start_fn = (_project_fn(model, config, settings, observation, space, box)
                   if settings.init == "project"
-                  else lambda params, yb: project_lib.start_image(observation, yb))
+                  else lambda params, yb: project_lib.classical_start(observation, yb))
       run = sampler
       sampler = lambda params, yb, key: run(params, yb, key,
                                             start=jnp.asarray(start_fn(params, yb)))

@@ -37,6 +37,9 @@ from csm_jax.restore import observations as obs_lib
 from csm_jax.restore import tweedie as tweedie_lib
 
 START = {"Missing": "biharmonic", "Downsample": "bicubic", "SaltPepper": "adaptive_median"}
+# restore.init='classical' (posterior.py): the loop's start on the tasks that pin pixels,
+# and on Gaussian noise, which pins nothing, BM3D at the observation's known sigma.
+INIT_START = dict(START, GaussianNoise="bm3d")
 
 
 def levels(start: float, end: float, num: int) -> np.ndarray:
@@ -104,6 +107,17 @@ def start_image(obs, y) -> np.ndarray:
   else:
     out = classical.adaptive_median(y_img)
   return np.asarray(out, np.float32).reshape(n, -1)
+
+
+def classical_start(obs, y) -> np.ndarray:
+  """restore.init='classical''s start (N, D), image units: `INIT_START`; on Gaussian noise
+  BM3D (the `bm3d` package) at the known sigma, clipped to [0, 1]."""
+  if type(obs).__name__ != "GaussianNoise":
+    return start_image(obs, y)
+  from csm_jax.restore import classical  # pylint: disable=g-import-not-at-top
+  y = np.asarray(y, np.float32)
+  out = classical.bm3d_denoise(y.reshape((len(y),) + tuple(obs.shape)), obs.sigma)
+  return np.clip(np.asarray(out, np.float32), 0.0, 1.0).reshape(len(y), -1)
 
 
 def make_tweedie_denoiser(joint: joint_lib.Joint, space: obs_lib.PixelSpace) -> Callable:
