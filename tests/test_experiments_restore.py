@@ -62,15 +62,16 @@ def test_restore_experiment_writes_every_row(tmp_path, mnist_data_dir):
   assert bottom_rows[dp]["settings"]["method"] == "project"
   assert bottom_rows["nl_means denoise-and-project"]["kind"] == "classical"
   assert not any("denoise-and-project" in k for k in res["tasks"]["gaussian_0.6"]["rows"])
-  # the annealed posterior from that estimate: 5 levels from project_start to sigma_min
+  # the annealed posterior from that estimate: 5 levels from PIN_WARM_START (0.01 in pixel
+  # units, 0.01 * 255 / 256 in the dequantized model's, below its last level 0.01: all at
+  # the last level)
   warm = bottom_rows["AR-CSM (smoothed joint), posterior mean, annealed from denoise-and-project"]
   assert warm["kind"] == "posterior" and warm["settings"]["init"] == "project"
   assert warm["settings"]["chains"] == 4 and len(warm["settings"]["sigmas"]) == 5   # default
+  assert warm["start_level"] == 0.01
   # it starts from the estimate of the row before it, and its time includes that one's
   assert warm["seconds_per_image"] > bottom_rows[dp]["seconds_per_image"]
-  # project_start 0.1 is in pixel units: 0.1 * 255 / 256 in the dequantized model's units
-  np.testing.assert_allclose(warm["settings"]["sigmas"][::4], [0.1 * 255 / 256, 0.01],
-                             rtol=1e-6)
+  np.testing.assert_allclose(warm["settings"]["sigmas"], [0.01] * 5, rtol=1e-6)
   assert "AR-CSM (smoothed joint), posterior sample, annealed from denoise-and-project" in bottom_rows
   assert "gaussian_0.6" in (out / "table.md").read_text()
   # the sequential filter's rows: on the default --filter_tasks (the bottom half), not
@@ -102,6 +103,17 @@ def test_restore_experiment_refuses_a_bad_filter_mass_sigma(tmp_path):
     assert p.returncode != 0
     assert "--filter_mass_sigma must be 'none', 'auto' or a level > 0" in p.stderr, p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_restore_experiment_refuses_a_bad_warm_start_level(tmp_path):
+  """A --warm_start_level <= 0 is one line naming the flag, before any data or training."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+  p = subprocess.run([sys.executable, "-m", "experiments.restore", "--out",
+                      str(tmp_path / "out"), "--warm_start_level", "0"], cwd=REPO,
+                     env=env, capture_output=True, text=True, timeout=300)
+  assert p.returncode != 0
+  assert "--warm_start_level must be > 0, got 0.0" in p.stderr, p.stderr
+  assert "Traceback" not in p.stderr
 
 
 @pytest.mark.slow
@@ -217,4 +229,7 @@ def test_restore_init_by_flag_reaches_the_sampler_rows_only():
   assert gw.restore.init == "classical" and gw.restore.chains == 4
   s_min = posterior.settings_from_config(cfg).sigma_min
   np.testing.assert_allclose(gw.restore.sigmas, np.geomspace(0.1, s_min, 5), rtol=1e-6)
+  # a first level at or below the last one: every level is the last one
+  low = experiment.warm_config(cfg, 1.0, 4, start_level=0.5 * s_min)
+  np.testing.assert_allclose(low.restore.sigmas, [s_min] * 5, rtol=1e-6)
   assert cfg.restore.init == "classical" and cfg.restore.method == "annealed"  # a copy
