@@ -56,8 +56,8 @@ def save_image_rows(path: str, rows: dict, title: str = ""):
     ax.set_yticks([])
     ax.set_xticks([])
     ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
-  if title:
-    fig.suptitle(title, fontsize=9)
+  if title:   # above the first row (a figure title would sit above the rows' slack)
+    axes[0, 0].set_title(title, fontsize=9)
   try:
     atomic.save_figure(path, fig, dpi=100, bbox_inches="tight")
   finally:
