@@ -142,8 +142,9 @@ def parse_args(argv=None):
   p.add_argument("--warm_start_level", type=float, default=None,
                  help="first level (pixel units) of the annealed posterior from the "
                       "denoise-and-project estimate, > 0; at or below the prior's last "
-                      "level, every level is the last one (default: PIN_WARM_START = 0.01, chosen on held-out images; "
-                      "0.1 is the loop's own first level, restore.project_start)")
+                      "level, every level is the last one (default: PIN_WARM_START = "
+                      "0.01, chosen on held-out images; 0.1 is the loop's own first "
+                      "level, restore.project_start)")
   p.add_argument("--earlier", type=int, default=1,
                  help="1: also run the earlier AR-CSM restorations (Tweedie, Langevin)")
   p.add_argument("--sp_start_sigma", type=float, default=0.2,

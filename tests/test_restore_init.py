@@ -113,7 +113,7 @@ def test_the_classical_start_on_gaussian_noise_is_bm3d_at_the_known_sigma():
   y = obs.corrupt(0, images)
   res = posterior.restore(model, params, config, y, task="gaussian", rng=0, preprocessor=pre)
   start = np.clip(classical.bm3d_denoise(y, sigma), 0.0, 1.0).reshape(2, -1)
-  np.testing.assert_allclose(project.classical_start(obs, y), start, atol=1e-6)
+  np.testing.assert_allclose(project.start_image(obs, y), start, atol=1e-6)
   assert np.abs(start - np.clip(y, 0, 1).reshape(2, -1)).max() > 0.1   # not the fill-in
   space = obs_lib.PixelSpace.from_preprocessor(pre)
   box = joint_lib.default_box(pre, config.restore.grid_points)

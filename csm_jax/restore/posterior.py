@@ -469,7 +469,7 @@ def restore(model, params, config, y, task: Optional[str] = None, rng=None, *,
                          f"{type(observation).__name__}")
       start_fn = (_project_fn(model, config, settings, observation, space, box)
                   if settings.init == "project"
-                  else lambda params, yb: project_lib.classical_start(observation, yb))
+                  else lambda params, yb: project_lib.start_image(observation, yb))
       run = sampler
       sampler = lambda params, yb, key: run(params, yb, key,
                                             start=jnp.asarray(start_fn(params, yb)))

@@ -93,31 +93,24 @@ def project(obs, y, u):
 
 
 def start_image(obs, y) -> np.ndarray:
-  """The classical restoration the loop starts from (N, D), image units: `START`."""
+  """The classical restoration (N, D), image units, that the loop (`START`'s tasks) and
+  restore.init='classical' (`INIT_START`: also Gaussian noise, BM3D at the known sigma,
+  clipped to [0, 1]) start from."""
   from csm_jax.restore import classical  # pylint: disable=g-import-not-at-top
   y = np.asarray(y, np.float32)
   n = len(y)
   y_img = y.reshape((n,) + tuple(obs.y_shape))
-  name = START[type(obs).__name__]
+  name = INIT_START[type(obs).__name__]
   if name == "biharmonic":
     m = np.asarray(obs._mask_for(n)).reshape((n,) + tuple(obs.shape))  # pylint: disable=protected-access
     out = classical.inpaint_biharmonic(y_img, m[..., 0] if m.ndim == 4 else m)
   elif name == "bicubic":
     out = classical.upsample_bicubic(y_img, obs.factor)
+  elif name == "bm3d":
+    out = np.clip(classical.bm3d_denoise(y_img, obs.sigma), 0.0, 1.0)
   else:
     out = classical.adaptive_median(y_img)
   return np.asarray(out, np.float32).reshape(n, -1)
-
-
-def classical_start(obs, y) -> np.ndarray:
-  """restore.init='classical''s start (N, D), image units: `INIT_START`; on Gaussian noise
-  BM3D (the `bm3d` package) at the known sigma, clipped to [0, 1]."""
-  if type(obs).__name__ != "GaussianNoise":
-    return start_image(obs, y)
-  from csm_jax.restore import classical  # pylint: disable=g-import-not-at-top
-  y = np.asarray(y, np.float32)
-  out = classical.bm3d_denoise(y.reshape((len(y),) + tuple(obs.shape)), obs.sigma)
-  return np.clip(np.asarray(out, np.float32), 0.0, 1.0).reshape(len(y), -1)
 
 
 def make_tweedie_denoiser(joint: joint_lib.Joint, space: obs_lib.PixelSpace) -> Callable:
