@@ -459,14 +459,8 @@ def restore(model, params, config, y, task: Optional[str] = None, rng=None, *,
     joint = joint_lib.make_joint(model, box, batch_chunk=rc.batch_chunk)
     sampler = make_sampler(model, joint, observation, space, settings)
     if start is None and settings.init != "observation":
-      # start from a restoration (the module docstring); a caller's start= goes in below
-      if settings.init == "project" and type(observation).__name__ not in project_lib.START:
-        raise ValueError(f"restore.init: 'project' needs an observation that pins part of "
-                         f"the image (inpaint, superres, salt_pepper), got "
-                         f"{type(observation).__name__} (Gaussian noise: 'classical')")
-      if type(observation).__name__ not in project_lib.INIT_START:
-        raise ValueError(f"restore.init: {settings.init!r} has no classical start for "
-                         f"{type(observation).__name__}")
+      # start from a restoration (the module docstring); a caller's start= goes in below.
+      # 'project' on an observation the loop does not cover: project.check refuses it
       start_fn = (_project_fn(model, config, settings, observation, space, box)
                   if settings.init == "project"
                   else lambda params, yb: project_lib.start_image(observation, yb))
