@@ -62,3 +62,38 @@ def save_image_rows(path: str, rows: dict, title: str = ""):
     atomic.save_figure(path, fig, dpi=100, bbox_inches="tight")
   finally:
     plt.close(fig)
+
+
+def save_gap_bars(path: str, tasks: list, series: dict, title: str = "",
+                  xlabel: str = "PSNR difference to the best classical restorer (dB)"):
+  """Horizontal bars, one group per task, one bar per entry of `series`
+  {label: {task: (mean, standard error)}} with its error bar (2 standard errors), and a
+  line at 0: right of it the entry is ahead. A task an entry lacks gets no bar."""
+  labels = list(series)
+  n, k = len(tasks), max(len(labels), 1)
+  height = 0.8 / k
+  fig, ax = plt.subplots(figsize=(7, 0.45 * n * max(k, 2) / 2 + 1.2))
+  for j, label in enumerate(labels):
+    ys, ms, es = [], [], []
+    for i, t in enumerate(tasks):
+      if t in series[label]:
+        m, se = series[label][t]
+        ys.append(i - 0.4 + height * (j + 0.5))
+        ms.append(m)
+        es.append(2 * se)
+    ax.barh(ys, ms, height=height * 0.9, xerr=es, label=label, capsize=2)
+  ax.axvline(0.0, color="black", linewidth=0.8)
+  ax.set_yticks(range(n))
+  ax.set_yticklabels(tasks, fontsize=8)
+  ax.invert_yaxis()
+  ax.set_xlabel(xlabel, fontsize=8)
+  ax.tick_params(axis="x", labelsize=8)
+  ax.grid(axis="x", alpha=0.3)
+  if len(labels) > 1:
+    ax.legend(fontsize=7, loc="best")
+  if title:
+    ax.set_title(title, fontsize=9)
+  try:
+    atomic.save_figure(path, fig, dpi=100, bbox_inches="tight")
+  finally:
+    plt.close(fig)

@@ -18,7 +18,8 @@ ENV = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
 HELPERS = ("common", "matched_sizes")
 EXPERIMENTS = sorted(p.stem for p in (REPO / "experiments").glob("*.py")
                      if p.stem not in HELPERS + ("__init__",))
-NO_CONFIG_FLAGS = ("gaussian_convergence", "gaussian_scaling")  # no config file behind them
+# no config file behind them
+NO_CONFIG_FLAGS = ("gaussian_convergence", "gaussian_scaling", "restore_summary")
 
 # Runs each experiment's --help in one fresh interpreter (as `python -m` does) and reports
 # its parser's flags and whether --help imported JAX or Flax.

@@ -1,0 +1,70 @@
+"""The restoration benchmark at a glance: runs of `experiments.restore` side by side.
+
+For every task of every run given, the AR-CSM posterior-mean row with the largest paired
+PSNR difference to the task's best classical restorer (mean and standard error over the
+same images; denoise-and-project, being a point estimate, and single samples are not
+candidates), as a bar chart (right of zero: ahead) and a markdown table with, per run,
+the number of tasks it is ahead on (csm_jax/restore/summary.py). It reads only the runs'
+results.json files and trains nothing.
+
+  python -m experiments.restore_summary --out DIR \
+      --runs OUT,OUT6,OUT24 --labels "1500 steps,6000 steps,24000 steps"
+
+Writes DIR/results.json (each run's verdict per task), DIR/gap.md and DIR/gap.png.
+"""
+
+import os
+
+from experiments import common
+
+
+def flags():
+  p = common.parser(__doc__, prefixes=())
+  p.add_argument("--out", required=True, help="output directory")
+  p.add_argument("--runs", required=True,
+                 help="comma-separated experiments.restore --out directories (or their "
+                      "results.json files)")
+  p.add_argument("--labels", default=None,
+                 help="comma-separated labels, one per run (default: the directories' names)")
+  p.add_argument("--title", default="AR-CSM posterior mean against the best classical "
+                                    "restorer (bars: 2 standard errors)",
+                 help="the picture's title")
+  return p
+
+
+def main(argv=None):
+  args = flags().parse_args(argv)
+  from csm_jax import atomic  # pylint: disable=g-import-not-at-top
+  from csm_jax import plotting  # pylint: disable=g-import-not-at-top
+  from csm_jax.restore import summary  # pylint: disable=g-import-not-at-top
+
+  runs = [r for r in args.runs.split(",") if r]
+  labels = ([s.strip() for s in args.labels.split(",")] if args.labels
+            else [os.path.basename(os.path.normpath(r)) for r in runs])
+  if len(labels) != len(runs):
+    raise SystemExit(f"--labels: {len(labels)} labels for {len(runs)} runs")
+  try:
+    verdicts = [summary.verdict(summary.load(r)) for r in runs]
+  except ValueError as e:
+    raise SystemExit(str(e)) from None
+  tasks = []
+  for v in verdicts:
+    tasks += [t for t in v if t not in tasks]
+  if not tasks:
+    raise SystemExit(f"--runs: no AR-CSM posterior-mean row in {', '.join(runs)}")
+
+  out = {"what": "experiments.restore_summary", "runs": dict(zip(labels, runs)),
+         "verdicts": {lab: {t: {**e, "diff": list(e["diff"]), "psnr": list(e["psnr"])}
+                            for t, e in v.items()} for lab, v in zip(labels, verdicts)}}
+  common.write_results(args.out, out, args)
+  md = summary.table(labels, verdicts)
+  atomic.write_text(os.path.join(args.out, "gap.md"), md)
+  plotting.save_gap_bars(os.path.join(args.out, "gap.png"), tasks,
+                         {lab: {t: e["diff"] for t, e in v.items()}
+                          for lab, v in zip(labels, verdicts)}, title=args.title)
+  print(md, end="")
+  print(f"wrote {args.out}/results.json, gap.md, gap.png")
+
+
+if __name__ == "__main__":
+  main()
