@@ -35,7 +35,9 @@ def _results(shift=0.0):
               _row("posterior", 24.5, -0.5 + shift)}},
       "inpaint_centre": {"rows": {
           "biharmonic": _row("classical", 13.4),
-          "AR-CSM (per-dim), filter posterior mean": _row("posterior", 13.7, 0.3 + shift)}},
+          "AR-CSM (per-dim), posterior mean": _row("posterior", 13.7, 0.3 + shift),
+          "AR-CSM (per-dim), filter sample": _row("posterior", 16.0, 2.6),
+          "AR-CSM (per-dim), filter mean": _row("posterior", 15.9, 2.5 + shift)}},
   }}
 
 
@@ -49,7 +51,8 @@ def test_verdict_takes_the_best_ar_csm_posterior_mean_and_nothing_else():
   assert v["sp_0.1"]["row"] == "AR-CSM (smoothed joint), posterior mean, annealed from project"
   assert v["sp_0.1"]["diff"] == (-0.5, 0.05) and not v["sp_0.1"]["ahead"]
   assert v["sp_0.1"]["best_classical"] == ("nlm loop", 25.0)
-  assert v["inpaint_centre"]["ahead"] and v["inpaint_centre"]["psnr"] == (13.7, 0.1)
+  assert v["inpaint_centre"]["row"] == "AR-CSM (per-dim), filter mean"
+  assert v["inpaint_centre"]["ahead"] and v["inpaint_centre"]["psnr"] == (15.9, 0.1)
   mle = summary.verdict(_results(), prefix="MLE")
   assert list(mle) == ["sp_0.1"] and mle["sp_0.1"]["diff"] == (0.8, 0.05)
 

@@ -16,6 +16,7 @@ Written here: a few lines of bookkeeping over our own results format.
 import json
 import math
 import os
+import re
 from typing import Dict, List, Optional
 
 RESULTS = "results.json"
@@ -68,9 +69,13 @@ def load(path: str) -> dict:
 
 
 def is_prior_mean(name: str, row: dict, prefix: str = PRIOR_PREFIX) -> bool:
-  """A posterior-mean row of a `prefix` prior (the default: the AR-CSMs)."""
+  """A posterior-mean row of a `prefix` prior (the default: the AR-CSMs): kind
+  'posterior', a 'mean' and no 'sample' in its name ("posterior mean", the filter's
+  Rao-Blackwellized "filter mean", "Tweedie posterior mean", "posterior mean, annealed
+  from ...")."""
   return (row["kind"] == "posterior" and name.startswith(prefix)
-          and "posterior mean" in name and "psnr_minus_best_classical" in row)
+          and re.search(r"\bmean\b", name) is not None and "sample" not in name
+          and "psnr_minus_best_classical" in row)
 
 
 def best_classical(entry: dict) -> Optional[str]:
