@@ -26,6 +26,9 @@ def flags():
                       "results.json files)")
   p.add_argument("--labels", default=None,
                  help="comma-separated labels, one per run (default: the directories' names)")
+  p.add_argument("--prefix", default="AR-CSM",
+                 help="rows whose name starts with this are candidates (e.g. \"AR-CSM "
+                      "(smoothed joint)\" for one prior, \"MLE\" for the MLE priors)")
   p.add_argument("--title", default="AR-CSM posterior mean against the best classical "
                                     "restorer (bars: 2 standard errors)",
                  help="the picture's title")
@@ -44,16 +47,18 @@ def main(argv=None):
   if len(labels) != len(runs):
     raise SystemExit(f"--labels: {len(labels)} labels for {len(runs)} runs")
   try:
-    verdicts = [summary.verdict(summary.load(r)) for r in runs]
+    verdicts = [summary.verdict(summary.load(r), prefix=args.prefix) for r in runs]
   except ValueError as e:
     raise SystemExit(str(e)) from None
   tasks = []
   for v in verdicts:
     tasks += [t for t in v if t not in tasks]
   if not tasks:
-    raise SystemExit(f"--runs: no AR-CSM posterior-mean row in {', '.join(runs)}")
+    raise SystemExit(f"--runs: no posterior-mean row of a prior named {args.prefix!r}... "
+                     f"in {', '.join(runs)}")
 
   out = {"what": "experiments.restore_summary", "runs": dict(zip(labels, runs)),
+         "prefix": args.prefix,
          "verdicts": {lab: {t: {**e, "diff": list(e["diff"]), "psnr": list(e["psnr"])}
                             for t, e in v.items()} for lab, v in zip(labels, verdicts)}}
   common.write_results(args.out, out, args)

@@ -121,6 +121,11 @@ def test_the_command_writes_table_picture_and_json(tmp_path, capsys):
   assert "ahead on" in capsys.readouterr().out
   with pytest.raises(SystemExit, match="2 runs"):
     restore_summary.main(["--out", str(out), "--runs", f"{a},{b}", "--labels", "one"])
+  restore_summary.main(["--out", str(out), "--runs", str(a), "--prefix", "MLE"])
+  assert json.loads((out / "results.json").read_text())["verdicts"]["a.json"]["sp_0.1"][
+      "row"] == "MLE Gaussian MADE, posterior mean"
+  with pytest.raises(SystemExit, match="no posterior-mean row"):
+    restore_summary.main(["--out", str(out), "--runs", str(a), "--prefix", "PixelCNN"])
   bad = _write(tmp_path / "bad.json", {"tasks": {}})
   with pytest.raises(SystemExit) as e:
     restore_summary.main(["--out", str(out), "--runs", str(bad)])
