@@ -66,6 +66,13 @@ def test_every_experiment_is_listed():
   assert len(EXPERIMENTS) >= 14 and "toy2d" in EXPERIMENTS and "bench_step" in EXPERIMENTS
 
 
+def test_usage_lists_every_experiment():
+  text = (REPO / "docs" / "usage.md").read_text()
+  listed = text.split("with NAME one of", 1)[1].split(". `--help`", 1)[0]
+  names = sorted(n.strip() for n in " ".join(listed.split()).split(","))
+  assert names == EXPERIMENTS
+
+
 def test_help_imports_no_jax(probe):
   for name in EXPERIMENTS:
     assert probe[name]["code"] == 0, name
