@@ -50,9 +50,7 @@ def main(argv=None):
     verdicts = [summary.verdict(summary.load(r), prefix=args.prefix) for r in runs]
   except ValueError as e:
     raise SystemExit(str(e)) from None
-  tasks = []
-  for v in verdicts:
-    tasks += [t for t in v if t not in tasks]
+  tasks = summary.tasks_of(verdicts)
   if not tasks:
     raise SystemExit(f"--runs: no posterior-mean row of a prior named {args.prefix!r}... "
                      f"in {', '.join(runs)}")

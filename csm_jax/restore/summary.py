@@ -104,12 +104,18 @@ def verdict(results: dict, prefix: str = PRIOR_PREFIX) -> Dict[str, dict]:
   return out
 
 
-def table(labels: List[str], verdicts: List[Dict[str, dict]]) -> str:
-  """Markdown: one line per task, per run the best posterior mean's paired difference
-  (mean ± standard error) and, last, how many tasks each run is ahead on."""
+def tasks_of(verdicts: List[Dict[str, dict]]) -> List[str]:
+  """The tasks of several runs' verdicts, each once, in the order they first appear."""
   tasks = []
   for v in verdicts:
     tasks += [t for t in v if t not in tasks]
+  return tasks
+
+
+def table(labels: List[str], verdicts: List[Dict[str, dict]]) -> str:
+  """Markdown: one line per task, per run the best posterior mean's paired difference
+  (mean ± standard error) and, last, how many tasks each run is ahead on."""
+  tasks = tasks_of(verdicts)
   lines = ["| task | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
   for t in tasks:
     cells = []
