@@ -175,6 +175,7 @@ from csm_jax import noise as noise_lib  # noqa: E402
 from csm_jax import plotting  # noqa: E402
 from csm_jax.data import tfds_source  # noqa: E402
 from csm_jax.restore import classical  # noqa: E402
+from csm_jax.restore import diagnostics  # noqa: E402
 from csm_jax.restore import filtering as filter_lib  # noqa: E402
 from csm_jax.restore import observations as obs_lib  # noqa: E402
 from csm_jax.restore import posterior  # noqa: E402
@@ -347,6 +348,7 @@ class Run:
                     "args": vars(args), "overrides": overrides, "machine": common.machine(),
                     "models": {}, "tasks": {}}
     self.per_image = {}
+    self.sp_observed = {}   # task -> its salt-and-pepper observation y (error split)
 
   def log(self, msg):
     print(f"{time.perf_counter() - self.start:7.1f}s {msg}", flush=True)
@@ -364,6 +366,12 @@ class Run:
            "accuracy": acc, "seconds_per_image": seconds / len(clean),
            "psnr_per_image": [round(float(v), 4) for v in psnr]}   # pairs across runs
     row.update(extra or {})
+    if task in self.sp_observed:   # salt-and-pepper: where the error lies
+      split = diagnostics.salt_pepper_error_split(clean, self.sp_observed[task],
+                                                  np.clip(restored, 0, 1))
+      row["sse_split"] = {k: mean_se(split[k]) for k in diagnostics.SPLIT_PARTS}
+      row["sse_split"]["pixels"] = {k: float(np.mean(split["count_" + k]))
+                                    for k in diagnostics.SPLIT_PARTS}
     entry[name] = row
     self.per_image.setdefault(task, {})[name] = psnr
     self.log(f"[{task}] {name:34s} PSNR {row['psnr'][0]:6.2f} +- {row['psnr'][1]:.2f}  "
@@ -397,6 +405,22 @@ class Run:
                      + (f"{r['accuracy'][0]:.2f}" if r["accuracy"] else "-") + " | "
                      f"{r['seconds_per_image']:.3f} | "
                      + (f"{d[0]:+.2f} ± {d[1]:.2f}" if d else "") + " |")
+    split = [(task, n, r["sse_split"]) for task, t in self.results["tasks"].items()
+             for n, r in sorted(t["rows"].items(), key=lambda kv: -kv[1]["psnr"][0])
+             if "sse_split" in r]
+    if split:
+      lines += ["", "Salt-and-pepper: each image's squared error (summed over its pixels, image "
+                "units) on the corrupted pixels, on the extreme pixels the corruption kept "
+                "(true 0 or 255) and on the pinned ones (`csm_jax.restore.diagnostics`)", "",
+                "| task | method | corrupted | kept extreme | pinned |", "|---|---|---|---|---|"]
+      shown = set()
+      for task, n, sp in split:
+        if task not in shown:   # the sets' sizes, once per task
+          shown.add(task)
+          lines.append(f"| {task} | (pixels per image) | " + " | ".join(
+              f"{sp['pixels'][k]:.1f}" for k in diagnostics.SPLIT_PARTS) + " |")
+        lines.append(f"| {task} | {n} | " + " | ".join(
+            f"{sp[k][0]:.3f} ± {sp[k][1]:.3f}" for k in diagnostics.SPLIT_PARTS) + " |")
     atomic.write_text(os.path.join(self.args.out, "table.md"), "\n".join(lines) + "\n")
 
 
@@ -530,6 +554,8 @@ def run(args, overrides):
     obs = observation_for(kind, kw, shape, args.seed)
     y = obs.corrupt(args.seed + 1000 * ti, clean)
     r.results["tasks"][task] = {"task": kind, "settings": kw, "num_images": n, "rows": {}}
+    if kind == "salt_pepper":
+      r.sp_observed[task] = y
     show = {"truth": clean[:args.num_show]}
     if kind == "superres":
       up = np.repeat(np.repeat(y, kw["sr_factor"], 1), kw["sr_factor"], 2)

@@ -182,6 +182,13 @@ def test_restore_experiment_cifar10_pixelcnnpp(tmp_path):
   assert filt["settings"]["method"] == "filter" and filt["settings"]["chains"] == 4
   assert np.isfinite(filt["psnr"][0])
   assert (out / "sp_0.1.png").stat().st_size > 0
+  # where each row's error lies: the input errs on the corrupted pixels only; the sets'
+  # sizes cover the image; the table shows the split
+  split = rows["corrupted"]["sse_split"]
+  assert split["kept_extreme"][0] == 0 and split["pinned"][0] < 1e-9 < split["corrupted"][0]
+  assert abs(sum(split["pixels"].values()) - 32 * 32 * 3) < 1e-9
+  assert all("sse_split" in r for r in rows.values())
+  assert "| sp_0.1 | (pixels per image) |" in (out / "table.md").read_text()
   # a prior PixelCNN++ cannot be is refused in one line
   bad = subprocess.run(cmd[:-2] + ["--priors", "joint"], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=300)
