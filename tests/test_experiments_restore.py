@@ -21,8 +21,8 @@ def test_restore_experiment_writes_every_row(tmp_path, mnist_data_dir):
   out = tmp_path / "out"
   cmd = [sys.executable, "-m", "experiments.restore", "--out", str(out),
          "--tasks", "gaussian_0.6,inpaint_bottom", "--priors", "csm,joint,mle_gauss",
-         "--num_images", "2", "--steps", "3", "--classifier_steps", "2", "--num_show", "2",
-         "--csm.model.hidden_sizes=(16,)", "--mle_gauss.model.hidden_sizes=(16,)",
+         "--num_images", "2", "--image_offset", "3", "--steps", "3", "--classifier_steps", "2",
+         "--num_show", "2", "--csm.model.hidden_sizes=(16,)", "--mle_gauss.model.hidden_sizes=(16,)",
          "--joint.model.hidden_sizes=(16,)",
          "--config.restore.num_levels=2", "--config.restore.steps_per_level=1",
          "--mle_gauss.restore.gibbs_sweeps=1", "--filter_mass_sigma", "auto",
@@ -32,6 +32,7 @@ def test_restore_experiment_writes_every_row(tmp_path, mnist_data_dir):
   with open(out / "results.json") as f:
     res = json.load(f)
   assert res["models"]["mle_gauss"]["config"]["restore"]["method"] == "gibbs"
+  assert res["args"]["image_offset"] == 3   # test images 3 and 4
   assert res["models"]["csm"]["config"]["restore"]["method"] == "annealed"
   for name in ("csm", "mle_gauss"):
     assert 0 < res["models"][name]["lattice_bits_per_dim"] < 16, res["models"][name]
@@ -103,6 +104,23 @@ def test_restore_experiment_refuses_a_bad_filter_mass_sigma(tmp_path):
     assert p.returncode != 0
     assert "--filter_mass_sigma must be 'none', 'auto' or a level > 0" in p.stderr, p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_restore_experiment_refuses_an_image_range_outside_the_test_set(tmp_path,
+                                                                      mnist_data_dir):
+  """--image_offset: negative, or past the last test image with --num_images, is one
+  line naming the flag and the range, before any training."""
+  env = dict(os.environ, TFDS_DATA_DIR=mnist_data_dir, JAX_PLATFORMS="cpu",
+             PYTHONPATH=str(REPO))
+  for offset, msg in (("-1", "--image_offset must be >= 0, got -1"),
+                      ("9950", "--image_offset must be in [0, 9900] for --num_images 100")):
+    p = subprocess.run([sys.executable, "-m", "experiments.restore", "--out",
+                        str(tmp_path / "out"), "--image_offset", offset, "--num_images", "100"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode != 0
+    assert msg in p.stderr.strip().splitlines()[-1], p.stderr[-2000:]
+    assert "Traceback" not in p.stderr
+    assert not (tmp_path / "out" / "models").exists()   # nothing trained
 
 
 def test_restore_experiment_refuses_a_bad_warm_start_level(tmp_path):
