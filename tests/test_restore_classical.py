@@ -49,7 +49,7 @@ def test_salt_pepper_restorers_improve_psnr():
   x = _smooth()
   y = _salt_pepper(x, 0.1, np.random.default_rng(1))
   fns = classical.restorers_for("salt_pepper", p=0.1)
-  assert set(fns) == {"median3x3", "adaptive_median"}
+  assert set(fns) == {"median3x3", "adaptive_median", "decision_median"}
   for name, fn in fns.items():
     out = fn(y)
     assert out.shape == y.shape and out.dtype == np.float32, name
@@ -65,6 +65,23 @@ def test_adaptive_median_keeps_pixels_that_are_not_extremes():
   clean[:, [0, -1], :] = clean[:, :, [0, -1]] = False   # edges: reflected ties
   np.testing.assert_array_equal(out[clean], y[clean])
   assert _psnr(x, out) > _psnr(x, classical.median3x3(y))
+
+
+def test_decision_median_replaces_only_the_extremes_by_their_window_median():
+  rng = np.random.default_rng(4)
+  x = np.round(rng.random((2, 6, 5, 1)) * 253 + 1) / 255     # no pixel is 0 or 255
+  y = x.copy()
+  y[0, 2, 3, 0], y[0, 0, 0, 0], y[1, 4, 1, 0] = 1.0, 0.0, 0.0
+  out = classical.decision_median(y)
+  keep = (y > 0) & (y < 1)
+  np.testing.assert_array_equal(out[keep], y[keep])   # bit for bit
+  # the interior impulse by hand: the median of its 3x3 window, the impulse included
+  np.testing.assert_allclose(out[0, 2, 3, 0], np.median(y[0, 1:4, 2:5, 0]), rtol=1e-6)
+  # the corner: scipy's reflected edge, the corner's row and column repeated
+  win = np.pad(y[0, :, :, 0], 1, mode="symmetric")[0:3, 0:3]
+  np.testing.assert_allclose(out[0, 0, 0, 0], np.median(win), rtol=1e-6)
+  with pytest.raises(ValueError, match="odd and >= 3"):
+    classical.decision_median(y, size=4)
 
 
 @pytest.mark.parametrize("mask_kind", ["random", "box"])
