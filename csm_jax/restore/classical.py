@@ -8,8 +8,9 @@ clipped to [0, 1]. They run on the host (numpy), one image at a time.
   Gaussian noise   `bm3d_denoise` (the `bm3d` package), `nl_means` (scikit-image),
                    `tv_chambolle` (scikit-image), `wavelet_denoise` (scikit-image,
                    BayesShrink), `wiener` (scipy.signal.wiener)
-  salt-and-pepper  `median3x3` (scipy.ndimage), `adaptive_median` (written here: no
-                   maintained library we know of has one)
+  salt-and-pepper  `median3x3` (scipy.ndimage), `adaptive_median` and
+                   `decision_median` (written here on scipy.ndimage: no maintained library
+                   we know of has them)
   missing pixels   `inpaint_biharmonic` (scikit-image), `inpaint_telea` (OpenCV)
   2x super-res     `upsample_bicubic`, `upsample_bilinear` (scikit-image)
 
