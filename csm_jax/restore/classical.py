@@ -160,11 +160,11 @@ def decision_median(y, size: int = 3):
   if size < 3 or size % 2 == 0:
     raise ValueError(f"size (the window) must be odd and >= 3, got {size}")
   from scipy import ndimage  # pylint: disable=g-import-not-at-top
+  from csm_jax.restore import observations  # pylint: disable=g-import-not-at-top
 
   def one(a):
     med = ndimage.median_filter(a, size=size, mode="reflect")
-    extreme = (np.abs(a) < 1e-6) | (np.abs(a - 1.0) < 1e-6)
-    return np.where(extreme, med, a)
+    return np.where(observations.is_extreme(a, np), med, a)
   return _per_image(_per_channel(one), y)
 
 

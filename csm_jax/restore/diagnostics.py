@@ -19,6 +19,8 @@ Written here: a few lines of masking; no library splits an error by an observati
 
 import numpy as np
 
+from csm_jax.restore import observations as obs_lib
+
 
 SPLIT_PARTS = ("corrupted", "kept_extreme", "pinned")
 
@@ -42,7 +44,7 @@ def salt_pepper_error_split(clean, y, restored) -> dict:
   if not (c.shape == o.shape == r.shape):
     raise ValueError(f"clean, y and restored must have one shape, got {c.shape}, "
                      f"{o.shape} and {r.shape}")
-  extreme = (np.abs(o) < 1e-6) | (np.abs(o - 1.0) < 1e-6)
+  extreme = obs_lib.is_extreme(o, np)
   # a corruption that wrote the pixel's own value (a black pixel hit by pepper) changed
   # nothing and is counted as kept: no restorer could see it
   corrupted = extreme & (np.abs(o - c) > 0.5 / 255.0)

@@ -176,6 +176,12 @@ class GaussianNoise:
     return jnp.clip(y, 0.0, 1.0) if self.bounded else y
 
 
+def is_extreme(y, xp=jnp):
+  """True where a pixel (image units) is 0 or 1, 8-bit 0 or 255: the values salt-and-pepper
+  writes. `xp`: jax.numpy (default, traceable) or numpy (host code)."""
+  return (xp.abs(y) < 1e-6) | (xp.abs(y - 1.0) < 1e-6)
+
+
 @dataclasses.dataclass(frozen=True)
 class SaltPepper:
   """Each pixel kept w.p. 1 - p, else 0 or 1 (pixel 0 or 255) w.p. p/2 each.
@@ -210,8 +216,7 @@ class SaltPepper:
 
   @staticmethod
   def extreme(y):
-    y = _flat(y)
-    return (jnp.abs(y) < 1e-6) | (jnp.abs(y - 1.0) < 1e-6)
+    return is_extreme(_flat(y))
 
   def _log_terms(self, y, u, extra_var=0.0):
     """(log of the kept term, log of the corrupted term) per pixel (N, D)."""
