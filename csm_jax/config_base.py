@@ -323,6 +323,8 @@ def default_config() -> ml_collections.ConfigDict:
   r.project_start = 0.1        # project: first denoiser level (image units), > 0
   r.project_end = 0.02         # project: last level, > 0 and <= project_start
   r.project_levels = 5         # project: levels, log-spaced, int >= 1
+  r.sp_start = "adaptive_median"   # salt_pepper: the loop's and init=classical's start:
+                                   # adaptive_median | decision_median
   r.mala_steps = 0             # >= 0: MALA steps at sigma_min (exact log q)
   r.mala_step = _ref(float)    # > 0 (None: step_lr)
   r.mh_sweeps = 0              # >= 0: Metropolized sweeps on the pixel values, each pixel
@@ -742,6 +744,8 @@ def validate(config) -> ml_collections.ConfigDict:
   need(r.init == "observation" or r.method in ("annealed", "mala", "gibbs"), "restore.init",
        r.init, f"'observation' for restore.method {r.method!r} (a start applies to "
        "'annealed', 'mala' and 'gibbs')")
+  need(r.sp_start in ("adaptive_median", "decision_median"), "restore.sp_start", r.sp_start,
+       "'adaptive_median' or 'decision_median'")
   need(r.project_start > 0, "restore.project_start", r.project_start, "> 0")
   need(0 < r.project_end <= r.project_start, "restore.project_end", r.project_end,
        f"> 0 and <= restore.project_start ({r.project_start})")

@@ -325,7 +325,7 @@ def classical_project(denoiser, obs, y, rc):
   levels = project_lib.levels(rc.project_start, rc.project_end, rc.project_levels)
   return project_lib.denoise_and_project(
       lambda u, s: np.asarray(fn(np.asarray(u).reshape(shape), s)).reshape(len(y), -1),
-      obs, y.reshape(len(y), -1), project_lib.start_image(obs, y), levels)
+      obs, y.reshape(len(y), -1), project_lib.start_image(obs, y, rc.sp_start), levels)
 
 
 def per_image_metrics(clean, restored):
@@ -641,7 +641,7 @@ def run(args, overrides):
                                 jax.random.PRNGKey(args.seed + ti), preprocessor=prior_pre,
                                 observation=obs, log=r.log)
         out, project_s = res["mean"].reshape(clean.shape), res["seconds"]
-        start = project_lib.START[type(obs).__name__]
+        start = project_lib.start_name(obs, cfg.restore.sp_start)
         r.record(task, f"{label}, denoise-and-project from {start}", "point", clean, labels,
                  out, clf, res["seconds"], {"settings": res["settings"]})
         show[f"{name} project"] = out[:args.num_show]

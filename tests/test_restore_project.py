@@ -135,3 +135,43 @@ def test_restore_library_call_with_project_on_a_smoothed_joint_made():
   with pytest.raises(ValueError, match="tweedie"):
     posterior.restore(model, params, config, np.clip(y, 0, 1), task="gaussian", rng=0,
                       preprocessor=pre)
+
+
+def test_salt_pepper_start_is_the_configured_median_and_the_loop_starts_from_it():
+  """restore.sp_start: start_image gives the decision median (classical.py) when asked, the
+  adaptive median by default; method='project' starts its loop from it (the same as
+  make_project with that u0); a name outside SP_STARTS is one line naming the field."""
+  from csm_jax.restore import classical  # pylint: disable=g-import-not-at-top
+  shape = (6, 6, 1)
+  config, model, params, pre = tiny_smoothed_joint_image_model(shape)
+  config.noise.sigma_max, config.noise.sigma_min, config.noise.num_levels = 0.5, 0.01, 3
+  config.restore.method, config.restore.task, config.restore.p = "project", "salt_pepper", 0.3
+  config.restore.project_levels, config.restore.sp_start = 2, "decision_median"
+  config_base.validate(config)
+  gen = np.random.default_rng(1)
+  images = gen.integers(0, 256, (3,) + shape) / 255.0
+  images[:, :2] = 0.0                                   # a black band: kept zeros
+  obs = obs_lib.SaltPepper(0.3, shape)
+  y = obs.corrupt(0, images)
+  dm = project.start_image(obs, y, "decision_median")
+  np.testing.assert_array_equal(dm, np.asarray(classical.decision_median(y)).reshape(3, -1))
+  am = project.start_image(obs, y)
+  np.testing.assert_array_equal(am, np.asarray(classical.adaptive_median(y)).reshape(3, -1))
+  assert not np.allclose(dm, am)
+  assert project.start_name(obs, "decision_median") == "decision_median"
+  assert project.start_name(obs_lib.Missing(obs_lib.make_mask("centre", shape, 0), shape),
+                            "decision_median") == "biharmonic"   # salt-and-pepper only
+  res = posterior.restore(model, params, config, y, rng=0, preprocessor=pre)
+  space = obs_lib.PixelSpace.from_preprocessor(pre)
+  box = joint_lib.default_box(pre, config.restore.grid_points)
+  loop = project.make_project(model, box, obs, space, project.levels(0.1, 0.02, 2))
+  yf = y.reshape(3, -1)
+  np.testing.assert_allclose(res["mean"].reshape(3, -1), loop(params, yf, dm), atol=1e-6)
+  assert not np.allclose(loop(params, yf, dm), loop(params, yf, am))
+  with pytest.raises(ValueError, match="restore.sp_start must be one of"):
+    project.start_image(obs, y, "median3x3")
+  with pytest.raises(ValueError, match="sp_start must be one of"):
+    posterior.Settings(sigmas=(0.1,), method="project", sp_start="median")
+  config.restore.sp_start = "median3x3"
+  with pytest.raises(config_base.ConfigError, match="restore.sp_start"):
+    config_base.validate(config)

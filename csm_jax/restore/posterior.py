@@ -101,6 +101,8 @@ class Settings:
   init: str = "observation"     # annealed / mala / gibbs: start from the observation's
                                 # fill-in, the classical restoration or the
                                 # denoise-and-project estimate (INITS)
+  sp_start: str = "adaptive_median"   # salt-and-pepper: the classical start
+                                      # (project.SP_STARTS)
 
   def __post_init__(self):
     if self.method not in METHODS:
@@ -122,6 +124,9 @@ class Settings:
           raise ValueError(f"{name}: method {self.method!r} computes one estimate "
                            f"without sampling and has no sampler stages; set it to 0")
     project_lib.levels(self.project_start, self.project_end, self.project_levels)
+    if self.sp_start not in project_lib.SP_STARTS:
+      raise ValueError(f"sp_start must be one of {', '.join(project_lib.SP_STARTS)}, "
+                       f"got {self.sp_start!r}")
     if self.init not in INITS:
       raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
     if self.init != "observation" and self.method not in INIT_METHODS:
@@ -356,7 +361,8 @@ def settings_from_config(config) -> Settings:
                   project_start=float(rc.get("project_start", 0.1)),
                   project_end=float(rc.get("project_end", 0.02)),
                   project_levels=int(rc.get("project_levels", 5)),
-                  init=str(rc.get("init", "observation")))
+                  init=str(rc.get("init", "observation")),
+                  sp_start=str(rc.get("sp_start", "adaptive_median")))
 
 
 def check_mass_settings(model, rc) -> None:
@@ -400,7 +406,8 @@ def _project_fn(model, config, settings: Settings, observation, space, box):
                     settings.sigmas if trained is None else trained, what)
   if box is None:
     raise ValueError(f"{what} needs a score-head smoothed-joint model")
-  return project_lib.make_project(model, box, observation, space, lv, config.restore.batch_chunk)
+  return project_lib.make_project(model, box, observation, space, lv, config.restore.batch_chunk,
+                                  settings.sp_start)
 
 
 def restore(model, params, config, y, task: Optional[str] = None, rng=None, *,
@@ -463,7 +470,8 @@ def restore(model, params, config, y, task: Optional[str] = None, rng=None, *,
       # 'project' on an observation the loop does not cover: project.check refuses it
       start_fn = (_project_fn(model, config, settings, observation, space, box)
                   if settings.init == "project"
-                  else lambda params, yb: project_lib.start_image(observation, yb))
+                  else lambda params, yb: project_lib.start_image(observation, yb,
+                                                                  settings.sp_start))
       run = sampler
       sampler = lambda params, yb, key: run(params, yb, key,
                                             start=jnp.asarray(start_fn(params, yb)))

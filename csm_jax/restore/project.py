@@ -37,6 +37,10 @@ from csm_jax.restore import observations as obs_lib
 from csm_jax.restore import tweedie as tweedie_lib
 
 START = {"Missing": "biharmonic", "Downsample": "bicubic", "SaltPepper": "adaptive_median"}
+# restore.sp_start: the classical starts on salt-and-pepper. The decision median keeps
+# every black or white pixel whose 3x3 median equals it (most pixels the noise kept); the
+# adaptive median replaces any that is an extreme of its window.
+SP_STARTS = ("adaptive_median", "decision_median")
 # restore.init='classical' (posterior.py): the loop's start on the tasks that pin pixels,
 # and on Gaussian noise, which pins nothing, BM3D at the observation's known sigma.
 INIT_START = dict(START, GaussianNoise="bm3d")
@@ -92,15 +96,25 @@ def project(obs, y, u):
   raise ValueError(f"no projection for {type(obs).__name__}")
 
 
-def start_image(obs, y) -> np.ndarray:
+def start_name(obs, sp_start: str = "adaptive_median") -> str:
+  """The name of the classical restoration `start_image` computes for `obs`."""
+  if type(obs).__name__ == "SaltPepper":
+    if sp_start not in SP_STARTS:
+      raise ValueError(f"restore.sp_start must be one of {', '.join(SP_STARTS)}, "
+                       f"got {sp_start!r}")
+    return sp_start
+  return INIT_START[type(obs).__name__]
+
+
+def start_image(obs, y, sp_start: str = "adaptive_median") -> np.ndarray:
   """The classical restoration (N, D), image units, that the loop (`START`'s tasks) and
   restore.init='classical' (`INIT_START`: also Gaussian noise, BM3D at the known sigma,
-  clipped to [0, 1]) start from."""
+  clipped to [0, 1]) start from; on salt-and-pepper `sp_start` (`SP_STARTS`)."""
   from csm_jax.restore import classical  # pylint: disable=g-import-not-at-top
   y = np.asarray(y, np.float32)
   n = len(y)
   y_img = y.reshape((n,) + tuple(obs.y_shape))
-  name = INIT_START[type(obs).__name__]
+  name = start_name(obs, sp_start)
   if name == "biharmonic":
     m = np.asarray(obs._mask_for(n)).reshape((n,) + tuple(obs.shape))  # pylint: disable=protected-access
     out = classical.inpaint_biharmonic(y_img, m[..., 0] if m.ndim == 4 else m)
@@ -108,6 +122,8 @@ def start_image(obs, y) -> np.ndarray:
     out = classical.upsample_bicubic(y_img, obs.factor)
   elif name == "bm3d":
     out = np.clip(classical.bm3d_denoise(y_img, obs.sigma), 0.0, 1.0)
+  elif name == "decision_median":
+    out = classical.decision_median(y_img)
   else:
     out = classical.adaptive_median(y_img)
   return np.asarray(out, np.float32).reshape(n, -1)
@@ -142,9 +158,11 @@ def denoise_and_project(denoise: Callable, obs, y, u0, image_levels: Sequence[fl
 
 
 def make_project(model, box: joint_lib.Box, obs, space: obs_lib.PixelSpace,
-                 image_levels: Sequence[float], batch_chunk=None) -> Callable:
+                 image_levels: Sequence[float], batch_chunk=None,
+                 sp_start: str = "adaptive_median") -> Callable:
   """(params, y (N, Dy) image units[, u0 (N, D)]) -> (N, D) the loop's estimate with the
-  model's Tweedie denoiser (u0: the classical start, `start_image`, if not given).
+  model's Tweedie denoiser (u0: the classical start, `start_image(obs, y, sp_start)`, if
+  not given).
   Each level's joint is normalized on `box` widened by tweedie.BOX_SIGMAS levels."""
   denoisers = {}
   for s in image_levels:
@@ -154,7 +172,7 @@ def make_project(model, box: joint_lib.Box, obs, space: obs_lib.PixelSpace,
 
   def run(params, y, u0=None):
     if u0 is None:
-      u0 = start_image(obs, y)
+      u0 = start_image(obs, y, sp_start)
     return denoise_and_project(
         lambda u, s: denoisers[s](params, u, jnp.asarray(s, jnp.float32)), obs, y, u0,
         [float(s) for s in image_levels], space.bounded)
