@@ -124,9 +124,7 @@ class Settings:
           raise ValueError(f"{name}: method {self.method!r} computes one estimate "
                            f"without sampling and has no sampler stages; set it to 0")
     project_lib.levels(self.project_start, self.project_end, self.project_levels)
-    if self.sp_start not in project_lib.SP_STARTS:
-      raise ValueError(f"sp_start must be one of {', '.join(project_lib.SP_STARTS)}, "
-                       f"got {self.sp_start!r}")
+    project_lib.check_sp_start(self.sp_start)
     if self.init not in INITS:
       raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
     if self.init != "observation" and self.method not in INIT_METHODS:

@@ -96,12 +96,17 @@ def project(obs, y, u):
   raise ValueError(f"no projection for {type(obs).__name__}")
 
 
+def check_sp_start(sp_start: str) -> None:
+  """ValueError (one line naming restore.sp_start) unless it is one of `SP_STARTS`."""
+  if sp_start not in SP_STARTS:
+    raise ValueError(f"restore.sp_start must be one of {', '.join(SP_STARTS)}, "
+                     f"got {sp_start!r}")
+
+
 def start_name(obs, sp_start: str = "adaptive_median") -> str:
   """The name of the classical restoration `start_image` computes for `obs`."""
+  check_sp_start(sp_start)
   if type(obs).__name__ == "SaltPepper":
-    if sp_start not in SP_STARTS:
-      raise ValueError(f"restore.sp_start must be one of {', '.join(SP_STARTS)}, "
-                       f"got {sp_start!r}")
     return sp_start
   return INIT_START[type(obs).__name__]
 
