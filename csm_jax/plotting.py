@@ -97,3 +97,34 @@ def save_gap_bars(path: str, tasks: list, series: dict, title: str = "",
     atomic.save_figure(path, fig, dpi=100, bbox_inches="tight")
   finally:
     plt.close(fig)
+
+
+def save_level_curves(path: str, levels: list, curves: dict, title: str = "",
+                      ylabel: str = "PSNR (dB)"):
+  """One small panel per entry of `curves` {panel: {label: [value per level]}}: each
+  label's values against `levels` (log x axis), its best level marked."""
+  panels = list(curves)
+  ncols = min(len(panels), 4) or 1
+  nrows = int(math.ceil(len(panels) / ncols)) or 1
+  fig, axes = plt.subplots(nrows, ncols, figsize=(3.0 * ncols, 2.4 * nrows), squeeze=False)
+  for ax in axes.flat[len(panels):]:
+    ax.axis("off")
+  for ax, panel in zip(axes.flat, panels):
+    for label, values in curves[panel].items():
+      line, = ax.plot(levels, values, marker="o", markersize=3, label=label)
+      best = int(np.argmax(values))
+      ax.plot([levels[best]], [values[best]], marker="*", markersize=10,
+              color=line.get_color())
+    ax.set_xscale("log")
+    ax.set_title(panel, fontsize=9)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+    ax.set_ylabel(ylabel, fontsize=7)
+  axes.flat[0].legend(fontsize=7, loc="best")
+  if title:
+    fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  try:
+    atomic.save_figure(path, fig, dpi=100, bbox_inches="tight")
+  finally:
+    plt.close(fig)

@@ -560,6 +560,11 @@ def run(args, overrides):
       r.log(f"[{name}] a probability-mass prior has filter rows only, and no task of "
             f"--tasks is in --filter_tasks: it restores nothing")
 
+  # the denoise-and-project control runs the loop the smoothed-joint prior runs (its
+  # restore.project_* levels and sp_start, which a --joint_workdir's config may hold):
+  # the first such prior's settings, else the base config's
+  control_rc = next((m[2].restore for m in models.values()
+                     if getattr(m[0], "context_sigma", False)), base.restore)
   for ti, task in enumerate(tasks):
     kind, kw = parsed[task]
     obs = observation_for(kind, kw, shape, args.seed)
@@ -589,9 +594,11 @@ def run(args, overrides):
     if projects and args.project_control != "none":
       # the control of the denoise-and-project rows: the same loop, a classical denoiser
       t0 = time.perf_counter()
-      out = classical_project(args.project_control, obs, y, base.restore).reshape(clean.shape)
+      out = classical_project(args.project_control, obs, y, control_rc).reshape(clean.shape)
       cname = f"{args.project_control} denoise-and-project"
-      r.record(task, cname, "classical", clean, labels, out, clf, time.perf_counter() - t0)
+      r.record(task, cname, "classical", clean, labels, out, clf, time.perf_counter() - t0,
+               {"settings": {f: control_rc[f] for f in ("project_start", "project_end",
+                                                        "project_levels", "sp_start")}})
       show[cname] = out[:args.num_show]
 
     for name, (model, params, cfg, label, prior_pre) in models.items():

@@ -10,6 +10,12 @@ results.json files and trains nothing.
   python -m experiments.restore_summary --out DIR \
       --runs OUT,OUT6,OUT24 --labels "1500 steps,6000 steps,24000 steps"
 
+With --pool_classical the reference of every run is the same: per task, the best
+classical row of all the runs given (by mean PSNR; e.g. runs that differ only in the
+denoise-and-project loop's levels, whose NLM control moves with them), each run's row
+paired with it image by image. The runs must then hold the same images and corruptions
+(checked); the reference's row and run are in results.json.
+
 Writes DIR/results.json (each run's verdict per task), DIR/gap.md and DIR/gap.png.
 """
 
@@ -29,6 +35,10 @@ def flags():
   p.add_argument("--prefix", default="AR-CSM",
                  help="rows whose name starts with this are candidates (e.g. \"AR-CSM "
                       "(smoothed joint)\" for one prior, \"MLE\" for the MLE priors)")
+  p.add_argument("--pool_classical", action="store_true",
+                 help="one reference per task for every run: the best classical row of all "
+                      "the runs (same images and corruptions, checked); default: each run's "
+                      "own best classical row")
   p.add_argument("--title", default="AR-CSM posterior mean against the best classical "
                                     "restorer (bars: 2 standard errors)",
                  help="the picture's title")
@@ -47,7 +57,11 @@ def main(argv=None):
   if len(labels) != len(runs):
     raise SystemExit(f"--labels: {len(labels)} labels for {len(runs)} runs")
   try:
-    verdicts = [summary.verdict(summary.load(r), prefix=args.prefix) for r in runs]
+    if args.pool_classical:
+      verdicts = summary.pooled_verdict([summary.load(r) for r in runs], labels,
+                                        prefix=args.prefix)
+    else:
+      verdicts = [summary.verdict(summary.load(r), prefix=args.prefix) for r in runs]
   except ValueError as e:
     raise SystemExit(str(e)) from None
   tasks = summary.tasks_of(verdicts)
@@ -56,7 +70,7 @@ def main(argv=None):
                      f"in {', '.join(runs)}")
 
   out = {"what": "experiments.restore_summary", "runs": dict(zip(labels, runs)),
-         "prefix": args.prefix,
+         "prefix": args.prefix, "pool_classical": bool(args.pool_classical),
          "verdicts": {lab: {t: {**e, "diff": list(e["diff"]), "psnr": list(e["psnr"])}
                             for t, e in v.items()} for lab, v in zip(labels, verdicts)}}
   common.write_results(args.out, out, args)

@@ -23,7 +23,7 @@ def test_restore_experiment_writes_every_row(tmp_path, mnist_data_dir):
          "--tasks", "gaussian_0.6,inpaint_bottom", "--priors", "csm,joint,mle_gauss",
          "--num_images", "2", "--image_offset", "3", "--steps", "3", "--classifier_steps", "2",
          "--num_show", "2", "--csm.model.hidden_sizes=(16,)", "--mle_gauss.model.hidden_sizes=(16,)",
-         "--joint.model.hidden_sizes=(16,)",
+         "--joint.model.hidden_sizes=(16,)", "--joint.restore.project_start=0.05",
          "--config.restore.num_levels=2", "--config.restore.steps_per_level=1",
          "--mle_gauss.restore.gibbs_sweeps=1", "--filter_mass_sigma", "auto",
          "--mass_sigma_images", "2"]
@@ -62,6 +62,11 @@ def test_restore_experiment_writes_every_row(tmp_path, mnist_data_dir):
   assert bottom_rows[dp]["kind"] == "point" and "psnr_minus_best_classical" in bottom_rows[dp]
   assert bottom_rows[dp]["settings"]["method"] == "project"
   assert bottom_rows["nl_means denoise-and-project"]["kind"] == "classical"
+  # the control runs the loop the smoothed joint runs: its levels, not the base config's
+  assert bottom_rows[dp]["settings"]["project_start"] == 0.05
+  assert bottom_rows["nl_means denoise-and-project"]["settings"] == {
+      "project_start": 0.05, "project_end": 0.02, "project_levels": 5,
+      "sp_start": "adaptive_median"}
   assert not any("denoise-and-project" in k for k in res["tasks"]["gaussian_0.6"]["rows"])
   # the annealed posterior from that estimate: 5 levels from PIN_WARM_START (0.01 in pixel
   # units, 0.01 * 255 / 256 in the dequantized model's, below its last level 0.01: all at

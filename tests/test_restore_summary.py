@@ -130,3 +130,54 @@ def test_the_command_writes_table_picture_and_json(tmp_path, capsys):
   with pytest.raises(SystemExit) as e:
     restore_summary.main(["--out", str(out), "--runs", str(bad)])
   assert str(bad) in str(e.value) and "\n" not in str(e.value)
+
+
+def _pooled_run(nlm, model, corrupted=(10.0, 11.0, 12.0)):
+  """One task, three images: per-image PSNR of the corrupted input, a median, the NLM loop
+  (its level differs between runs) and an AR-CSM posterior mean."""
+  row = lambda kind, v: {"kind": kind, "psnr": [sum(v) / len(v), 0.1],
+                         "psnr_per_image": list(v)}
+  mean = row("posterior", model)
+  mean["psnr_minus_best_classical"] = [0.0, 0.0]   # its own run's; pooling ignores it
+  return {"tasks": {"sp_0.3": {"rows": {
+      "corrupted": row("input", corrupted), "median": row("classical", (18.0, 18.0, 18.0)),
+      "nl_means denoise-and-project": row("classical", nlm),
+      "AR-CSM (smoothed joint), posterior mean, annealed from denoise-and-project": mean}}}}
+
+
+def test_pooled_verdict_pairs_every_run_with_the_best_classical_row_of_all():
+  a = _pooled_run(nlm=(19.0, 20.0, 21.0), model=(20.0, 21.0, 23.0))   # NLM loop 20.0
+  b = _pooled_run(nlm=(21.0, 22.0, 23.5), model=(21.0, 21.5, 22.0))   # NLM loop 22.17
+  va, vb = summary.pooled_verdict([a, b], ["a", "b"])
+  # the reference is run b's NLM loop for both runs; differences image by image
+  want_a = [20.0 - 21.0, 21.0 - 22.0, 23.0 - 23.5]
+  m = sum(want_a) / 3
+  se = (sum((d - m) ** 2 for d in want_a) / 2 / 3) ** 0.5
+  assert va["sp_0.3"]["diff"] == pytest.approx((m, se))
+  assert va["sp_0.3"]["best_classical"] == ("nl_means denoise-and-project (b)",
+                                           pytest.approx(66.5 / 3))
+  assert not va["sp_0.3"]["ahead"] and not vb["sp_0.3"]["ahead"]
+  assert vb["sp_0.3"]["diff"][0] == pytest.approx((0.0 - 0.5 - 1.5) / 3)
+  # alone, run a is paired with its own NLM loop, and ahead
+  alone, = summary.pooled_verdict([a], ["a"])
+  assert alone["sp_0.3"]["diff"][0] == pytest.approx(4.0 / 3) and alone["sp_0.3"]["ahead"]
+  # other corruptions, or a missing per-image list, are one line naming the run
+  c = _pooled_run(nlm=(1.0, 2.0, 3.0), model=(1.0, 2.0, 3.0), corrupted=(10.0, 11.0, 12.5))
+  with pytest.raises(ValueError, match=r"^c: task sp_0.3 has other images") as e:
+    summary.pooled_verdict([a, c], ["a", "c"])
+  assert "\n" not in str(e.value)
+  del b["tasks"]["sp_0.3"]["rows"]["nl_means denoise-and-project"]["psnr_per_image"]
+  with pytest.raises(ValueError, match=r"^b: field tasks.sp_0.3.rows\['nl_means denoise"):
+    summary.pooled_verdict([a, b], ["a", "b"])
+
+
+def test_the_command_pools_the_classical_rows(tmp_path):
+  a = _write(tmp_path / "a.json", _pooled_run(nlm=(19.0, 20.0, 21.0), model=(20.0, 21.0, 23.0)))
+  b = _write(tmp_path / "b.json", _pooled_run(nlm=(21.0, 22.0, 23.5), model=(21.0, 21.5, 22.0)))
+  out = tmp_path / "out"
+  restore_summary.main(["--out", str(out), "--runs", f"{a},{b}", "--pool_classical"])
+  r = json.loads((out / "results.json").read_text())
+  assert r["pool_classical"] is True
+  assert r["verdicts"]["a.json"]["sp_0.3"]["best_classical"][0] == (
+      "nl_means denoise-and-project (b.json)")
+  assert "| ahead on | 0 of 1 | 0 of 1 |" in (out / "gap.md").read_text()

@@ -104,6 +104,78 @@ def verdict(results: dict, prefix: str = PRIOR_PREFIX) -> Dict[str, dict]:
   return out
 
 
+def _per_image(row: dict, where: str) -> List[float]:
+  v = row.get("psnr_per_image")
+  if not (isinstance(v, list) and v and all(isinstance(a, (int, float))
+                                            and not isinstance(a, bool) and math.isfinite(a)
+                                            for a in v)):
+    raise ValueError(f"{where}.psnr_per_image missing or not a list of finite numbers")
+  return [float(a) for a in v]
+
+
+def _fingerprint(entry: dict, where: str):
+  """What a task's observation looks like per image, from rows that depend on it alone:
+  the 'corrupted' row, else the first classical row that is not a denoise-and-project
+  loop (super-resolution has no corrupted row; its upsamplers read y only)."""
+  for name, row in entry["rows"].items():
+    if row["kind"] == "input" or (row["kind"] == "classical"
+                                  and "denoise-and-project" not in name):
+      return name, _per_image(row, f"{where}.rows[{name!r}]")
+  return None, None
+
+
+def pooled_verdict(runs: List[dict], names: List[str],
+                   prefix: str = PRIOR_PREFIX) -> List[Dict[str, dict]]:
+  """verdict() with one reference per task for all runs: the best classical row of any
+  run by mean PSNR (e.g. runs that differ in a classical loop's settings), each run's best
+  `prefix` posterior-mean row paired with it image by image. The runs must hold the same
+  images and corruptions (checked on the rows that depend on the observation alone);
+  ValueError in one line naming the run (`names`) otherwise."""
+  out = [{} for _ in runs]
+  tasks = []
+  for r in runs:
+    tasks += [t for t in r["tasks"] if t not in tasks]
+  for task in tasks:
+    have = [(i, r["tasks"][task]) for i, r in enumerate(runs) if task in r["tasks"]]
+    ref_name, ref_vals, ref_run, ref_mean = None, None, None, -math.inf
+    fp_name, fp, fp_run = None, None, None
+    for i, entry in have:
+      where = f"{names[i]}: field tasks.{task}"
+      if fp_run is None:
+        fp_name, fp = _fingerprint(entry, where)
+        fp_run = names[i]
+      elif fp_name is not None:
+        row = entry["rows"].get(fp_name)
+        if row is None or _per_image(row, f"{where}.rows[{fp_name!r}]") != fp:
+          raise ValueError(f"{names[i]}: task {task} has other images or corruptions than "
+                           f"{fp_run} (its {fp_name!r} row is missing or differs image by "
+                           "image)")
+      for name, row in entry["rows"].items():
+        if row["kind"] == "classical" and row["psnr"][0] > ref_mean:
+          ref_name, ref_run, ref_mean = name, names[i], row["psnr"][0]
+          ref_vals = _per_image(row, f"{where}.rows[{name!r}]")
+    if ref_vals is None:
+      continue
+    for i, entry in have:
+      cands = {n: r for n, r in entry["rows"].items() if is_prior_mean(n, r, prefix)}
+      best = None
+      for n, row in cands.items():
+        vals = _per_image(row, f"{names[i]}: field tasks.{task}.rows[{n!r}]")
+        if len(vals) != len(ref_vals):
+          raise ValueError(f"{names[i]}: task {task} has {len(vals)} images, "
+                           f"{ref_run} {len(ref_vals)}")
+        d = [a - b for a, b in zip(vals, ref_vals)]
+        m = sum(d) / len(d)
+        se = math.sqrt(sum((a - m) ** 2 for a in d) / (len(d) - 1) / len(d)) if len(d) > 1 else 0.0
+        if best is None or m > best["diff"][0]:
+          best = {"row": n, "diff": (m, se), "psnr": tuple(row["psnr"]),
+                  "best_classical": (f"{ref_name} ({ref_run})", ref_mean),
+                  "ahead": m > 0}
+      if best is not None:
+        out[i][task] = best
+  return out
+
+
 def tasks_of(verdicts: List[Dict[str, dict]]) -> List[str]:
   """The tasks of several runs' verdicts, each once, in the order they first appear."""
   tasks = []
