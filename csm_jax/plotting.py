@@ -7,6 +7,7 @@ importing the library never takes plots away from a notebook.
 import math
 
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 import numpy as np
 
 from csm_jax import atomic
@@ -116,6 +117,9 @@ def save_level_curves(path: str, levels: list, curves: dict, title: str = "",
       ax.plot([levels[best]], [values[best]], marker="*", markersize=10,
               color=line.get_color())
     ax.set_xscale("log")
+    ax.set_xticks(levels)
+    ax.set_xticklabels([f"{v:g}" for v in levels])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_title(panel, fontsize=9)
     ax.tick_params(labelsize=7)
     ax.grid(alpha=0.3)
