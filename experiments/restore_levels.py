@@ -98,6 +98,10 @@ def run(args, overrides):
   if first < 0 or first + n > len(arrays.test):
     raise SystemExit(f"--image_offset must be in [0, {len(arrays.test) - n}] for "
                      f"--num_images {n}, got {first}")
+  low = min(args.start_levels)
+  if low < cfg.restore.project_end:   # before any work: one line, nothing half done
+    raise SystemExit(f"--starts: {low:g} is below restore.project_end "
+                     f"({cfg.restore.project_end:g})")
   clean = arrays.test[first:first + n].astype(np.float32) / 255.0
   shape = tuple(arrays.shape)
   results = {"what": "experiments.restore_levels", "starts": args.start_levels,
@@ -118,9 +122,6 @@ def run(args, overrides):
     for s in args.start_levels:
       c = bench.method_alone(cfg, "project")
       c.restore.project_start = float(s)
-      if c.restore.project_end > s:
-        raise SystemExit(f"--starts: {s:g} is below restore.project_end "
-                         f"({c.restore.project_end:g})")
       t0 = time.perf_counter()
       outs = {"NLM loop": bench.classical_project("nl_means", obs, y, c.restore),
               "AR-CSM loop": posterior.restore(model, params, c, y, kind,

@@ -124,6 +124,14 @@ def _fingerprint(entry: dict, where: str):
   return None, None
 
 
+def _mean_se(d: List[float]):
+  """(mean, standard error of the mean) of paired differences."""
+  m = sum(d) / len(d)
+  if len(d) < 2:
+    return m, 0.0
+  return m, math.sqrt(sum((a - m) ** 2 for a in d) / (len(d) - 1) / len(d))
+
+
 def pooled_verdict(runs: List[dict], names: List[str],
                    prefix: str = PRIOR_PREFIX) -> List[Dict[str, dict]]:
   """verdict() with one reference per task for all runs: the best classical row of any
@@ -164,9 +172,7 @@ def pooled_verdict(runs: List[dict], names: List[str],
         if len(vals) != len(ref_vals):
           raise ValueError(f"{names[i]}: task {task} has {len(vals)} images, "
                            f"{ref_run} {len(ref_vals)}")
-        d = [a - b for a, b in zip(vals, ref_vals)]
-        m = sum(d) / len(d)
-        se = math.sqrt(sum((a - m) ** 2 for a in d) / (len(d) - 1) / len(d)) if len(d) > 1 else 0.0
+        m, se = _mean_se([a - b for a, b in zip(vals, ref_vals)])
         if best is None or m > best["diff"][0]:
           best = {"row": n, "diff": (m, se), "psnr": tuple(row["psnr"]),
                   "best_classical": (f"{ref_name} ({ref_run})", ref_mean),
