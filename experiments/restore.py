@@ -36,7 +36,10 @@ smoothed, so they are sampled by exact grid Gibbs instead of annealed Langevin; 
 only when asked for); pcnn and pcnn_mle, only when asked for (configs/mnist_pixelcnnpp.py
 at a CPU size: 32 filters, 1 ResNet per block, batch 16; the AR-CSM and its MLE
 baseline, whose discretized logistic mixture is a probability mass: no density in x, so
-it gets the filter rows only).
+it gets the filter rows only); pcnn_joint, only when asked for
+(configs/mnist_pixelcnnpp_joint.py at the same CPU size: the PixelCNN++ AR-CSM of the
+smoothed joint, pixels in [0, 1], with the MADE smoothed joint's rows: Tweedie,
+denoise-and-project and the posteriors started from them).
 Each is trained here with CPU-sized defaults (OUT/models/NAME, resumed by a rerun) or read
 from a work directory (--csm_workdir etc.). --config.restore.FIELD=value sets sampler
 fields of every prior, --csm.FIELD=value (joint, mle_gauss, mle_mol) of one.
@@ -45,8 +48,9 @@ fields of every prior, --csm.FIELD=value (joint, mle_gauss, mle_mol) of one.
 PixelCNN++ AR-CSM (configs/cifar10_pixelcnnpp.py at a CPU size: 16 filters, 1 ResNet per
 block, batch 8; $CSM_DATA_DIR/cifar10_train_first4000.npz and _test_first1000.npz, see
 docs/usage.md) as the prior, 16 test images, median and adaptive median; no classifier
-(accuracy not reported). Its only prior is csm (PixelCNN++ has no smoothed-joint context,
-and its MLE baseline is a probability mass, which cannot be a prior here).
+(accuracy not reported). Its only prior is csm (a smoothed-joint PixelCNN++ was not
+measured on CIFAR-10, and its MLE baseline is a probability mass, which cannot be a prior
+here).
 
 Per prior: its lattice bits/dim, the discrete NLL of the clean test images on the 256
 pixel values at the sampler's last level, what the filter draws from
@@ -75,7 +79,7 @@ from experiments import common
 
 TASKS = ("gaussian_0.3", "gaussian_0.6", "sp_0.1", "sp_0.3", "inpaint_random50",
          "inpaint_random80", "inpaint_centre", "inpaint_bottom", "superres_2")
-PRIORS = ("csm", "joint", "mle_gauss", "mle_mol", "pcnn", "pcnn_mle")
+PRIORS = ("csm", "joint", "mle_gauss", "mle_mol", "pcnn", "pcnn_mle", "pcnn_joint")
 # Per-dataset defaults of --tasks, --priors, --num_images, --steps; the priors available.
 # MNIST's 3000 steps: of 1500 and 3000, the length whose smoothed joint is ahead of the best
 # classical restorer on more tasks of held-out images (test[5400:5500]; docs/restoration.md).
@@ -212,6 +216,7 @@ PRIOR_CONFIGS = {
                                          "model.head=logistic_mixture"), "MLE MoL MADE"),
     "pcnn": ("mnist_pixelcnnpp.py:csm", PCNN_CPU, "AR-CSM PixelCNN++"),
     "pcnn_mle": ("mnist_pixelcnnpp.py:mle", PCNN_CPU, "MLE PixelCNN++"),
+    "pcnn_joint": ("mnist_pixelcnnpp_joint.py", PCNN_CPU, "AR-CSM PixelCNN++ (smoothed joint)"),
 }
 # The MLE priors are not noise-conditional: their densities are not smoothed, so the
 # annealed schedule (levels 1.0 -> 0.01, steps made for the smoothed levels) does not

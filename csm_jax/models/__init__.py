@@ -86,8 +86,10 @@ def _pixelcnnpp(cfg, data_shape) -> Backbone:
   net = pixelcnnpp.PixelCNNPP(image_shape=tuple(data_shape), context_size=cfg.context_size,
                               nr_filters=cfg.nr_filters, nr_resnet=cfg.nr_resnet,
                               num_resolutions=cfg.num_resolutions,
-                              dropout_rate=cfg.dropout_rate, dtype=compute_dtype(cfg))
-  return Backbone(net, np.arange(math.prod(data_shape)), has_dropout=cfg.dropout_rate > 0)
+                              dropout_rate=cfg.dropout_rate, dtype=compute_dtype(cfg),
+                              sigma_embedding=context_sigma_embedding(cfg))
+  return Backbone(net, np.arange(math.prod(data_shape)), has_dropout=cfg.dropout_rate > 0,
+                  context_sigma=net.sigma_embedding > 0)
 
 
 @register_head("score", kind="score")
@@ -152,7 +154,7 @@ def get_model(model_config, data_shape) -> ARModel:
   if context_sigma_embedding(model_config) and not backbone.context_sigma:
     raise config_base.ConfigError(
         f"model.context_sigma_embedding (a noise-conditional context) is supported by the "
-        f"'made' backbone only, not model.backbone={b!r}")
+        f"'made' and 'pixelcnnpp' backbones, not model.backbone={b!r}")
   head = _HEADS[model_config.head].build(model_config)
   net = ARNet(backbone=backbone.net, head=head, kind=kind,
               context_sigma=backbone.context_sigma)

@@ -12,6 +12,12 @@ rows above plus the pixels to the left in the same row. A per-pixel head then
 adds the current pixel's earlier channels (R -> G -> B) through a strictly
 lower-triangular mask over channels.
 
+Noise-conditional context (`sigma_embedding > 0`, smoothed-joint training with
+noise.mode='joint'): a learned embedding of log sigma, one level per example, adds a
+per-channel bias to every gated ResNet block's first convolution and to the head's
+pixel features, as the class embedding of a conditional PixelCNN (van den Oord et al.,
+2016) does. sigma is not a pixel, so causality is unchanged.
+
 Weight normalisation (Salimans & Kingma, 2016) is data-independent here:
 `w = g * v / ||v||` per output unit, with `g` initialised to one. It is written
 out (rather than `nn.WeightNorm`) so that parameters form a plain
@@ -163,7 +169,9 @@ class GatedResnet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, skip: Optional[jax.Array] = None,
-               train: bool = False) -> jax.Array:
+               train: bool = False, cond: Optional[jax.Array] = None) -> jax.Array:
+    """`cond` (B, E), optional: an embedding (of the noise level) that shifts the first
+    convolution's output per channel, the same at every pixel."""
     nf = x.shape[-1]
     if self.shifted == "down":
       conv = lambda f, **kw: DownShiftedConv(f, (2, 3), dtype=self.dtype, **kw)
@@ -173,6 +181,8 @@ class GatedResnet(nn.Module):
     else:
       raise ValueError(f"unknown shifted conv {self.shifted!r}")
     h = conv(nf)(concat_elu(x))
+    if cond is not None:
+      h = h + nn.Dense(nf, dtype=self.dtype, name="cond")(cond)[:, None, None, :]
     if skip is not None:
       h = h + NIN(nf, dtype=self.dtype)(concat_elu(skip))
     h = concat_elu(h)
@@ -239,6 +249,9 @@ class PixelCNNPP(nn.Module):
   num_resolutions: int = 3  # 3 in the paper for 32x32 (32->16->8)
   dropout_rate: float = 0.5
   dtype: Any = jnp.float32
+  # > 0: the context is noise-conditional (noise.mode='joint'): an embedding of this
+  # width of log sigma (one level per example) shifts every gated block (module doc)
+  sigma_embedding: int = 0
 
   def _check_config(self):
     if len(self.image_shape) != 3:
@@ -259,9 +272,10 @@ class PixelCNNPP(nn.Module):
           f" times, so H and W must be divisible by {f}; got H={H}, W={W}")
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = False, sigma=None) -> jax.Array:
     """x: (B, D) flat, D = H*W*C, raster order with channels innermost (i.e.
-    x.reshape(B,H,W,C)). Returns context (B, D, context_size)."""
+    x.reshape(B,H,W,C)). Returns context (B, D, context_size). `sigma` (scalar or (B,)):
+    the noise level, needed exactly when `sigma_embedding > 0`."""
     self._check_config()
     H, W, C = self.image_shape
     D = H * W * C
@@ -271,6 +285,16 @@ class PixelCNNPP(nn.Module):
           f"{tuple(self.image_shape)} (D = H*W*C), got {x.shape}")
     B = x.shape[0]
     nf, dt, rate = self.nr_filters, self.dtype, self.dropout_rate
+    cond = None
+    if self.sigma_embedding:
+      if sigma is None:
+        raise ValueError("this PixelCNN++ is noise-conditional (sigma_embedding > 0): "
+                         "it needs sigma")
+      from csm_jax.models import made as made_lib  # pylint: disable=g-import-not-at-top
+      cond = made_lib.sigma_features(sigma, B, self.sigma_embedding).astype(dt)
+    elif sigma is not None:
+      raise ValueError("sigma given to a PixelCNN++ without a noise-conditional context "
+                       "(sigma_embedding = 0)")
     img = x.reshape(B, H, W, C)
     img = promote_dtype(img, dtype=dt)[0]
     # A constant ones channel: zero padding of the shifted convs then marks
@@ -285,9 +309,10 @@ class PixelCNNPP(nn.Module):
     # Downsampling pass ("up pass" in the PixelCNN++ code).
     for s in range(self.num_resolutions):
       for _ in range(self.nr_resnet):
-        u_list.append(GatedResnet("down", rate, dt)(u_list[-1], train=train))
+        u_list.append(GatedResnet("down", rate, dt)(u_list[-1], train=train,
+                                                    cond=cond))
         ul_list.append(GatedResnet("down_right", rate, dt)(
-            ul_list[-1], u_list[-1], train=train))
+            ul_list[-1], u_list[-1], train=train, cond=cond))
       if s < self.num_resolutions - 1:
         u_list.append(DownShiftedConv(nf, (2, 3), (2, 2), dtype=dt)(u_list[-1]))
         ul_list.append(DownRightShiftedConv(nf, (2, 2), (2, 2), dtype=dt)(
@@ -297,9 +322,9 @@ class PixelCNNPP(nn.Module):
     u, ul = u_list.pop(), ul_list.pop()
     for s in range(self.num_resolutions):
       for _ in range(self.nr_resnet + (1 if s > 0 else 0)):
-        u = GatedResnet("down", rate, dt)(u, u_list.pop(), train=train)
+        u = GatedResnet("down", rate, dt)(u, u_list.pop(), train=train, cond=cond)
         ul = GatedResnet("down_right", rate, dt)(
-            ul, jnp.concatenate([u, ul_list.pop()], axis=-1), train=train)
+            ul, jnp.concatenate([u, ul_list.pop()], axis=-1), train=train, cond=cond)
       if s < self.num_resolutions - 1:
         u = DownShiftedConv(nf, (2, 3), (2, 2), transpose=True, dtype=dt)(u)
         ul = DownRightShiftedConv(nf, (2, 2), (2, 2), transpose=True,
@@ -307,7 +332,10 @@ class PixelCNNPP(nn.Module):
     assert not u_list and not ul_list, "unconsumed skip connections"
     chex.assert_shape(ul, (B, H, W, nf))
 
-    ctx = ChannelMaskedHead(self.context_size, nf, dt)(jax.nn.elu(ul), img)
+    feats = jax.nn.elu(ul)
+    if cond is not None:
+      feats = feats + nn.Dense(nf, dtype=dt, name="cond_head")(cond)[:, None, None, :]
+    ctx = ChannelMaskedHead(self.context_size, nf, dt)(feats, img)
     ctx = ctx.reshape(B, D, self.context_size)
     ctx = ctx.astype(jnp.promote_types(ctx.dtype, jnp.float32))  # bf16 -> f32 for the head
     chex.assert_shape(ctx, (B, D, self.context_size))
