@@ -155,6 +155,10 @@ def parse_args(argv=None):
                       "level, every level is the last one (default: PIN_WARM_START = "
                       "0.01, chosen on held-out images; 0.1 is the loop's own first "
                       "level, restore.project_start)")
+  p.add_argument("--annealed", type=int, default=1, choices=(0, 1),
+                 help="1: each prior's annealed posterior from the observation (the "
+                      "'posterior mean / sample' rows); 0 skips them (the rows started from "
+                      "an estimate, Tweedie's and the filter's stay)")
   p.add_argument("--earlier", type=int, default=1,
                  help="1: also run the earlier AR-CSM restorations (Tweedie, Langevin)")
   p.add_argument("--sp_start_sigma", type=float, default=0.2,
@@ -611,7 +615,7 @@ def run(args, overrides):
       prior_obs = obs   # the task fixes the corruption; restore.sp_tau only the likelihood
       if kind == "salt_pepper" and cfg.restore.sp_tau is not None:
         prior_obs = dataclasses.replace(obs, tau=float(cfg.restore.sp_tau))
-      if name not in MASS_PRIORS:
+      if name not in MASS_PRIORS and args.annealed:
         res = posterior.restore(model, params, cfg, y, kind,
                                 jax.random.PRNGKey(args.seed + ti), preprocessor=prior_pre,
                                 observation=prior_obs, log=r.log)
@@ -623,6 +627,7 @@ def run(args, overrides):
           r.record(task, f"{label}, posterior {part}", "posterior", clean, labels, out, clf,
                    res["seconds"], extra)
           show[f"{name} {part}"] = out[:args.num_show]
+      if name not in MASS_PRIORS:
         if kind == "gaussian" and getattr(model, "context_sigma", False):
           # a smoothed-joint prior: Tweedie's posterior mean, one gradient of its joint
           res = posterior.restore(model, params, method_alone(cfg, "tweedie"), y, kind,

@@ -173,6 +173,41 @@ def test_restore_experiment_mnist_pixelcnnpp_priors(tmp_path, mnist_data_dir):
 
 
 @pytest.mark.slow
+def test_restore_experiment_pixelcnnpp_smoothed_joint(tmp_path, mnist_data_dir):
+  """--priors pcnn_joint: the noise-conditional PixelCNN++ gets the smoothed joint's rows
+  (Tweedie on Gaussian noise, denoise-and-project and the posterior from it on
+  salt-and-pepper); --annealed 0 drops the annealed posterior from the observation."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  env = dict(os.environ, TFDS_DATA_DIR=mnist_data_dir, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_backend_optimization_level=0", PYTHONPATH=str(REPO))
+  out = tmp_path / "out"
+  cmd = [sys.executable, "-m", "experiments.restore", "--out", str(out),
+         "--tasks", "gaussian_0.3,sp_0.1", "--priors", "pcnn_joint", "--num_images", "2",
+         "--steps", "2", "--classifier_steps", "2", "--num_show", "2", "--earlier", "0",
+         "--filter_tasks", "none", "--annealed", "0", "--warm_chains", "1",
+         "--pcnn_joint.model.nr_filters=4", "--config.restore.num_levels=2",
+         "--config.restore.steps_per_level=1", "--config.restore.project_levels=2"]
+  p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+  assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+  with open(out / "results.json") as f:
+    res = json.load(f)
+  cfg = res["models"]["pcnn_joint"]["config"]
+  assert cfg["model"]["backbone"] == "pixelcnnpp" and cfg["noise"]["mode"] == "joint"
+  assert cfg["model"]["context_sigma_embedding"] > 0 and cfg["data"]["scale"] == "unit"
+  label = "AR-CSM PixelCNN++ (smoothed joint)"
+  want = {"gaussian_0.3": (f"{label}, Tweedie posterior mean",
+                           f"{label}, posterior mean, annealed from bm3d"),
+          "sp_0.1": (f"{label}, denoise-and-project from adaptive_median",
+                     f"{label}, posterior mean, annealed from denoise-and-project")}
+  for task, names in want.items():
+    rows = res["tasks"][task]["rows"]
+    assert f"{label}, posterior mean" not in rows, task     # --annealed 0
+    for name in names:
+      assert np.all(np.isfinite(rows[name]["psnr"])), (task, name)
+      assert "psnr_minus_best_classical" in rows[name], (task, name)
+
+
+@pytest.mark.slow
 def test_restore_experiment_cifar10_pixelcnnpp(tmp_path):
   """--dataset cifar10: a PixelCNN++ AR-CSM prior on salt-and-pepper (paper Fig. 5), read
   from npz files under $CSM_DATA_DIR (random 8-bit images here), no classifier."""
