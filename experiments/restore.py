@@ -107,6 +107,10 @@ def parse_args(argv=None):
                       "salt-and-pepper: the paper's Fig. 5 setting)")
   p.add_argument("--tasks", default=None,
                  help="comma-separated tasks (default: " + _defaults_help("tasks") + ")")
+  p.add_argument("--skip_tasks", default="",
+                 help="comma-separated tasks of --tasks not to run; the others keep their "
+                      "place in --tasks and so their corruptions (task i's seed is "
+                      "--seed + 1000 i), e.g. to run the last tasks of a run again")
   p.add_argument("--priors", default=None,
                  help="comma-separated priors: " + ", ".join(PRIORS) + " (default: "
                       + _defaults_help("priors") + ")")
@@ -467,6 +471,10 @@ def run(args, overrides):
   r = Run(args, overrides)
   tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
   parsed = {t: parse_task(t) for t in tasks}
+  skip = {t.strip() for t in args.skip_tasks.split(",") if t.strip()}
+  if skip - set(tasks):
+    raise SystemExit(f"--skip_tasks: {', '.join(sorted(skip - set(tasks)))} not in --tasks "
+                     f"({', '.join(tasks)})")
   priors = [p.strip() for p in args.priors.split(",") if p.strip()]
   available = DEFAULTS[args.dataset]["available"]
   unknown = set(priors) - set(available)
@@ -575,6 +583,8 @@ def run(args, overrides):
   control_rc = next((m[2].restore for m in models.values()
                      if getattr(m[0], "context_sigma", False)), base.restore)
   for ti, task in enumerate(tasks):
+    if task in skip:
+      continue
     kind, kw = parsed[task]
     obs = observation_for(kind, kw, shape, args.seed)
     y = obs.corrupt(args.seed + 1000 * ti, clean)

@@ -128,6 +128,21 @@ def test_restore_experiment_refuses_an_image_range_outside_the_test_set(tmp_path
     assert not (tmp_path / "out" / "models").exists()   # nothing trained
 
 
+def test_restore_experiment_refuses_a_skipped_task_not_in_tasks(tmp_path, mnist_data_dir):
+  """--skip_tasks names tasks of --tasks only: another is one line, before any training."""
+  env = dict(os.environ, TFDS_DATA_DIR=mnist_data_dir, JAX_PLATFORMS="cpu",
+             PYTHONPATH=str(REPO))
+  p = subprocess.run([sys.executable, "-m", "experiments.restore", "--out",
+                      str(tmp_path / "out"), "--tasks", "sp_0.1,sp_0.3", "--skip_tasks",
+                      "sp_0.3,gaussian_0.3"], cwd=REPO, env=env, capture_output=True,
+                     text=True, timeout=300)
+  assert p.returncode != 0
+  assert ("--skip_tasks: gaussian_0.3 not in --tasks (sp_0.1, sp_0.3)"
+          in p.stderr.strip().splitlines()[-1]), p.stderr[-2000:]
+  assert "Traceback" not in p.stderr
+  assert not (tmp_path / "out" / "models").exists()   # nothing trained
+
+
 def test_restore_experiment_refuses_a_bad_warm_start_level(tmp_path):
   """A --warm_start_level <= 0 is one line naming the flag, before any data or training."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
@@ -182,7 +197,8 @@ def test_restore_experiment_pixelcnnpp_smoothed_joint(tmp_path, mnist_data_dir):
              XLA_FLAGS="--xla_backend_optimization_level=0", PYTHONPATH=str(REPO))
   out = tmp_path / "out"
   cmd = [sys.executable, "-m", "experiments.restore", "--out", str(out),
-         "--tasks", "gaussian_0.3,sp_0.1", "--priors", "pcnn_joint", "--num_images", "2",
+         "--tasks", "gaussian_0.3,inpaint_bottom,sp_0.1", "--skip_tasks", "inpaint_bottom",
+         "--priors", "pcnn_joint", "--num_images", "2",
          "--steps", "2", "--classifier_steps", "2", "--num_show", "2", "--earlier", "0",
          "--filter_tasks", "none", "--annealed", "0", "--warm_chains", "1",
          "--pcnn_joint.model.nr_filters=4", "--config.restore.num_levels=2",
@@ -194,6 +210,7 @@ def test_restore_experiment_pixelcnnpp_smoothed_joint(tmp_path, mnist_data_dir):
   cfg = res["models"]["pcnn_joint"]["config"]
   assert cfg["model"]["backbone"] == "pixelcnnpp" and cfg["noise"]["mode"] == "joint"
   assert cfg["model"]["context_sigma_embedding"] > 0 and cfg["data"]["scale"] == "unit"
+  assert set(res["tasks"]) == {"gaussian_0.3", "sp_0.1"}       # --skip_tasks
   label = "AR-CSM PixelCNN++ (smoothed joint)"
   want = {"gaussian_0.3": (f"{label}, Tweedie posterior mean",
                            f"{label}, posterior mean, annealed from bm3d"),
