@@ -491,6 +491,7 @@ def run(args, overrides):
   if unknown:
     raise SystemExit(f"--filter_tasks: unknown {', '.join(sorted(unknown))}; tasks: "
                      f"{', '.join(TASKS)}")
+  filter_tasks -= skip   # a skipped task needs no filter (nor its mass level)
   if args.warm_chains < 0:
     raise SystemExit(f"--warm_chains must be >= 0, got {args.warm_chains}")
   if args.image_offset < 0:
