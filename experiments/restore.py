@@ -83,10 +83,14 @@ PRIORS = ("csm", "joint", "mle_gauss", "mle_mol", "pcnn", "pcnn_mle", "pcnn_join
 # Per-dataset defaults of --tasks, --priors, --num_images, --steps; the priors available.
 # MNIST's 3000 steps: of 1500 and 3000, the length whose smoothed joint is ahead of the best
 # classical restorer on more tasks of held-out images (test[5400:5500]; docs/restoration.md).
+# MNIST's filter tasks: salt-and-pepper (one exact draw decides whether an extreme pixel was
+# kept), the bottom half (a suffix of the order: the filter is the exact posterior) and the
+# centre box, where held-out images put the per-dimension AR-CSM's filter mean ahead of
+# every other row (15.68 dB against 13.81 for the best other AR-CSM row, biharmonic 13.77).
 DEFAULTS = {
     "mnist": {"tasks": ",".join(TASKS), "priors": "csm,joint,mle_gauss", "num_images": 100,
               "steps": 3000, "available": PRIORS,
-              "filter_tasks": "sp_0.1,sp_0.3,inpaint_bottom", "filter_chains": 8,
+              "filter_tasks": "sp_0.1,sp_0.3,inpaint_centre,inpaint_bottom", "filter_chains": 8,
               "filter_mass_sigma": "auto"},
     "cifar10": {"tasks": "sp_0.1", "priors": "csm", "num_images": 16, "steps": 1000,
                 "available": ("csm",), "filter_tasks": "sp_0.1", "filter_chains": 4,
